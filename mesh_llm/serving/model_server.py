@@ -1,0 +1,78 @@
+"""Entry point of a model-server subprocess: llama-cpp-python's OpenAI server on a loopback socket.
+
+Run as `python -m mesh_llm.serving.model_server --fd N --model PATH --alias NAME ...`. The
+parent node opens the listening socket and passes its descriptor, so the port is known before
+the child starts, stays the same across restarts, and no other process can race for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import socket
+import sys
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGTERM us when the node dies, even by kill -9: no orphan model servers."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        return  # not Linux: the node's own shutdown still stops us
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        sys.exit(0)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="mesh-llm-model-server")
+    p.add_argument("--fd", type=int, required=True, help="inherited listening socket")
+    p.add_argument("--model", required=True, help="path to the GGUF file")
+    p.add_argument("--alias", required=True, help="model name clients use")
+    p.add_argument("--n-ctx", type=int, default=4096)
+    p.add_argument("--n-threads", type=int, default=None)
+    p.add_argument("--n-gpu-layers", type=int, default=0)
+    p.add_argument("--parent-pid", type=int, default=0)
+    p.add_argument("--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.parent_pid:
+        _die_with_parent(args.parent_pid)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+    import uvicorn
+    from llama_cpp.server.app import create_app
+    from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+    model = ModelSettings(
+        model=args.model,
+        model_alias=args.alias,
+        n_ctx=args.n_ctx,
+        n_gpu_layers=args.n_gpu_layers,
+        logits_all=False,  # only the last token's logits are needed to sample; all of them cost time
+        verbose=args.verbose,
+        **({"n_threads": args.n_threads, "n_threads_batch": args.n_threads} if args.n_threads else {}),
+    )
+    app = create_app(server_settings=ServerSettings(host="127.0.0.1", port=0), model_settings=[model])
+
+    # A liveness route that does not wait for the model lock: llama-cpp-python serializes
+    # requests, so /v1/models would stall behind a long generation and look like a hang.
+    @app.get("/mesh/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "model": args.alias}
+
+    sock = socket.socket(fileno=args.fd)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30)
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""The node's status as plain JSON-able data: what /api/status, /api/events and `mesh-llm status` show."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from mesh_llm import __version__
+
+if TYPE_CHECKING:
+    from mesh_llm.node import Node
+
+
+def _model_rows(node: Node) -> list[dict[str, Any]]:
+    rows = []
+    for name, server in sorted(node.servers.items()):
+        st = server.status()
+        rows.append(
+            {
+                "name": name,
+                "state": st.state.value,
+                "ready": st.state.value == "ready",
+                "message": st.message,
+                "port": st.port,
+                "pid": st.pid,
+                "restarts": st.restarts,
+                "since": st.since,
+                "path": str(server.model.path),
+                "size_bytes": server.model.size_bytes,
+                "in_flight": node.in_flight[name],
+                "requests": node.requests[name],
+                "host": node.node_id,
+                "local": True,
+            }
+        )
+    for spec, what in sorted(node.pending.items()):
+        rows.append(
+            {
+                "name": spec,
+                "state": "failed" if what.startswith("failed") else "resolving",
+                "ready": False,
+                "message": what,
+                "port": None,
+                "pid": None,
+                "restarts": 0,
+                "since": None,
+                "path": None,
+                "size_bytes": None,
+                "in_flight": 0,
+                "requests": 0,
+                "host": node.node_id,
+                "local": True,
+            }
+        )
+    return rows
+
+
+def build_status(node: Node) -> dict[str, Any]:
+    """Everything a person or the console wants to know about this node right now."""
+    cap = node.capacity
+    used = sum(s.model.size_bytes for s in node.servers.values())
+    api_host = node.config.api.host
+    return {
+        "node_id": node.node_id,
+        "short_id": node.node_id[:8],
+        "version": __version__,
+        "state": node.state,
+        "role": node.role,
+        "client": node.config.client,
+        "started_at": node.started_at,
+        "uptime_s": round(time.time() - node.started_at, 1),
+        "api": {
+            "host": api_host,
+            "port": node.api_port,
+            "url": f"http://{'127.0.0.1' if api_host == '0.0.0.0' else api_host}:{node.api_port}/v1"
+            if node.api_port
+            else None,
+            "auth": node.config.api_key is not None,
+        },
+        "console": {"port": node.console_port},
+        "capacity": {
+            "kind": cap.kind,
+            "device": cap.device,
+            "total_bytes": cap.total_bytes,
+            "offered_bytes": cap.offered_bytes,
+            "used_bytes": used,
+        },
+        "ram": {"total_bytes": cap.ram_total_bytes, "available_bytes": cap.ram_available_bytes},
+        "models": _model_rows(node),
+        "peers": [],
+        "in_flight": sum(node.in_flight.values()),
+        "requests_total": sum(node.requests.values()),
+        "invite_token": None,
+        "mesh_id": None,
+    }
