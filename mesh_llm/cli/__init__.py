@@ -128,6 +128,10 @@ def run_node(argv: Sequence[str]) -> int:
             ctx_size=args.ctx_size,
             threads=args.threads,
         )
+        from mesh_llm.models.resolve import validate_spec
+
+        for spec in config.models:
+            validate_spec(spec)
     except MeshError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2

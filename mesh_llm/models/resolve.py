@@ -82,6 +82,17 @@ def download(entry: CatalogEntry, *, progress: bool = True) -> Path:
     return Path(str(found))
 
 
+def validate_spec(spec: str) -> None:
+    """Fail fast on a --model value that can never resolve: an unknown name or a missing file."""
+    path = Path(spec).expanduser()
+    if path.is_file() or is_gguf_path(spec):
+        if not path.is_file():
+            raise UnknownModelError(f"no such model file: {spec}")
+        check_gguf(path)
+    else:
+        lookup(spec)
+
+
 def resolve(spec: str, *, allow_download: bool = True, progress: bool = True) -> ResolvedModel:
     """Resolve a --model value (catalog name or .gguf path) to a file on disk.
 

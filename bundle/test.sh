@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Run the whole suite with the project's venv: lint, fast pure tests first, then real processes.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+py="$root/.venv/bin/python"
+[ -x "$py" ] || { echo "run bash bundle/setup.sh first" >&2; exit 1; }
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+"$root/.venv/bin/ruff" check mesh_llm tests benchmarks
+"$py" -m pytest -q tests/unit tests/integration "$@"
+"$py" -m pytest -q tests/e2e "$@"

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import pytest
+
+from mesh_llm.cli import node_parser
+from mesh_llm.cli.render import catalog_table, human_bytes, status_view
+from mesh_llm.config import GIB, api_key_from_env, build_config
+from mesh_llm.errors import ConfigError
+
+
+def test_defaults_bind_loopback_on_the_standard_ports() -> None:
+    c = build_config(models=["SmolLM2-135M"])
+    assert (c.api.host, c.api.port) == ("127.0.0.1", 9337)
+    assert c.console is not None and c.console.port == 3131
+    assert c.allow_download and not c.idle
+
+
+def test_listen_all_binds_every_interface() -> None:
+    c = build_config(listen_all=True, api_key="k")
+    assert c.api.host == "0.0.0.0" and c.api_key == "k"
+
+
+def test_client_never_serves_nor_downloads() -> None:
+    with pytest.raises(ConfigError, match="never serve"):
+        build_config(client=True, models=["x"])
+    assert not build_config(client=True, join=["t"]).allow_download
+
+
+def test_no_arguments_is_idle() -> None:
+    assert build_config().idle
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"port": 70000},
+        {"console": -1},
+        {"max_vram": 0},
+        {"ctx_size": 10},
+        {"threads": 0},
+        {"port": 5000, "console": 5000},
+    ],
+)
+def test_bad_values_are_config_errors(kwargs: dict) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError):
+        build_config(**kwargs)
+
+
+def test_max_vram_is_in_gib() -> None:
+    assert build_config(max_vram=1.5).max_vram_bytes == int(1.5 * GIB)
+
+
+def test_api_key_env_fallback() -> None:
+    assert api_key_from_env({"MESH_LLM_API_KEY": " k "}) == "k"
+    assert api_key_from_env({}) is None
+
+
+def test_parser_accepts_repeatable_model_and_join() -> None:
+    a = node_parser().parse_args(["--model", "A", "--model", "B", "--join", "t1", "--join", "t2", "--client"])
+    assert a.model == ["A", "B"] and a.join == ["t1", "t2"] and a.client
+
+
+def test_human_bytes() -> None:
+    assert human_bytes(None) == "-" and human_bytes(512) == "512 B" and human_bytes(98_362_432) == "98.4 MB"
+
+
+def test_status_view_renders_models_and_peers() -> None:
+    from rich.console import Console
+
+    status = {
+        "short_id": "abcd1234", "role": "host", "version": "0.1.0", "state": "serving",
+        "api": {"url": "http://127.0.0.1:9337/v1", "auth": True}, "capacity": {"offered_bytes": 10**9},
+        "models": [{"name": "M", "state": "ready", "host": "abcd1234ffff", "port": 1, "size_bytes": 10}],
+        "peers": [{"node_id": "ffff0000", "role": "worker", "state": "alive", "models": [], "rtt_ms": 1.5}],
+    }  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(status_view(status))
+    out = console.export_text()
+    assert "abcd1234" in out and "API key required" in out and "1.5 ms" in out and "ffff0000" in out
+    console.print(catalog_table(on_disk={"SmolLM2-135M"}))
+    assert "Llama-3.3-70B" in console.export_text()
