@@ -44,6 +44,9 @@ def bind_tcp(http: HttpConfig, what: str) -> socket.socket:
     """Bind a listening socket up front so a busy port is a clear error, not a uvicorn exit."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted sockets inherit TCP_NODELAY; without it a response's header and body writes
+    # meet delayed ACKs and each request waits about 40 ms on loopback.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((http.host, http.port))
     except OSError as exc:

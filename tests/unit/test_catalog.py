@@ -29,7 +29,7 @@ def test_required_catalog_names_exist() -> None:
 
 
 def test_unknown_name_suggests_close_names() -> None:
-    with pytest.raises(UnknownModelError, match="Did you mean: .*Qwen2.5-3B"):
+    with pytest.raises(UnknownModelError, match=r"Did you mean: .*Qwen2\.5-3B"):
         lookup("Qwen2.5")
     with pytest.raises(UnknownModelError, match="mesh-llm download"):
         lookup("zzz")
