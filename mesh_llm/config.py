@@ -94,6 +94,8 @@ def build_config(
     models = list(models or [])
     if client and models:
         raise ConfigError("--client nodes never serve models: drop --model or --client")
+    if client and not join:
+        raise ConfigError("--client needs a mesh to use: add --join <token>")
     if max_vram is not None and max_vram <= 0:
         raise ConfigError(f"--max-vram must be a positive number of GB, not {max_vram}")
     if ctx_size < 256:

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import signal
 import socket
 import time
@@ -20,16 +19,29 @@ from typing import Any
 
 import uvicorn
 
+from mesh_llm import __version__
 from mesh_llm.api.console import ChangeFeed, create_console_app
 from mesh_llm.api.proxy import Proxy
 from mesh_llm.api.routing import Endpoint
 from mesh_llm.config import HttpConfig, NodeConfig
 from mesh_llm.errors import BackendUnavailable, ConfigError, MeshError
+from mesh_llm.mesh.gossip import ModelAd, PeerStatus
+from mesh_llm.mesh.service import (
+    MeshService,
+    MeshSettings,
+    decode_tokens,
+    load_identity,
+    load_or_create_credentials,
+    record_for,
+)
 from mesh_llm.models.resolve import ResolvedModel, resolve
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity
 
 log = logging.getLogger(__name__)
+
+KNOWN_MODEL_MEMORY_S = 600.0  # a model seen in the mesh this recently answers 503, not 404
+ADVERTISE_INTERVAL_S = 1.0
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -65,7 +77,11 @@ class Node:
 
     def __init__(self, config: NodeConfig, *, on_ready: Callable[[Node], None] | None = None) -> None:
         self.config = config
-        self.node_id = secrets.token_hex(32)
+        self.tokens = decode_tokens(config.join)
+        self.identity = load_identity(config.state_dir)
+        self.node_id = self.identity.node_id
+        self.mesh: MeshService | None = None
+        self.known_models: dict[str, float] = {}  # model -> when last seen served in the mesh
         self.started_at = time.time()
         self.feed = ChangeFeed()
         self.servers: dict[str, ModelServer] = {}
@@ -97,28 +113,59 @@ class Node:
                     state=server.status().state.value,
                 )
             )
+        if self.mesh is not None:
+            for node_id, view in sorted(self.mesh.peers().items()):
+                for ad in view.record.models:
+                    if ad.role != "host":
+                        continue  # split workers hold layers; only hosts take HTTP traffic
+                    ready = ad.ready and view.connected and view.status is PeerStatus.ALIVE
+                    state = "ready" if ready else ("loading" if not ad.ready else "unreachable")
+                    out.append(Endpoint(ad.name, node_id, ready, ad.in_flight, local=False, state=state))
+        now = time.monotonic()
+        for e in out:
+            self.known_models[e.model] = now
+        served = {e.model for e in out}
+        for model, seen in list(self.known_models.items()):
+            if now - seen > KNOWN_MODEL_MEMORY_S:
+                del self.known_models[model]
+            elif model not in served:
+                # Fail clearly rather than with a 404: the model was here and may come back.
+                out.append(
+                    Endpoint(model, "", False, state="offline: no node in the mesh serves it right now")
+                )
         return out
 
     def model_cards(self) -> list[dict[str, Any]]:
-        cards = []
-        for e in sorted(self.endpoints(), key=lambda e: e.model):
-            cards.append(
-                {
-                    "id": e.model,
-                    "object": "model",
-                    "created": int(self.started_at),
-                    "owned_by": "mesh-llm",
-                    "ready": e.ready,
-                    "hosts": [e.node_id[:8]],
-                }
-            )
-        return cards
+        by_model: dict[str, list[Endpoint]] = {}
+        for e in self.endpoints():
+            if e.node_id:
+                by_model.setdefault(e.model, []).append(e)
+        return [
+            {
+                "id": model,
+                "object": "model",
+                "created": int(self.started_at),
+                "owned_by": "mesh-llm",
+                "ready": any(e.ready for e in eps),
+                "hosts": sorted(e.node_id[:8] for e in eps),
+            }
+            for model, eps in sorted(by_model.items())
+        ]
 
     async def base_url(self, endpoint: Endpoint) -> str:
-        server = self.servers.get(endpoint.model)
-        if server is None or not server.ready:
-            raise BackendUnavailable(f"the model server of {endpoint.model} is not ready")
-        return server.base_url
+        if endpoint.local:
+            server = self.servers.get(endpoint.model)
+            if server is None or not server.ready:
+                raise BackendUnavailable(f"the model server of {endpoint.model} is not ready")
+            return server.base_url
+        if self.mesh is None:
+            raise BackendUnavailable("this node is not in a mesh")
+        return f"http://127.0.0.1:{await self.mesh.http_port(endpoint.node_id, endpoint.model)}"
+
+    def local_model_port(self, model: str) -> int | None:
+        """Where a peer's HTTP tunnel for `model` lands: our ready model server, else refuse."""
+        server = self.servers.get(model)
+        return server.port if server is not None and server.ready else None
 
     def begin_request(self, model: str) -> Callable[[], None]:
         self.in_flight[model] += 1
@@ -145,6 +192,8 @@ class Node:
             return "idle"
         if self.config.client:
             return "client"
+        if not self.config.models:
+            return "standby"
         states = [s.status().state for s in self.servers.values()]
         if self.pending or any(s is BackendState.STARTING for s in states) or not states:
             return "starting"
@@ -219,7 +268,7 @@ class Node:
                 log.warning("%s given twice; serving it once", model.name)
                 continue
             self.resolved[model.name] = model
-            server = ModelServer(model, self.config.backend, log_dir, on_change=self.feed.bump)
+            server = ModelServer(model, self.config.backend, log_dir, on_change=self._changed)
             self.servers[model.name] = server
             await server.start()
         self.feed.bump()
@@ -230,26 +279,76 @@ class Node:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        advertiser: asyncio.Task[None] | None = None
         try:
             await self._start_http()
+            if not self.config.idle:
+                await self._start_mesh()
+            advertiser = asyncio.create_task(self._advertise_loop())
             if self._on_ready is not None:
                 self._on_ready(self)
             await self._start_models()
             await self._stop.wait()
         finally:
+            if advertiser is not None:
+                advertiser.cancel()
             await self._shutdown()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         return 0
 
+    async def _start_mesh(self) -> None:
+        credentials = load_or_create_credentials(self.config.state_dir, self.tokens)
+        settings = MeshSettings(self.config.state_dir, self.config.bind_port, self.config.join)
+        self.mesh = MeshService(
+            self.identity,
+            credentials,
+            settings,
+            record_for(self.node_id, __version__, **self._record_fields()),
+            tokens=self.tokens,
+            http_target=self.local_model_port,
+            on_change=self.feed.bump,
+        )
+        await self.mesh.start()
+
+    def _record_fields(self) -> dict[str, Any]:
+        """What this node advertises; health follows the model servers' live checks."""
+        models = tuple(
+            ModelAd(name, server.ready, "host", in_flight=self.in_flight[name])
+            for name, server in sorted(self.servers.items())
+        )
+        return {
+            "role": self.role,
+            "capacity_bytes": self.capacity.offered_bytes,
+            "models": models,
+            "on_disk": tuple(sorted(self.resolved)),
+            "api_port": self.api_port or 0,
+            "console_port": self.console_port or 0,
+            "demand": {m: n for m, n in self.requests.items() if n},
+            "client": self.config.client,
+        }
+
+    def _changed(self) -> None:
+        self.feed.bump()
+        if self.mesh is not None:
+            self.mesh.advertise(**self._record_fields())
+
+    async def _advertise_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ADVERTISE_INTERVAL_S)
+            if self.mesh is not None:
+                self.mesh.advertise(**self._record_fields())
+
     async def _shutdown(self) -> None:
-        """Stop accepting, let in-flight requests finish briefly, stop children, close servers."""
+        """Stop accepting, let in-flight requests finish briefly, leave the mesh, stop children."""
         self.stopping = True
         self.feed.bump()
         api = self._http[1:] if self.config.console is not None else self._http
         for server, _ in api:
             server.should_exit = True
         await asyncio.gather(*(t for _, t in api), return_exceptions=True)
+        if self.mesh is not None:
+            await self.mesh.stop()
         await asyncio.gather(*(s.stop() for s in self.servers.values()), return_exceptions=True)
         if self._proxy is not None:
             await self._proxy.aclose()

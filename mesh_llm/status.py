@@ -33,6 +33,29 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
                 "local": True,
             }
         )
+    if node.mesh is not None:
+        for node_id, view in sorted(node.mesh.peers().items()):
+            for ad in view.record.models:
+                rows.append(
+                    {
+                        "name": ad.name,
+                        "state": "ready" if ad.ready else "loading",
+                        "ready": ad.ready,
+                        "message": "",
+                        "port": None,
+                        "pid": None,
+                        "restarts": 0,
+                        "since": None,
+                        "path": None,
+                        "size_bytes": None,
+                        "in_flight": ad.in_flight,
+                        "requests": None,
+                        "host": node_id,
+                        "local": False,
+                        "role": ad.role,
+                        "layers": list(ad.layers) if ad.layers else None,
+                    }
+                )
     for spec, what in sorted(node.pending.items()):
         rows.append(
             {
@@ -50,6 +73,36 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
                 "requests": 0,
                 "host": node.node_id,
                 "local": True,
+            }
+        )
+    return rows
+
+
+def _peer_rows(node: Node) -> list[dict[str, Any]]:
+    if node.mesh is None:
+        return []
+    now = time.monotonic()
+    rows = []
+    for node_id, view in sorted(node.mesh.peers().items()):
+        rec = view.record
+        rtt = node.mesh.rtt_ms(node_id)
+        rows.append(
+            {
+                "node_id": node_id,
+                "short_id": node_id[:8],
+                "role": rec.role,
+                "state": view.status.value if view.connected else f"{view.status.value} (relayed)",
+                "connected": view.connected,
+                "client": rec.client,
+                "models": [m.to_dict() for m in rec.models],
+                "on_disk": list(rec.on_disk),
+                "capacity_bytes": rec.capacity_bytes,
+                "rtt_ms": round(rtt, 2) if rtt is not None else None,
+                "version": rec.software,
+                "last_seen_s": round(max(0.0, now - view.last_seen), 1),
+                "addresses": list(rec.addresses),
+                "api_port": rec.api_port,
+                "demand": dict(rec.demand),
             }
         )
     return rows
@@ -87,9 +140,10 @@ def build_status(node: Node) -> dict[str, Any]:
         },
         "ram": {"total_bytes": cap.ram_total_bytes, "available_bytes": cap.ram_available_bytes},
         "models": _model_rows(node),
-        "peers": [],
+        "peers": _peer_rows(node),
         "in_flight": sum(node.in_flight.values()),
         "requests_total": sum(node.requests.values()),
-        "invite_token": None,
-        "mesh_id": None,
+        "invite_token": node.mesh.invite_token if node.mesh is not None else None,
+        "mesh_id": node.mesh.credentials.mesh_id_hex if node.mesh is not None else None,
+        "mesh_port": node.mesh.transport.port if node.mesh is not None else None,
     }

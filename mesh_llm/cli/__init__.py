@@ -18,7 +18,7 @@ from mesh_llm.errors import MeshError
 
 console = Console(stderr=True)
 
-SUBCOMMANDS = ("download", "status")
+SUBCOMMANDS = ("download", "status", "rotate-key")
 
 IDLE_HELP = """[bold]mesh-llm[/] is running idle: nothing is served, the console is read-only.
 
@@ -153,6 +153,9 @@ def run_node(argv: Sequence[str]) -> int:
             )
         for spec in config.models:
             console.print(f"model    {spec}  (loading…)")
+        if node.mesh is not None:
+            console.print(f"node     {node.node_id[:8]}  mesh port udp/{node.mesh.transport.port}")
+            console.print("invite   [bold]mesh-llm --join " + node.mesh.invite_token + "[/]")
 
     try:
         return asyncio.run(Node(config, on_ready=ready).run())
@@ -213,10 +216,32 @@ def cmd_status(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_rotate_key(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="mesh-llm rotate-key", description="Replace this machine's node key (a new node id)."
+    )
+    p.add_argument("--state-dir", default=None, metavar="DIR", help="state directory (default ~/.mesh-llm)")
+    args = p.parse_args(argv)
+    from pathlib import Path
+
+    from mesh_llm.mesh.identity import NodeIdentity
+
+    state = Path(args.state_dir).expanduser() if args.state_dir else Path.home() / ".mesh-llm"
+    try:
+        identity = NodeIdentity.rotate(state / "node.key")
+    except MeshError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    Console().print(f"new node id {identity.node_id} (restart the node to use it)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "download":
         return cmd_download(argv[1:])
     if argv and argv[0] == "status":
         return cmd_status(argv[1:])
+    if argv and argv[0] == "rotate-key":
+        return cmd_rotate_key(argv[1:])
     return run_node(argv)

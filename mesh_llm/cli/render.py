@@ -71,7 +71,7 @@ def status_view(status: dict[str, Any]) -> Group:
             str(m.get("host") or "")[:8],
             str(m.get("port") or "-"),
             str(m.get("in_flight", 0)),
-            str(m.get("requests", 0)),
+            str(m.get("requests") if m.get("requests") is not None else "-"),
             human_bytes(m.get("size_bytes")),
             m.get("message") or "",
         )

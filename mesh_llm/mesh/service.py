@@ -1,0 +1,375 @@
+"""The mesh as the node sees it: transport + gossip engine + tunnels, run on the node's loop.
+
+This is the thin I/O shell around the pure gossip engine: it feeds the engine transport events
+and the clock, carries its messages out, dials the peers it learns about, keeps retrying the
+invite tokens and recently lost peers, and opens HTTP tunnels to remote model servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from mesh_llm.errors import ConfigError, MeshError, TokenError, TransportError, WireError
+from mesh_llm.mesh.gossip import (
+    GossipConfig,
+    GossipEngine,
+    NodeRecord,
+    PeerJoined,
+    PeerLeft,
+    PeerRestarted,
+    PeerUpdated,
+    PeerView,
+)
+from mesh_llm.mesh.identity import NodeIdentity
+from mesh_llm.mesh.token import InviteToken, MeshCredentials, format_address, new_mesh
+from mesh_llm.mesh.transport import MeshTransport, PeerLink
+from mesh_llm.mesh.tunnel import TcpTunnel, TunnelCounters, open_tcp_tunnel, serve_tcp_streams
+
+log = logging.getLogger(__name__)
+
+HTTP_STREAM = "http"
+DIAL_TIMEOUT_S = 5.0
+BOOTSTRAP_RETRY_S = 2.0
+LOST_PEER_RETRY_S = 3.0
+LOST_PEER_MEMORY_S = 600.0  # how long a peer that vanished without a goodbye is redialled
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    """What the node tells the mesh layer at startup."""
+
+    state_dir: Path
+    bind_port: int = 0
+    join: tuple[str, ...] = ()
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+
+
+def load_identity(state_dir: Path) -> NodeIdentity:
+    """This node's persistent ed25519 identity (created on first start)."""
+    return NodeIdentity.load_or_create(state_dir / "node.key")
+
+
+def _credentials_path(state_dir: Path) -> Path:
+    return state_dir / "mesh.json"
+
+
+def load_or_create_credentials(state_dir: Path, tokens: list[InviteToken]) -> MeshCredentials:
+    """The mesh this node belongs to: the first token's, else the one it made before, else a new one.
+
+    Kept in the state directory (mode 0600) so a restarted node comes back to the same mesh and
+    the invite tokens it handed out stay valid.
+    """
+    path = _credentials_path(state_dir)
+    if tokens:
+        creds = tokens[0].credentials
+        for other in tokens[1:]:
+            if other.credentials.mesh_id != creds.mesh_id:
+                raise TokenError("the --join tokens belong to different meshes; give tokens of one mesh")
+    elif path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            creds = MeshCredentials(bytes.fromhex(data["mesh_id"]), bytes.fromhex(data["secret"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path} is corrupt ({exc}); remove it to start a new mesh") from exc
+        return creds
+    else:
+        creds = new_mesh()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"mesh_id": creds.mesh_id.hex(), "secret": creds.secret.hex()}, f)
+    os.replace(tmp, path)
+    return creds
+
+
+def _port_path(state_dir: Path) -> Path:
+    return state_dir / "mesh-port"
+
+
+def last_port(state_dir: Path) -> int:
+    """The UDP port this node used last time (0 if unknown), so its invite tokens stay valid."""
+    try:
+        port = int(_port_path(state_dir).read_text().strip())
+    except (OSError, ValueError):
+        return 0
+    return port if 0 < port < 65536 else 0
+
+
+def local_addresses(port: int) -> list[str]:
+    """Every usable address of this machine with the mesh port: LAN first, loopback last."""
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            try:
+                ip = ipaddress.ip_address(a.address.split("%")[0])
+            except ValueError:
+                continue
+            if ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+                continue  # link-local needs a scope id a token cannot carry
+            found.append(ip)
+    found = sorted(set(found), key=lambda ip: (ip.is_loopback, ip.version, str(ip)))
+    if not any(ip.is_loopback and ip.version == 4 for ip in found):
+        found.append(ipaddress.ip_address("127.0.0.1"))
+    return [format_address(str(ip), port) for ip in found]
+
+
+class MeshService:
+    """Membership, gossip and tunnels of one node. Start with `start()`, end with `stop()`."""
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        credentials: MeshCredentials,
+        settings: MeshSettings,
+        self_record: NodeRecord,
+        *,
+        tokens: Iterable[InviteToken] = (),
+        http_target: Callable[[str], int | None] = lambda model: None,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.identity = identity
+        self.credentials = credentials
+        self.settings = settings
+        self.tokens = list(tokens)
+        self.engine = GossipEngine(self_record, settings.gossip)
+        self.transport = MeshTransport(identity, credentials, host="::", port=settings.bind_port)
+        self._reuse_port = last_port(settings.state_dir) if settings.bind_port == 0 else 0
+        self.http_counters: TunnelCounters | None = None
+        self._http_target = http_target
+        self._on_change = on_change
+        self._tunnels: dict[tuple[str, str], TcpTunnel] = {}
+        self._tunnel_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._lost: dict[str, tuple[tuple[str, ...], float]] = {}  # node id -> (addresses, when lost)
+        self._dialing: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+        self._stopped = False
+        self.addresses: tuple[str, ...] = ()
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._reuse_port:
+            # Come back on last run's port so peers redialling us (and tokens handed out) find us.
+            try:
+                t = MeshTransport(self.identity, self.credentials, host="::", port=self._reuse_port)
+                await t.start()
+                self.transport = t
+            except (TransportError, ConfigError):
+                log.info("last run's mesh port %d is taken; using a new one", self._reuse_port)
+        t = self.transport
+        t.on_message = self._on_message
+        t.on_peer_connected = self._on_connected
+        t.on_peer_lost = self._on_lost
+        self.http_counters = serve_tcp_streams(t, HTTP_STREAM, self._resolve_http)
+        port = t.port or await t.start()
+        with contextlib.suppress(OSError):
+            _port_path(self.settings.state_dir).write_text(f"{port}\n")
+        self.addresses = tuple(local_addresses(port))
+        self._send(self.engine.update_self(self._now(), addresses=self.addresses))
+        self._spawn(self._gossip_loop(), "gossip")
+        self._spawn(self._redial_loop(), "redial")
+
+    async def stop(self) -> None:
+        """Say goodbye (peers drop us at once), close tunnels and the transport."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._send(self.engine.leave(self._now()))
+        await asyncio.sleep(0.05)  # let the goodbye datagrams leave before the connections close
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for tunnel in list(self._tunnels.values()):
+            await tunnel.close()
+        self._tunnels.clear()
+        await self.transport.close()
+
+    @property
+    def invite_token(self) -> str:
+        return self.credentials.invite(self.identity.node_id, self.addresses).encode()
+
+    # ---- what the node reads -----------------------------------------------------------
+
+    def peers(self) -> dict[str, PeerView]:
+        return self.engine.peers()
+
+    def rtt_ms(self, node_id: str) -> float | None:
+        link = self.transport.link(node_id)
+        return link.rtt_ms if link is not None and link.is_open else None
+
+    def advertise(self, **fields: Any) -> None:
+        """Publish changed fields of this node's record (no-op when nothing changed)."""
+        current = self.engine.self_record
+        if all(getattr(current, k) == v for k, v in fields.items()):
+            return
+        self._send(self.engine.update_self(self._now(), **fields))
+
+    async def http_port(self, node_id: str, model: str) -> int:
+        """A local TCP port that reaches `model`'s server on `node_id` through the mesh."""
+        key = (node_id, model)
+        lock = self._tunnel_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            tunnel = self._tunnels.get(key)
+            link = self.transport.link(node_id)
+            if link is None or not link.is_open:
+                raise TransportError(f"no open link to {node_id[:8]}")
+            if tunnel is None or tunnel.link is not link:
+                if tunnel is not None:
+                    await tunnel.close()
+                tunnel = await open_tcp_tunnel(link, HTTP_STREAM, {"model": model})
+                self._tunnels[key] = tunnel
+            return tunnel.port
+
+    # ---- transport events --------------------------------------------------------------
+
+    def _now(self) -> float:
+        return time.monotonic()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=f"mesh-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _send(self, outgoing: list[tuple[str, dict[str, Any]]]) -> None:
+        for peer_id, msg in outgoing:
+            link = self.transport.link(peer_id)
+            if link is None:
+                continue
+            try:
+                link.send(msg)
+            except (TransportError, WireError) as exc:
+                log.debug("could not send %s to %s: %s", msg.get("t"), peer_id[:8], exc)
+        self._drain_events()
+
+    def _on_message(self, peer_id: str, msg: dict[str, Any]) -> None:
+        try:
+            out = self.engine.receive(peer_id, msg, self._now())
+        except WireError as exc:
+            log.warning("ignoring a malformed gossip message from %s: %s", peer_id[:8], exc)
+            return
+        self._send(out)
+
+    def _on_connected(self, link: PeerLink) -> None:
+        self._lost.pop(link.node_id, None)
+        log.info("linked to peer %s at %s (%.1f ms)", link.short_id, link.remote_address, link.rtt_ms)
+        self._send(self.engine.peer_connected(link.node_id, self._now()))
+        self._on_change()
+
+    def _on_lost(self, peer_id: str, reason: str) -> None:
+        log.info("link to peer %s lost: %s", peer_id[:8], reason)
+        view = self.engine.peers().get(peer_id)
+        if view is not None and view.record.addresses:
+            self._lost[peer_id] = (view.record.addresses, self._now())
+        self._send(self.engine.peer_disconnected(peer_id, self._now()))
+        self._spawn(self._close_tunnels(peer_id), "untunnel")
+        self._on_change()
+
+    def _drain_events(self) -> None:
+        changed = False
+        while (event := self.engine.next_event()) is not None:
+            changed = True
+            if isinstance(event, PeerJoined | PeerRestarted):
+                rec = event.record
+                log.info(
+                    "peer %s %s (%s)",
+                    rec.node_id[:8],
+                    "joined" if isinstance(event, PeerJoined) else "restarted",
+                    rec.role,
+                )
+                if isinstance(event, PeerRestarted):
+                    self._spawn(self._close_tunnels(rec.node_id), "untunnel")
+                self._dial_soon(rec.node_id, rec.addresses)
+            elif isinstance(event, PeerLeft):
+                log.info("peer %s left the mesh (%s)", event.node_id[:8], event.reason.value)
+                if event.reason.value == "bye":
+                    self._lost.pop(event.node_id, None)
+                self._spawn(self._close_tunnels(event.node_id), "untunnel")
+            elif isinstance(event, PeerUpdated):
+                pass
+        if changed:
+            self._on_change()
+
+    async def _close_tunnels(self, node_id: str) -> None:
+        for key in [k for k in self._tunnels if k[0] == node_id]:
+            tunnel = self._tunnels.pop(key, None)
+            if tunnel is not None:
+                await tunnel.close()
+
+    def _resolve_http(self, peer_id: str, header: dict[str, Any]) -> int | None:
+        model = header.get("model")
+        return self._http_target(model) if isinstance(model, str) else None
+
+    # ---- dialing -----------------------------------------------------------------------
+
+    def _dial_soon(self, node_id: str, addresses: Iterable[str], expected: bool = True) -> None:
+        addresses = tuple(addresses)
+        if node_id == self.identity.node_id or node_id in self._dialing or not addresses:
+            return
+        link = self.transport.link(node_id)
+        if link is not None and link.is_open:
+            return
+        self._dialing.add(node_id)
+        self._spawn(self._dial(node_id, addresses), f"dial-{node_id[:8]}")
+
+    async def _dial(self, node_id: str, addresses: tuple[str, ...]) -> None:
+        try:
+            await self.transport.dial(list(addresses), expected_node_id=node_id, timeout=DIAL_TIMEOUT_S)
+        except MeshError as exc:
+            log.debug("dial %s failed: %s", node_id[:8], exc)
+        finally:
+            self._dialing.discard(node_id)
+
+    async def _redial_loop(self) -> None:
+        """Keep trying the invite tokens' nodes and recently lost peers until they answer."""
+        while True:
+            now = self._now()
+            for token in self.tokens:
+                self._dial_soon(token.node_id, token.addresses)
+            for node_id, (addresses, since) in list(self._lost.items()):
+                if now - since > LOST_PEER_MEMORY_S:
+                    del self._lost[node_id]
+                else:
+                    self._dial_soon(node_id, addresses)
+            await asyncio.sleep(BOOTSTRAP_RETRY_S if not self.transport.links else LOST_PEER_RETRY_S)
+
+    async def _gossip_loop(self) -> None:
+        interval = self.settings.gossip.push_interval_s
+        while True:
+            timer = self.engine.get_timer()
+            if timer is None:
+                return
+            delay = max(0.0, min(interval, timer - self._now()))
+            await asyncio.sleep(delay)
+            self._send(self.engine.tick(self._now()))
+
+
+def record_for(node_id: str, software: str, **fields: Any) -> NodeRecord:
+    """A fresh record for this process; the incarnation is the start time in ms."""
+    return replace(
+        NodeRecord(node_id=node_id, incarnation=int(time.time() * 1000), software=software), **fields
+    )
+
+
+def decode_tokens(values: Iterable[str]) -> list[InviteToken]:
+    """Decode --join values, each with a clear error naming the bad one."""
+    tokens = []
+    for i, value in enumerate(values, 1):
+        try:
+            tokens.append(InviteToken.decode(value.strip()))
+        except TokenError as exc:
+            raise TokenError(f"--join token {i} is not valid: {exc}") from exc
+    return tokens
