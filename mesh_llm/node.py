@@ -90,6 +90,7 @@ class Node:
         self.capacity: Capacity = detect_capacity(config.max_vram_bytes, client=config.client)
         self.in_flight: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
+        self.routed: Counter[tuple[str, str]] = Counter()  # (model, host node id) -> requests sent there
         self.api_port: int | None = None
         self.console_port: int | None = None
         self.stopping = False
@@ -153,6 +154,7 @@ class Node:
         ]
 
     async def base_url(self, endpoint: Endpoint) -> str:
+        self.routed[(endpoint.model, endpoint.node_id)] += 1
         if endpoint.local:
             server = self.servers.get(endpoint.model)
             if server is None or not server.ready:

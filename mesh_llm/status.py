@@ -49,7 +49,7 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
                         "path": None,
                         "size_bytes": None,
                         "in_flight": ad.in_flight,
-                        "requests": None,
+                        "requests": node.routed[(ad.name, node_id)],
                         "host": node_id,
                         "local": False,
                         "role": ad.role,

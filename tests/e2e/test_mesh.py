@@ -181,3 +181,36 @@ def test_clean_exit_says_goodbye_and_disappears_at_once(mesh: dict[str, NodeProc
     t0 = time.monotonic()
     c.wait_for(lambda s: b_id not in {p["node_id"] for p in s["peers"]}, 3, "B's goodbye")
     assert time.monotonic() - t0 < 2
+
+
+def test_two_hosts_share_requests_and_a_dying_host_loses_none(tmp_path: Path) -> None:
+    a = NodeProcess(["--model", "SmolLM2-135M"], tmp_path / "a").start()
+    nodes = [a]
+    try:
+        token = a.wait_serving()["invite_token"]
+        b = NodeProcess(["--model", "SmolLM2-135M", "--join", token], tmp_path / "b").start()
+        c = NodeProcess(["--client", "--join", token], tmp_path / "c").start()
+        nodes += [b, c]
+        b.wait_serving()
+        c.wait_for(lambda s: len([m for m in s["models"] if m["ready"]]) == 2, 30, "both hosts on C")
+        client = openai.OpenAI(base_url=f"{c.api}/v1", api_key="x", max_retries=0, timeout=60)
+        for _ in range(6):
+            client.completions.create(model="SmolLM2-135M", prompt="Hi", max_tokens=2)
+        routed = {m["host"]: m["requests"] for m in c.status()["models"]}
+        assert sorted(routed.values()) == [3, 3], routed
+        ids = sorted(routed)
+        assert data_hosts(c) == sorted(i[:8] for i in ids)
+        # B dies without a word: requests sent right after must all still be answered (by A).
+        assert b.proc is not None
+        os.kill(b.proc.pid, signal.SIGKILL)
+        for _ in range(8):
+            r = client.completions.create(model="SmolLM2-135M", prompt="Hi", max_tokens=2)
+            assert r.choices[0].text is not None
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def data_hosts(node: NodeProcess) -> list[str]:
+    (card,) = httpx.get(f"{node.api}/v1/models").json()["data"]
+    return list(card["hosts"])
