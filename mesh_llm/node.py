@@ -22,7 +22,7 @@ import uvicorn
 from mesh_llm import __version__
 from mesh_llm.api.console import ChangeFeed, create_console_app
 from mesh_llm.api.proxy import Proxy
-from mesh_llm.api.routing import Endpoint
+from mesh_llm.api.routing import Endpoint, model_key
 from mesh_llm.config import HttpConfig, NodeConfig
 from mesh_llm.errors import BackendUnavailable, ConfigError, MeshError
 from mesh_llm.mesh.gossip import ModelAd, PeerStatus
@@ -34,7 +34,9 @@ from mesh_llm.mesh.service import (
     load_or_create_credentials,
     record_for,
 )
-from mesh_llm.models.resolve import ResolvedModel, resolve
+from mesh_llm.models.catalog import CATALOG, find_entry
+from mesh_llm.models.resolve import ResolvedModel, on_disk_names, resolve
+from mesh_llm.planning.demand import DemandTable, StandbyInfo, choose_standby_work
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity
 
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 KNOWN_MODEL_MEMORY_S = 600.0  # a model seen in the mesh this recently answers 503, not 404
 ADVERTISE_INTERVAL_S = 1.0
+STANDBY_EVAL_S = 2.0  # how often a standby looks for work
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -91,6 +94,11 @@ class Node:
         self.in_flight: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         self.routed: Counter[tuple[str, str]] = Counter()  # (model, host node id) -> requests sent there
+        self.demand = DemandTable(self.node_id)
+        self.declined: set[str] = set()  # models the user dropped here: never picked up again
+        self.on_disk: tuple[str, ...] = ()
+        self.standby_state = "idle"
+        self._serving_started: set[str] = set()
         self.api_port: int | None = None
         self.console_port: int | None = None
         self.stopping = False
@@ -126,6 +134,10 @@ class Node:
         for e in out:
             self.known_models[e.model] = now
         served = {e.model for e in out}
+        for model in self.demand.wanted({m: [m] for m in served}, now):
+            if model not in served and self._standby_could_serve(model):
+                served.add(model)
+                out.append(Endpoint(model, "", False, state="waiting for a standby node to load it"))
         for model, seen in list(self.known_models.items()):
             if now - seen > KNOWN_MODEL_MEMORY_S:
                 del self.known_models[model]
@@ -169,6 +181,58 @@ class Node:
         server = self.servers.get(model)
         return server.port if server is not None and server.ready else None
 
+    def note_request(self, model: str) -> None:
+        """Count demand for a model the mesh knows or could load, served or not (wanted)."""
+        name = self._canonical(model)
+        if name is not None:
+            self.demand.record(name, time.monotonic())
+
+    def _canonical(self, model: str) -> str | None:
+        key = model_key(model)
+        names = set(self.servers) | set(self.known_models) | set(self.on_disk)
+        if self.mesh is not None:
+            for view in self.mesh.peers().values():
+                names.update(ad.name for ad in view.record.models)
+                names.update(view.record.on_disk)
+        for name in names:
+            if model_key(name) == key:
+                return name
+        entry = find_entry(model)
+        return entry.name if entry is not None else None
+
+    def _standbys(self) -> list[StandbyInfo]:
+        out = []
+        if self.role == "standby":
+            out.append(
+                StandbyInfo(
+                    self.node_id,
+                    self.capacity.offered_bytes,
+                    frozenset(self.on_disk),
+                    self.config.allow_download,
+                )
+            )
+        if self.mesh is not None:
+            for node_id, view in self.mesh.peers().items():
+                rec = view.record
+                if rec.role == "standby" and not rec.client:
+                    out.append(StandbyInfo(node_id, rec.capacity_bytes, frozenset(rec.on_disk), True))
+        return out
+
+    def _standby_could_serve(self, model: str) -> bool:
+        return any(model in s.on_disk for s in self._standbys())
+
+    def _served_map(self) -> dict[str, list[str]]:
+        served: dict[str, list[str]] = {}
+        for e in self.endpoints():
+            if e.node_id:
+                served.setdefault(e.model, []).append(e.node_id)
+        return served
+
+    def _model_sizes(self) -> dict[str, int]:
+        sizes = {e.name: e.size_bytes for e in CATALOG}
+        sizes.update({name: m.size_bytes for name, m in self.resolved.items()})
+        return sizes
+
     def begin_request(self, model: str) -> Callable[[], None]:
         self.in_flight[model] += 1
         self.requests[model] += 1
@@ -194,7 +258,7 @@ class Node:
             return "idle"
         if self.config.client:
             return "client"
-        if not self.config.models:
+        if not self.servers and not self.pending:
             return "standby"
         states = [s.status().state for s in self.servers.values()]
         if self.pending or any(s is BackendState.STARTING for s in states) or not states:
@@ -209,7 +273,7 @@ class Node:
             return "client"
         if self.config.idle:
             return "idle"
-        return "host" if self.config.models else "standby"
+        return "host" if self.servers or self.pending else "standby"
 
     def status(self) -> dict[str, Any]:
         """The node's status as JSON-able data (served at /api/status and streamed on /api/events)."""
@@ -254,26 +318,33 @@ class Node:
             await self._serve_http(self._proxy.app, sock, graceful_s=5.0)
 
     async def _start_models(self) -> None:
-        log_dir = self.config.state_dir / "logs"
+        self.on_disk = tuple(await asyncio.to_thread(on_disk_names))
         for spec in self.config.models:
-            self.pending[spec] = "resolving"
-            self.feed.bump()
-            try:
-                model = await asyncio.to_thread(resolve, spec, allow_download=self.config.allow_download)
-            except MeshError as exc:
-                self.pending[spec] = f"failed: {exc}"
-                log.error("cannot serve %s: %s", spec, exc)
-                self.feed.bump()
-                continue
-            del self.pending[spec]
-            if model.name in self.servers:
-                log.warning("%s given twice; serving it once", model.name)
-                continue
-            self.resolved[model.name] = model
-            server = ModelServer(model, self.config.backend, log_dir, on_change=self._changed)
-            self.servers[model.name] = server
-            await server.start()
+            await self._serve(spec)
         self.feed.bump()
+
+    async def _serve(self, spec: str) -> None:
+        """Resolve (downloading if allowed) and start one model server."""
+        self.pending[spec] = "resolving"
+        self._changed()
+        try:
+            model = await asyncio.to_thread(resolve, spec, allow_download=self.config.allow_download)
+        except MeshError as exc:
+            self.pending[spec] = f"failed: {exc}"
+            log.error("cannot serve %s: %s", spec, exc)
+            self._changed()
+            return
+        del self.pending[spec]
+        if model.name in self.servers:
+            log.warning("%s given twice; serving it once", model.name)
+            return
+        self.resolved[model.name] = model
+        server = ModelServer(
+            model, self.config.backend, self.config.state_dir / "logs", on_change=self._changed
+        )
+        self.servers[model.name] = server
+        await server.start()
+        self._changed()
 
     async def run(self) -> int:
         """Start in order, serve until a stop request, then shut down in order. Returns an exit code."""
@@ -323,10 +394,10 @@ class Node:
             "role": self.role,
             "capacity_bytes": self.capacity.offered_bytes,
             "models": models,
-            "on_disk": tuple(sorted(self.resolved)),
+            "on_disk": tuple(sorted(set(self.on_disk) | set(self.resolved))),
             "api_port": self.api_port or 0,
             "console_port": self.console_port or 0,
-            "demand": {m: n for m, n in self.requests.items() if n},
+            "demand": self.demand.own_counters(),
             "client": self.config.client,
         }
 
@@ -336,10 +407,46 @@ class Node:
             self.mesh.advertise(**self._record_fields())
 
     async def _advertise_loop(self) -> None:
+        last_eval = 0.0
         while True:
             await asyncio.sleep(ADVERTISE_INTERVAL_S)
-            if self.mesh is not None:
-                self.mesh.advertise(**self._record_fields())
+            if self.mesh is None:
+                continue
+            now = time.monotonic()
+            peers = self.mesh.peers()
+            for node_id, view in peers.items():
+                self.demand.merge(node_id, view.record.demand, now, generation=view.record.incarnation)
+            self.mesh.advertise(**self._record_fields())
+            if self.role == "standby" and not self.stopping and now - last_eval >= STANDBY_EVAL_S:
+                last_eval = now
+                await self._maybe_pick_up_work(now)
+
+    async def _maybe_pick_up_work(self, now: float) -> None:
+        """A standby takes the model the mesh-wide rules give it (identically computed everywhere)."""
+        decision = choose_standby_work(
+            self.node_id, self._standbys(), self._served_map(), self.demand.rates(now), self._model_sizes()
+        )
+        if decision is None or decision.model in self.declined:
+            return
+        log.info(
+            "standby picks up %s (%s, %.1f requests/min mesh-wide%s)",
+            decision.model, decision.reason.value, decision.rate_rpm, ", downloading" if decision.download else "",
+        )  # fmt: skip
+        self.standby_state = f"loading {decision.model}"
+        await self._serve(decision.model)
+        self.standby_state = "idle"
+
+    async def drop(self, model: str) -> bool:
+        """Stop serving `model` here (the user asked); the mesh re-plans without this node."""
+        name = next((n for n in self.servers if model_key(n) == model_key(model)), None)
+        if name is None:
+            return False
+        self.declined.add(name)
+        server = self.servers.pop(name)
+        await server.stop()
+        log.info("dropped %s at the user's request", name)
+        self._changed()
+        return True
 
     async def _shutdown(self) -> None:
         """Stop accepting, let in-flight requests finish briefly, leave the mesh, stop children."""

@@ -108,6 +108,25 @@ def _peer_rows(node: Node) -> list[dict[str, Any]]:
     return rows
 
 
+def _demand_rows(node: Node) -> list[dict[str, Any]]:
+    now = time.monotonic()
+    served = node._served_map()
+    rates = node.demand.rates(now)
+    rows = []
+    for model in sorted(set(rates) | set(served)):
+        rpm = rates.get(model, 0.0)
+        rows.append(
+            {
+                "model": model,
+                "rpm": round(rpm, 2),
+                "total": node.demand.total(model),
+                "servers": sorted(served.get(model, [])),
+                "wanted": not served.get(model) and rpm >= node.demand.config.wanted_min_rpm,
+            }
+        )
+    return rows
+
+
 def build_status(node: Node) -> dict[str, Any]:
     """Everything a person or the console wants to know about this node right now."""
     cap = node.capacity
@@ -141,6 +160,9 @@ def build_status(node: Node) -> dict[str, Any]:
         "ram": {"total_bytes": cap.ram_total_bytes, "available_bytes": cap.ram_available_bytes},
         "models": _model_rows(node),
         "peers": _peer_rows(node),
+        "demand": _demand_rows(node),
+        "standby": node.standby_state if node.role == "standby" else None,
+        "declined": sorted(node.declined),
         "in_flight": sum(node.in_flight.values()),
         "requests_total": sum(node.requests.values()),
         "invite_token": node.mesh.invite_token if node.mesh is not None else None,

@@ -34,6 +34,10 @@ class ServingView(Protocol):
 
     async def base_url(self, endpoint: Endpoint) -> str: ...
 
+    def note_request(self, model: str) -> None:
+        """Count demand for `model` before routing, so wanted models are seen too."""
+        ...
+
     def begin_request(self, model: str) -> Callable[[], None]:
         """Count a request as in flight; the returned function marks it finished."""
         ...
@@ -202,6 +206,7 @@ class Proxy:
     async def _forward(self, request: Request, path: str, required: str) -> Response:
         body = _parse_body(await request.body(), required)
         model: str = body["model"]
+        self._view.note_request(model)
         candidates = choose(model, self._view.endpoints(), rotation=next(self._rotation))
         finish = self._view.begin_request(candidates[0].model)
         try:

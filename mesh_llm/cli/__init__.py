@@ -169,6 +169,7 @@ def cmd_download(argv: Sequence[str]) -> int:
         prog="mesh-llm download", description="List the model catalog, or download one entry."
     )
     p.add_argument("name", nargs="?", help="catalog name to download (omit to list the catalog)")
+    p.add_argument("--draft", action="store_true", help="also download the catalog's draft model for it")
     args = p.parse_args(argv)
     from mesh_llm.cli.render import catalog_table
     from mesh_llm.models.catalog import CATALOG, lookup
@@ -180,12 +181,18 @@ def cmd_download(argv: Sequence[str]) -> int:
             Console().print(catalog_table(on_disk=on_disk))
             return 0
         entry = lookup(args.name)
-        found = local_path(entry)
-        if found is not None:
-            Console().print(f"{entry.name} is already on disk: {found}")
-            return 0
-        path = download(entry)
-        Console().print(f"downloaded {entry.name}: {path}")
+        entries = [entry]
+        if args.draft:
+            if entry.draft is None:
+                console.print(f"[red]error:[/] {entry.name} has no draft model in the catalog")
+                return 1
+            entries.append(lookup(entry.draft))
+        for e in entries:
+            found = local_path(e)
+            if found is not None:
+                Console().print(f"{e.name} is already on disk: {found}")
+            else:
+                Console().print(f"downloaded {e.name}: {download(e)}")
         return 0
     except MeshError as exc:
         console.print(f"[red]error:[/] {exc}")

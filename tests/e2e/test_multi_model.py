@@ -1,0 +1,98 @@
+"""Multi-model meshes and demand: routing by name, standbys taking over lost and hot models."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+from tests.harness import NodeProcess
+
+CHAT = [{"role": "user", "content": "Say hello."}]
+
+
+def ready_hosts(node: NodeProcess, model: str) -> list[str]:
+    return sorted(m["host"] for m in node.status()["models"] if m["name"] == model and m["ready"])
+
+
+def ask(node: NodeProcess, model: str) -> httpx.Response:
+    body = {"model": model, "messages": CHAT, "max_tokens": 2}
+    return httpx.post(f"{node.api}/v1/chat/completions", json=body, timeout=60)
+
+
+def test_requests_reach_the_right_model_and_a_standby_replaces_a_lost_host(tmp_path: Path) -> None:
+    a = NodeProcess(["--model", "SmolLM2-135M"], tmp_path / "a").start()
+    nodes = [a]
+    try:
+        token = a.wait_serving()["invite_token"]
+        b = NodeProcess(["--model", "Gemma-3-270M", "--join", token], tmp_path / "b").start()
+        c = NodeProcess(["--client", "--join", token], tmp_path / "c").start()
+        d = NodeProcess(["--join", token], tmp_path / "d").start()
+        nodes += [b, c, d]
+        b.wait_serving()
+        c.wait_for(lambda s: sum(m["ready"] for m in s["models"]) == 2, 60, "both models on C")
+        a_id, b_id = a.status()["node_id"], b.status()["node_id"]
+        cards = {m["id"]: m["hosts"] for m in httpx.get(f"{c.api}/v1/models").json()["data"]}
+        assert cards == {"SmolLM2-135M": [a_id[:8]], "Gemma-3-270M": [b_id[:8]]}
+
+        client = openai.OpenAI(base_url=f"{c.api}/v1", api_key="x", max_retries=0, timeout=60)
+        for model in ("SmolLM2-135M", "Gemma-3-270M", "SmolLM2-135M"):
+            r = client.chat.completions.create(model=model, messages=CHAT, max_tokens=4)  # type: ignore[arg-type]
+            assert r.choices[0].message.content is not None
+        routed = {(m["name"], m["host"]): m["requests"] for m in c.status()["models"]}
+        assert routed == {("SmolLM2-135M", a_id): 2, ("Gemma-3-270M", b_id): 1}
+        assert d.status()["role"] == "standby" and d.status()["standby"] == "idle"
+
+        # A dies while SmolLM2 requests keep coming: the standby D serves it within 60 s.
+        assert a.proc is not None
+        os.kill(a.proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        codes = []
+        while time.monotonic() - killed < 60:
+            r = ask(c, "SmolLM2-135M")
+            codes.append(r.status_code)
+            if r.status_code == 200 and a_id not in {p["node_id"] for p in c.status()["peers"]}:
+                break
+            time.sleep(1)
+        recovered_after = time.monotonic() - killed
+        assert codes[-1] == 200, codes
+        assert recovered_after < 60
+        assert set(codes[:-1]) <= {200, 503}, codes  # never a wrong model, never a 404
+        assert ready_hosts(c, "SmolLM2-135M") == [d.status()["node_id"]]
+        assert d.status()["role"] == "host"
+        demand = {row["model"]: row for row in c.status()["demand"]}
+        assert demand["SmolLM2-135M"]["total"] >= len(codes) and demand["SmolLM2-135M"]["rpm"] > 0
+        # Gemma still answers from B the whole time.
+        assert ask(c, "Gemma-3-270M").status_code == 200
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_sustained_load_makes_a_standby_join_the_hot_model(tmp_path: Path) -> None:
+    a = NodeProcess(["--model", "SmolLM2-135M"], tmp_path / "a").start()
+    nodes = [a]
+    try:
+        token = a.wait_serving()["invite_token"]
+        d = NodeProcess(["--join", token], tmp_path / "d").start()
+        nodes.append(d)
+        a.wait_for(lambda s: len(s["peers"]) == 1, 30, "D to join")
+        d_id = d.status()["node_id"]
+        time.sleep(3)  # a few idle evaluations: no demand, so D stays a standby
+        assert d.status()["role"] == "standby" and d.children() == []
+        with httpx.Client(timeout=60) as http:
+            body = {"model": "SmolLM2-135M", "prompt": "Hi", "max_tokens": 1}
+            for _ in range(60):
+                assert http.post(f"{a.api}/v1/completions", json=body).status_code == 200
+        a.wait_for(
+            lambda s: d_id in {m["host"] for m in s["models"] if m["ready"]}, 60, "D to serve the hot model"
+        )
+        rows = {row["model"]: row for row in a.status()["demand"]}
+        assert rows["SmolLM2-135M"]["rpm"] >= 10 and len(rows["SmolLM2-135M"]["servers"]) == 2
+    finally:
+        for node in nodes:
+            node.stop()
