@@ -37,6 +37,7 @@ from mesh_llm.mesh.service import (
 from mesh_llm.models.catalog import CATALOG, find_entry
 from mesh_llm.models.resolve import ResolvedModel, on_disk_names, resolve
 from mesh_llm.planning.demand import DemandTable, StandbyInfo, choose_standby_work
+from mesh_llm.planning.planner import fits
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity
 
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 KNOWN_MODEL_MEMORY_S = 600.0  # a model seen in the mesh this recently answers 503, not 404
 ADVERTISE_INTERVAL_S = 1.0
 STANDBY_EVAL_S = 2.0  # how often a standby looks for work
+FIT_FACTOR = 1.1  # a model fits a node when size x 1.1 <= capacity (room for the KV cache)
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -98,7 +100,6 @@ class Node:
         self.declined: set[str] = set()  # models the user dropped here: never picked up again
         self.on_disk: tuple[str, ...] = ()
         self.standby_state = "idle"
-        self._serving_started: set[str] = set()
         self.api_port: int | None = None
         self.console_port: int | None = None
         self.stopping = False
@@ -219,7 +220,10 @@ class Node:
         return out
 
     def _standby_could_serve(self, model: str) -> bool:
-        return any(model in s.on_disk for s in self._standbys())
+        size = self._model_sizes().get(model)
+        return size is not None and any(
+            model in s.on_disk and fits(s.capacity_bytes, size, FIT_FACTOR) for s in self._standbys()
+        )
 
     def _served_map(self) -> dict[str, list[str]]:
         served: dict[str, list[str]] = {}

@@ -45,6 +45,7 @@ def choose(model: str, endpoints: Iterable[Endpoint], rotation: int = 0) -> list
     ready = sorted((e for e in matching if e.ready), key=lambda e: e.node_id)
     if not ready:
         states = ", ".join(sorted({e.state for e in matching}))
-        raise NoHealthyHost(matching[0].model, f"its servers are {states}")
+        hosted = any(e.node_id for e in matching)
+        raise NoHealthyHost(matching[0].model, f"its servers are {states}" if hosted else states)
     n = len(ready)
     return sorted(ready, key=lambda e: (e.in_flight, (ready.index(e) - rotation) % n))

@@ -33,7 +33,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodePro
     nodes = {"a": a}
     try:
         token = a.wait_serving()["invite_token"]
-        nodes["b"] = NodeProcess(["--join", token], root / "b").start()
+        # B offers too little memory for any model, so it stays a standby and never takes A's model.
+        nodes["b"] = NodeProcess(["--join", token, "--max-vram", "0.05"], root / "b").start()
         nodes["c"] = NodeProcess(["--client", "--join", token], root / "c").start()
         for name in ("b", "c"):
             nodes[name].wait_for(sees_ready_model, 30, f"{name} to see A's model")
