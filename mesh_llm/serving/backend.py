@@ -10,14 +10,16 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from mesh_llm.config import BackendConfig
+from mesh_llm.errors import ConfigError
 from mesh_llm.models.resolve import ResolvedModel
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,26 @@ class ModelServer:
         config: BackendConfig,
         log_dir: Path,
         on_change: Callable[[], None] = lambda: None,
+        *,
+        rpc_endpoints: Sequence[str] = (),
+        layer_split: Sequence[int] = (),
+        output_on_host: bool = True,
     ) -> None:
+        """``rpc_endpoints`` and ``layer_split`` make this a split host: ``layer_split`` holds the
+        host's layer count, then one per endpoint in the same order (see rpc.offload_settings).
+        The child exits when a worker's connection closes; like any crash that is reported in
+        the status message and retried with backoff, so the owner should re-plan and stop it.
+        """
+        if bool(rpc_endpoints) != bool(layer_split) or (
+            rpc_endpoints and len(layer_split) != len(rpc_endpoints) + 1
+        ):
+            raise ConfigError(
+                f"layer split {tuple(layer_split)} needs one count for the host and one per RPC endpoint "
+                f"({len(rpc_endpoints)})"
+            )
+        self.rpc_endpoints = tuple(rpc_endpoints)
+        self.layer_split = tuple(int(c) for c in layer_split)
+        self.output_on_host = output_on_host
         self.model = model
         self._config = config
         self._log_path = log_dir / f"{model.name}.log"
@@ -138,6 +159,18 @@ class ModelServer:
             await asyncio.sleep(0.05)
         return self.ready
 
+    async def placement(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """Where llama.cpp put each layer of a split model (checked against the split at load);
+        None for a solo model or a server that is not ready."""
+        if not self.rpc_endpoints or not self.ready:
+            return None
+        try:
+            async with httpx.AsyncClient() as client:
+                r = await client.get(f"{self.base_url}/mesh/placement", timeout=timeout)
+            return dict(r.json()) if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+
     async def stop(self) -> None:
         """Stop the supervisor and the child's whole process group; idempotent."""
         self._stopping = True
@@ -168,6 +201,11 @@ class ModelServer:
         ]
         if self._config.n_threads:
             cmd += ["--n-threads", str(self._config.n_threads)]
+        for endpoint in self.rpc_endpoints:
+            cmd += ["--rpc", endpoint]
+        if self.layer_split:
+            cmd += ["--layer-split", ",".join(map(str, self.layer_split))]
+            cmd += ["--output-on", "host" if self.output_on_host else "last"]
         logf = self._log_path.open("ab")
         try:
             return await asyncio.create_subprocess_exec(
@@ -226,6 +264,8 @@ class ModelServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), self._config.health_interval_s)
             if proc.returncode is not None:
+                if self.rpc_endpoints:  # say which worker went away
+                    return f"exited with code {proc.returncode} ({_tail(self._log_path, 1)})"
                 return f"exited with code {proc.returncode}"
             misses = 0 if await self._healthy(client) else misses + 1
             if misses >= 3:

@@ -3,16 +3,26 @@
 Run as `python -m mesh_llm.serving.model_server --fd N --model PATH --alias NAME ...`. The
 parent node opens the listening socket and passes its descriptor, so the port is known before
 the child starts, stays the same across restarts, and no other process can race for it.
+
+Split hosts add `--rpc HOST:PORT` once per RPC worker and `--layer-split H,W1,W2,...` (host
+first, then one count per worker in the same order): the host keeps layers [0, H) on its CPU,
+the first worker the next W1 layers, and so on. After loading, the placement llama.cpp really
+made is checked against the split (a mismatch exits), logged, and served at /mesh/placement. A
+worker connection that closes ends the process at once (exit code 4), so its supervisor
+learns of a lost worker within a second instead of at the next request.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import signal
 import socket
 import sys
+
+from mesh_llm.errors import ConfigError, MeshError
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -61,7 +71,25 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-gpu-layers", type=int, default=0)
     p.add_argument("--parent-pid", type=int, default=0)
     p.add_argument("--verbose", action="store_true")
+    p.add_argument(
+        "--rpc", action="append", default=[], metavar="HOST:PORT", help="RPC worker, in layer order"
+    )
+    p.add_argument("--layer-split", default=None, help="layer counts: the host's, then one per --rpc")
+    p.add_argument(
+        "--output-on", choices=("host", "last"), default="host",
+        help="where the output head lives: the host (less traffic per token) or the last worker",
+    )  # fmt: skip
+    p.add_argument("--rpc-timeout", type=float, default=10.0, help="seconds to wait for each worker's HELLO")
     return p.parse_args(argv)
+
+
+EXIT_RPC_UNUSABLE = 3  # a worker did not answer, or llama.cpp did not place layers as planned
+EXIT_RPC_LOST = 4  # a worker's connection closed after the model had loaded
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"mesh-llm model server: {message}", file=sys.stderr, flush=True)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +97,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent_pid:
         _die_with_parent(args.parent_pid)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+    split = None
+    capture = None
+    if args.rpc or args.layer_split:
+        # A lost worker makes ggml abort; without this it first runs gdb for a backtrace.
+        os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+        from mesh_llm.serving import rpc
+
+        try:
+            if not args.rpc or not args.layer_split:
+                raise ConfigError("--rpc and --layer-split go together")
+            counts = [int(c) for c in args.layer_split.split(",")]
+            split = rpc.prepare_host_split(
+                args.rpc, counts, output_on_host=args.output_on == "host", probe_timeout=args.rpc_timeout
+            )
+        except (MeshError, ValueError) as exc:
+            return _fail(str(exc), EXIT_RPC_UNUSABLE)
+        capture = rpc.LlamaLogCapture()
 
     import uvicorn
     from llama_cpp.server.app import create_app
@@ -78,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model,
         model_alias=args.alias,
         n_ctx=args.n_ctx,
-        n_gpu_layers=args.n_gpu_layers,
+        n_gpu_layers=split.offload.n_gpu_layers if split else args.n_gpu_layers,
+        tensor_split=list(split.offload.tensor_split) if split else None,
         logits_all=False,  # only the last token's logits are needed to sample; all of them cost time
         verbose=args.verbose,
         **({"n_threads": args.n_threads, "n_threads_batch": args.n_threads} if args.n_threads else {}),
@@ -91,6 +138,25 @@ def main(argv: list[str] | None = None) -> int:
     @app.get("/mesh/health")
     async def health() -> dict[str, str]:
         return {"status": "ok", "model": args.alias}
+
+    if split is not None and capture is not None:
+        try:
+            placement = rpc.parse_placement(capture.finish())
+            split.check(placement)
+        except MeshError as exc:
+            return _fail(str(exc), EXIT_RPC_UNUSABLE)
+        described = split.describe(placement)
+        print(f"mesh-llm placement: {json.dumps(described)}", file=sys.stderr, flush=True)
+
+        @app.get("/mesh/placement")
+        async def placement_route() -> dict[str, object]:
+            return described
+
+        def lost(endpoint: str) -> None:
+            _fail(f"connection to RPC worker {endpoint} closed; the split model cannot run", EXIT_RPC_LOST)
+            os._exit(EXIT_RPC_LOST)  # uvicorn and llama.cpp threads would not end on their own
+
+        rpc.watch_rpc_connections(split.endpoints, lost)
 
     sock = socket.socket(fileno=args.fd)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30)
