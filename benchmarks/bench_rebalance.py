@@ -52,7 +52,7 @@ def main() -> None:
                         ready = time.monotonic() - t0
                         break
                     time.sleep(max(0.0, 1 / args.rate - 0.02))
-                for i in range(20):  # after the shift: requests now spread over A and D
+                for _ in range(20):  # after the shift: requests now spread over A and D
                     r = http.post(f"{a.api}/v1/completions", json={"model": "SmolLM2-135M", "prompt": "Hi", "max_tokens": 1})
                     sent += 1
                     ok += r.status_code == 200

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
+from mesh_llm.api import errors as api_errors
+
 KEEPALIVE_S = 15.0
+_LOOPBACK = {"127.0.0.1", "::1"}
 
 
 class ChangeFeed:
@@ -67,10 +72,145 @@ def assets_dir() -> Path:
     return here.parent / "console"
 
 
-def create_console_app(status: Callable[[], dict[str, Any]], feed: ChangeFeed) -> FastAPI:
-    """Build the console app around a status source and its change feed."""
+# The page and its modules change with the package: browsers must revalidate (ETag) rather than
+# guess a freshness lifetime from Last-Modified and run a stale script against a newer node.
+_REVALIDATE = {"Cache-Control": "no-cache"}
+
+
+class _RevalidatedFiles(StaticFiles):
+    async def get_response(self, path: str, scope: Any) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(_REVALIDATE)
+        return response
+
+
+def _error(error: api_errors.ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+class ChatRelay:
+    """Same-origin `POST /api/chat` for the page: forwards to this node's `/v1/chat/completions`.
+
+    The API on :9337 is another origin and sends no CORS headers, so the page talks to the console
+    and the console relays, passing status, headers that matter and SSE bytes through unchanged.
+    The node's API key is added only for loopback callers: with `--listen-all` a remote browser
+    must send the key itself, so the console never becomes a way around it.
+    """
+
+    def __init__(self, status: Callable[[], dict[str, Any]], api_key: str | None) -> None:
+        self._status = status
+        self._api_key = api_key
+
+    def _target(self) -> str | None:
+        api = self._status().get("api") or {}
+        url = api.get("url")
+        return f"{url}/chat/completions" if url else None
+
+    def _refusal(self, request: Request) -> api_errors.ApiError | None:
+        # A JSON content type forces a CORS preflight (which we never answer) on other sites'
+        # pages, and a foreign Origin is refused outright: no other page can drive the relay.
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            return api_errors.bad_request("Send the chat request as application/json.", code="invalid_json")
+        origin = request.headers.get("origin")
+        if origin and urlsplit(origin).netloc != request.headers.get("host"):
+            return api_errors.ApiError(
+                403, "Cross-origin requests to the console are refused.", code="forbidden"
+            )
+        return None
+
+    def _headers(self, request: Request) -> dict[str, str]:
+        headers = {"content-type": "application/json"}
+        given = request.headers.get("authorization")
+        client = request.client.host if request.client else ""
+        if given:
+            headers["authorization"] = given
+        elif self._api_key is not None and client in _LOOPBACK:
+            headers["authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    async def __call__(self, request: Request) -> Response:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return _error(refusal)
+        target = self._target()
+        if target is None:
+            return _error(
+                api_errors.ApiError(
+                    503,
+                    "This node serves no API (it is idle). Start it with --model NAME or --join TOKEN to chat.",
+                    type="server_error",
+                    code="no_api",
+                )
+            )
+        body = await request.body()
+        client = httpx.AsyncClient(timeout=httpx.Timeout(connect=5.0, read=600.0, write=30.0, pool=5.0))
+        try:
+            upstream = await client.send(
+                client.build_request("POST", target, content=body, headers=self._headers(request)),
+                stream=True,
+            )
+        except httpx.HTTPError as exc:
+            await client.aclose()
+            return _error(
+                api_errors.ApiError(
+                    502,
+                    f"The node's API at {target} did not answer ({type(exc).__name__}).",
+                    type="server_error",
+                    code="api_unreachable",
+                )
+            )
+        content_type = upstream.headers.get("content-type", "application/json")
+        passed = {
+            k: v for k, v in upstream.headers.items() if k.lower() in ("retry-after", "www-authenticate")
+        }
+        if upstream.status_code == 200 and content_type.startswith("text/event-stream"):
+            return StreamingResponse(
+                self._relay(upstream, client.aclose),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            content = await upstream.aread()
+        except httpx.HTTPError as exc:
+            return _error(
+                api_errors.ApiError(
+                    502, f"The node's API failed while answering ({type(exc).__name__}).", type="server_error"
+                )
+            )
+        finally:
+            await upstream.aclose()
+            await client.aclose()
+        return Response(content, status_code=upstream.status_code, media_type=content_type, headers=passed)
+
+    @staticmethod
+    async def _relay(upstream: httpx.Response, close: Callable[[], Awaitable[None]]) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            yield api_errors.sse_error_event(
+                f"The connection to the node's API broke mid-answer ({type(exc).__name__}).",
+                code="relay_failed",
+            )
+        finally:
+            await upstream.aclose()
+            await close()
+
+
+def create_console_app(
+    status: Callable[[], dict[str, Any]], feed: ChangeFeed, api_key: str | None = None
+) -> FastAPI:
+    """Build the console app around a status source and its change feed.
+
+    `api_key` is the node's own API key, if any; the chat relay adds it for loopback callers.
+    """
     app = FastAPI(title="mesh-llm console", openapi_url=None, docs_url=None, redoc_url=None)
     static = assets_dir()
+    relay = ChatRelay(status, api_key)
+
+    @app.post("/api/chat")
+    async def chat(request: Request) -> Response:
+        return await relay(request)
 
     @app.get("/api/status")
     async def get_status() -> JSONResponse:
@@ -99,8 +239,8 @@ def create_console_app(status: Callable[[], dict[str, Any]], feed: ChangeFeed) -
 
     @app.get("/")
     async def index() -> FileResponse:
-        return FileResponse(static / "index.html")
+        return FileResponse(static / "index.html", headers=_REVALIDATE)
 
     if static.is_dir():
-        app.mount("/static", StaticFiles(directory=static), name="static")
+        app.mount("/static", _RevalidatedFiles(directory=static), name="static")
     return app
