@@ -15,6 +15,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -40,6 +41,7 @@ from mesh_llm.planning.demand import DemandTable, StandbyInfo, choose_standby_wo
 from mesh_llm.planning.planner import fits
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity
+from mesh_llm.split import SplitManager
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class Node:
         self.declined: set[str] = set()  # models the user dropped here: never picked up again
         self.on_disk: tuple[str, ...] = ()
         self.standby_state = "idle"
+        self.split = SplitManager(self)
         self.api_port: int | None = None
         self.console_port: int | None = None
         self.stopping = False
@@ -123,6 +126,9 @@ class Node:
                     state=server.status().state.value,
                 )
             )
+        for name, split_host in self.split.hosts.items():
+            if name not in self.servers:
+                out.append(Endpoint(name, self.node_id, False, local=True, state=split_host.state))
         if self.mesh is not None:
             for node_id, view in sorted(self.mesh.peers().items()):
                 for ad in view.record.models:
@@ -262,8 +268,10 @@ class Node:
             return "idle"
         if self.config.client:
             return "client"
-        if not self.servers and not self.pending:
-            return "standby"
+        if not self.servers and not self.pending and not self.split.hosts:
+            return "worker" if self.split.duties else "standby"
+        if any(not h.server for h in self.split.hosts.values()):
+            return "waiting"
         states = [s.status().state for s in self.servers.values()]
         if self.pending or any(s is BackendState.STARTING for s in states) or not states:
             return "starting"
@@ -277,7 +285,9 @@ class Node:
             return "client"
         if self.config.idle:
             return "idle"
-        return "host" if self.servers or self.pending else "standby"
+        if self.servers or self.pending or self.split.hosts:
+            return "host"
+        return "worker" if self.split.duties else "standby"
 
     def status(self) -> dict[str, Any]:
         """The node's status as JSON-able data (served at /api/status and streamed on /api/events)."""
@@ -321,8 +331,13 @@ class Node:
             )
             await self._serve_http(self._proxy.app, sock, graceful_s=5.0)
 
+    def local_files(self) -> dict[str, Path]:
+        """GGUF files offered from `<state-dir>/models/` (name = file stem), for splits and standbys."""
+        folder = self.config.state_dir / "models"
+        return {p.stem: p for p in sorted(folder.glob("*.gguf"))} if folder.is_dir() else {}
+
     async def _start_models(self) -> None:
-        self.on_disk = tuple(await asyncio.to_thread(on_disk_names))
+        self.on_disk = tuple(sorted({*await asyncio.to_thread(on_disk_names), *self.local_files()}))
         for spec in self.config.models:
             await self._serve(spec)
         self.feed.bump()
@@ -339,10 +354,16 @@ class Node:
             self._changed()
             return
         del self.pending[spec]
-        if model.name in self.servers:
+        if model.name in self.servers or model.name in self.split.hosts:
             log.warning("%s given twice; serving it once", model.name)
             return
         self.resolved[model.name] = model
+        if self.mesh is not None and self.split.wants_split(model):
+            log.info("%s (%.1f GB) will be split across the mesh", model.name, model.size_bytes / 1e9)
+            self.split.adopt(model)
+            await self.split.reconcile()
+            self._changed()
+            return
         server = ModelServer(
             model, self.config.backend, self.config.state_dir / "logs", on_change=self._changed
         )
@@ -384,6 +405,7 @@ class Node:
             record_for(self.node_id, __version__, **self._record_fields()),
             tokens=self.tokens,
             http_target=self.local_model_port,
+            rpc_target=self.split.rpc_port,
             on_change=self.feed.bump,
         )
         await self.mesh.start()
@@ -391,9 +413,11 @@ class Node:
     def _record_fields(self) -> dict[str, Any]:
         """What this node advertises; health follows the model servers' live checks."""
         models = tuple(
-            ModelAd(name, server.ready, "host", in_flight=self.in_flight[name])
+            ModelAd(
+                name, server.ready, "host", in_flight=self.in_flight[name], layers=self._host_layers(name)
+            )
             for name, server in sorted(self.servers.items())
-        )
+        ) + tuple(self.split.worker_ads())
         return {
             "role": self.role,
             "capacity_bytes": self.capacity.offered_bytes,
@@ -403,7 +427,15 @@ class Node:
             "console_port": self.console_port or 0,
             "demand": self.demand.own_counters(),
             "client": self.config.client,
+            "extra": {"splits": self.split.splits_record()},
         }
+
+    def _host_layers(self, model: str) -> tuple[int, int] | None:
+        host = self.split.hosts.get(model)
+        if host is None or host.plan is None or not hasattr(host.plan, "shards"):
+            return None
+        first = host.plan.shards[0]  # type: ignore[union-attr]
+        return (first.start_layer, first.end_layer)
 
     def _changed(self) -> None:
         self.feed.bump()
@@ -420,6 +452,7 @@ class Node:
             peers = self.mesh.peers()
             for node_id, view in peers.items():
                 self.demand.merge(node_id, view.record.demand, now, generation=view.record.incarnation)
+            await self.split.reconcile()
             self.mesh.advertise(**self._record_fields())
             if self.role == "standby" and not self.stopping and now - last_eval >= STANDBY_EVAL_S:
                 last_eval = now
@@ -460,6 +493,7 @@ class Node:
         for server, _ in api:
             server.should_exit = True
         await asyncio.gather(*(t for _, t in api), return_exceptions=True)
+        await self.split.stop()
         if self.mesh is not None:
             await self.mesh.stop()
         await asyncio.gather(*(s.stop() for s in self.servers.values()), return_exceptions=True)

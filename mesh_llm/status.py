@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 def _model_rows(node: Node) -> list[dict[str, Any]]:
     rows = []
+    split_rows = node.split.host_rows()
     for name, server in sorted(node.servers.items()):
         st = server.status()
         rows.append(
@@ -31,6 +32,28 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
                 "requests": node.requests[name],
                 "host": node.node_id,
                 "local": True,
+                **split_rows.pop(name, {"mode": "solo"}),
+            }
+        )
+    for name, extra in sorted(split_rows.items()):  # split models still waiting for their plan
+        host = node.split.hosts[name]
+        rows.append(
+            {
+                "name": name,
+                "state": "waiting",
+                "ready": False,
+                "message": host.state,
+                "port": None,
+                "pid": None,
+                "restarts": 0,
+                "since": None,
+                "path": str(host.model.path),
+                "size_bytes": host.model.size_bytes,
+                "in_flight": 0,
+                "requests": node.requests[name],
+                "host": node.node_id,
+                "local": True,
+                **extra,
             }
         )
     if node.mesh is not None:
@@ -163,6 +186,26 @@ def build_status(node: Node) -> dict[str, Any]:
         "demand": _demand_rows(node),
         "standby": node.standby_state if node.role == "standby" else None,
         "declined": sorted(node.declined),
+        "worker_of": [
+            {
+                "model": d.model,
+                "host": d.host,
+                "epoch": d.epoch,
+                "layers": list(d.layers),
+                "state": d.worker.state.value,
+                "port": d.worker.port,
+                "prefilled_files": len(d.cache_files),
+            }
+            for d in node.split.duties.values()
+        ],
+        "rpc_bytes_served": (
+            {
+                "from_host": node.mesh.rpc_counters.bytes_from_peer,
+                "to_host": node.mesh.rpc_counters.bytes_to_peer,
+            }
+            if node.mesh is not None and node.mesh.rpc_counters is not None
+            else None
+        ),
         "in_flight": sum(node.in_flight.values()),
         "requests_total": sum(node.requests.values()),
         "invite_token": node.mesh.invite_token if node.mesh is not None else None,

@@ -40,6 +40,7 @@ from mesh_llm.mesh.tunnel import TcpTunnel, TunnelCounters, open_tcp_tunnel, ser
 log = logging.getLogger(__name__)
 
 HTTP_STREAM = "http"
+RPC_STREAM = "rpc"
 DIAL_TIMEOUT_S = 5.0
 BOOTSTRAP_RETRY_S = 2.0
 LOST_PEER_RETRY_S = 3.0
@@ -138,6 +139,7 @@ class MeshService:
         *,
         tokens: Iterable[InviteToken] = (),
         http_target: Callable[[str], int | None] = lambda model: None,
+        rpc_target: Callable[[str, str, object], int | None] = lambda peer, model, epoch: None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.identity = identity
@@ -149,6 +151,8 @@ class MeshService:
         self._reuse_port = last_port(settings.state_dir) if settings.bind_port == 0 else 0
         self.http_counters: TunnelCounters | None = None
         self._http_target = http_target
+        self._rpc_target = rpc_target
+        self.rpc_counters: TunnelCounters | None = None
         self._on_change = on_change
         self._tunnels: dict[tuple[str, str], TcpTunnel] = {}
         self._tunnel_locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -175,6 +179,7 @@ class MeshService:
         t.on_peer_connected = self._on_connected
         t.on_peer_lost = self._on_lost
         self.http_counters = serve_tcp_streams(t, HTTP_STREAM, self._resolve_http)
+        self.rpc_counters = serve_tcp_streams(t, RPC_STREAM, self._resolve_rpc)
         port = t.port or await t.start()
         with contextlib.suppress(OSError):
             _port_path(self.settings.state_dir).write_text(f"{port}\n")
@@ -308,6 +313,11 @@ class MeshService:
             tunnel = self._tunnels.pop(key, None)
             if tunnel is not None:
                 await tunnel.close()
+
+    def _resolve_rpc(self, peer_id: str, header: dict[str, Any]) -> int | None:
+        # Only the node that planned the split may reach our RPC worker, and only for that plan.
+        model = header.get("model")
+        return self._rpc_target(peer_id, model, header.get("epoch")) if isinstance(model, str) else None
 
     def _resolve_http(self, peer_id: str, header: dict[str, Any]) -> int | None:
         model = header.get("model")

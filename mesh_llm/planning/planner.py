@@ -121,6 +121,9 @@ class PlanConfig:
     """Band around the cap that RTT jitter may move in without forcing a re-plan."""
     force_split: bool = False
     """Split even when the model fits on one node (``--split``)."""
+    pinned_host: str | None = None
+    """Host on this node whatever its capacity (the node that was asked to serve the model and
+    coordinates its split); the model then runs solo there or is split from there, never moved."""
 
     def __post_init__(self) -> None:
         if not self.fit_factor > 0:
@@ -265,16 +268,25 @@ def _plan(by_id: Mapping[str, PlanNode], facts: ModelFacts, cfg: PlanConfig, pre
             model=facts.name,
         )
     prev_host = by_id.get(previous.host) if isinstance(previous, Solo | Split) else None
-    if prev_host is not None and not _eligible(prev_host):
+    if cfg.pinned_host is not None:
+        prev_host = by_id.get(cfg.pinned_host)
+        if prev_host is None or not _eligible(prev_host):
+            return Waiting(reason="the pinned host offers no capacity", missing_bytes=math.ceil(required), model=facts.name)
+        ranked = [prev_host] + [n for n in ranked if n is not prev_host]
+    elif prev_host is not None and not _eligible(prev_host):
         prev_host = None
 
     fitting = [n for n in ranked if n.capacity_bytes >= required]
+    if cfg.pinned_host is not None and not cfg.force_split:
+        fitting = [prev_host] if prev_host is not None and prev_host.capacity_bytes >= required else []
     if fitting and not cfg.force_split:
         host = prev_host if prev_host is not None and prev_host.capacity_bytes >= required else fitting[0]
         return _solo(host, facts)
 
     layer_need = required / facts.n_layers
     host = prev_host if prev_host is not None and prev_host.capacity_bytes >= layer_need else ranked[0]
+    if cfg.pinned_host is not None:
+        host = ranked[0]
     if host.capacity_bytes < layer_need:
         # The biggest node cannot hold one layer, so nobody can.
         return Waiting(

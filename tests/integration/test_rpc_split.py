@@ -32,6 +32,7 @@ from mesh_llm.models.resolve import ResolvedModel
 from mesh_llm.serving import rpc
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.rpc import RpcWorker, RpcWorkerState
+from tests.gguf_fixtures import write_wide_llama_gguf
 from tests.harness import smollm2_path, wait_gone
 
 PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a time, a small robot")
@@ -190,50 +191,6 @@ def layer_bytes(model: Path) -> tuple[list[int], dict[str, int]]:
         else:
             other[t.tensor] = t.n_bytes
     return [per_layer[i] for i in range(len(per_layer))], other
-
-
-def write_wide_llama_gguf(path: Path, n_layers: int = 2, n_embd: int = 1664, seed: int = 0) -> Path:
-    """A random-weight llama GGUF whose every weight matrix is F32 n_embd x n_embd (11 MB, over
-    the RPC hash threshold), so a worker's whole share can travel by hash, as with real models."""
-    from gguf import GGUFWriter, TokenType
-
-    head_dim = 128
-    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), "\u2581"]
-    tokens += [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["\u2581the", "\u2581a"]
-    types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256
-    types += [TokenType.NORMAL] * (len(tokens) - len(types))
-    w = GGUFWriter(str(path), "llama")
-    w.add_block_count(n_layers)
-    w.add_context_length(512)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_embd)
-    w.add_head_count(n_embd // head_dim)
-    w.add_head_count_kv(n_embd // head_dim)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_dimension_count(head_dim)
-    w.add_file_type(0)  # all F32
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores([0.0] * len(tokens))
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    rng = np.random.default_rng(seed)
-    w.add_tensor("token_embd.weight", rng.standard_normal((len(tokens), n_embd), dtype=np.float32) * 0.05)
-    w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    for i in range(n_layers):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
-            w.add_tensor(
-                f"blk.{i}.{name}.weight", rng.standard_normal((n_embd, n_embd), dtype=np.float32) * 0.05
-            )
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -564,3 +564,19 @@ def test_bad_inputs_are_refused() -> None:
         PlanConfig(fit_factor=0)
     with pytest.raises(ValueError, match="twice"):
         plan_model([node("a", 1), node("a", 2)], FACTS)
+
+
+def test_pinned_host_hosts_even_with_less_capacity_and_splits_from_there() -> None:
+    from mesh_llm.planning.planner import ModelFacts, PlanConfig, PlanNode, Solo, Split, plan_model
+
+    nodes = [
+        PlanNode("small", 60, None, True),
+        PlanNode("big", 200, 5.0, True),
+    ]
+    facts = ModelFacts("m", 100, 10)
+    plan = plan_model(nodes, facts, PlanConfig(pinned_host="small"))
+    assert isinstance(plan, Split) and plan.host == "small"
+    assert [s.node_id for s in plan.shards] == ["small", "big"]
+    assert sum(s.end_layer - s.start_layer for s in plan.shards) == 10
+    solo = plan_model([PlanNode("small", 500, None, True), PlanNode("big", 900, 5.0, True)], facts, PlanConfig(pinned_host="small"))
+    assert isinstance(solo, Solo) and solo.host == "small"

@@ -1,0 +1,146 @@
+"""Split inference across real nodes: RPC workers reached only through the authenticated mesh."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.gguf_fixtures import write_wide_llama_gguf
+from tests.harness import NodeProcess, smollm2_path
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time"]
+
+
+def split_row(node: NodeProcess) -> dict:  # type: ignore[type-arg]
+    (row,) = [m for m in node.status()["models"] if m["local"]]
+    return dict(row)
+
+
+def is_split_and_ready(members: int):  # type: ignore[no-untyped-def]
+    def check(s: dict) -> bool:  # type: ignore[type-arg]
+        rows = [m for m in s["models"] if m["local"]]
+        return (
+            bool(rows)
+            and rows[0].get("mode") == "split"
+            and rows[0]["ready"]
+            and len(rows[0]["shards"]) == members
+        )
+
+    return check
+
+
+def complete(node: NodeProcess, model: str, prompt: str) -> str:
+    body = {"model": model, "prompt": prompt, "max_tokens": 16, "temperature": 0}
+    r = httpx.post(f"{node.api}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return str(r.json()["choices"][0]["text"])
+
+
+@pytest.fixture(scope="module")
+def solo_outputs() -> list[str]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(smollm2_path()), n_ctx=4096, verbose=False)
+    return [
+        llm.create_completion(p, max_tokens=16, temperature=0, repeat_penalty=1.1)["choices"][0]["text"]  # type: ignore[index]
+        for p in PROMPTS
+    ]
+
+
+def test_forced_two_node_split_matches_solo_and_replans_when_the_worker_dies(
+    tmp_path: Path, solo_outputs: list[str]
+) -> None:
+    a = NodeProcess(["--split", "--model", "SmolLM2-135M"], tmp_path / "a").start()
+    nodes = [a]
+    try:
+        token = a.wait_serving()["invite_token"]  # alone, a forced split serves solo
+        assert split_row(a)["mode"] == "solo"
+        b = NodeProcess(["--join", token], tmp_path / "b").start()
+        nodes.append(b)
+        s = a.wait_for(is_split_and_ready(2), 60, "a two-node split")
+        row = split_row(a)
+        a_id, b_id = a.status()["node_id"], b.status()["node_id"]
+        assert [(sh["node_id"], sh["start_layer"], sh["end_layer"]) for sh in row["shards"]] == [
+            (a_id, 0, 15), (b_id, 15, 30),
+        ]  # fmt: skip
+        assert s["state"] == "serving"
+        bs = b.status()
+        assert bs["role"] == "worker" and bs["worker_of"][0]["layers"] == [15, 30]
+        # The RPC worker listens on loopback only; the host reaches it through the QUIC tunnel.
+        port = bs["worker_of"][0]["port"]
+        listening = [
+            c.laddr for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port
+        ]
+        assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
+        assert [complete(a, "SmolLM2-135M", p) for p in PROMPTS] == solo_outputs
+        assert row["shards"][1]["bytes_sent"] > 0
+        # Only the host takes HTTP traffic: B's API routes to A.
+        assert complete(b, "SmolLM2-135M", PROMPTS[0]) == solo_outputs[0]
+
+        # The worker's node dies: A re-plans (a forced split with nobody left runs solo) and serves again.
+        assert b.proc is not None
+        os.kill(b.proc.pid, signal.SIGKILL)
+        a.wait_for(
+            lambda s: split_row_of(s).get("mode") == "solo" and split_row_of(s)["ready"], 60, "solo again"
+        )
+        assert complete(a, "SmolLM2-135M", PROMPTS[1]) == solo_outputs[1]
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def split_row_of(status: dict) -> dict:  # type: ignore[type-arg]
+    rows = [m for m in status["models"] if m["local"]]
+    return dict(rows[0]) if rows else {}
+
+
+def test_model_too_big_for_any_node_waits_then_splits_over_three(
+    tmp_path: Path, solo_outputs: list[str]
+) -> None:
+    # 0.04 GiB each: SmolLM2 (98 MB x 1.1) fits no node, nor any two; all three hold it.
+    a = NodeProcess(["--max-vram", "0.04", "--model", "SmolLM2-135M"], tmp_path / "a").start()
+    nodes = [a]
+    try:
+        s = a.wait_for(lambda s: split_row_of(s).get("mode") == "waiting", 30, "waiting for capacity")
+        assert "waiting for capacity" in split_row_of(s)["message"]
+        r = httpx.post(f"{a.api}/v1/completions", json={"model": "SmolLM2-135M", "prompt": "Hi"})
+        assert r.status_code == 503 and "waiting for capacity" in r.json()["error"]["message"]
+        token = s["invite_token"]
+        for name in ("b", "c"):
+            nodes.append(NodeProcess(["--join", token, "--max-vram", "0.04"], tmp_path / name).start())
+        a.wait_for(is_split_and_ready(3), 90, "a three-node split")
+        shards = split_row(a)["shards"]
+        assert shards[0]["start_layer"] == 0 and shards[-1]["end_layer"] == 30
+        assert all(x["end_layer"] == y["start_layer"] for x, y in zip(shards, shards[1:], strict=False))
+        assert [complete(a, "SmolLM2-135M", p) for p in PROMPTS] == solo_outputs
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_zero_transfer_loading_sends_under_one_percent_of_the_workers_share(tmp_path: Path) -> None:
+    model = write_wide_llama_gguf(tmp_path / "wide.gguf")
+    a = NodeProcess(["--split", "--model", str(model)], tmp_path / "a").start()
+    nodes = [a]
+    try:
+        token = a.wait_serving()["invite_token"]
+        (tmp_path / "b" / "models").mkdir(parents=True)
+        os.link(model, tmp_path / "b" / "models" / "wide.gguf")  # B has its own copy of the GGUF
+        b = NodeProcess(["--join", token], tmp_path / "b").start()
+        nodes.append(b)
+        a.wait_for(is_split_and_ready(2), 60, "the wide model split")
+        worker_share = split_row(a)["shards"][1]
+        assert b.status()["worker_of"][0]["prefilled_files"] == 7
+        sent = worker_share["bytes_sent"]
+        assert sent < 0.01 * worker_share["bytes"], (sent, worker_share["bytes"])
+        assert complete(a, "wide", "the a") is not None
+        time.sleep(0.1)
+    finally:
+        for node in nodes:
+            node.stop()
