@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -117,7 +118,7 @@ def test_model_too_big_for_any_node_waits_then_splits_over_three(
         a.wait_for(is_split_and_ready(3), 90, "a three-node split")
         shards = split_row(a)["shards"]
         assert shards[0]["start_layer"] == 0 and shards[-1]["end_layer"] == 30
-        assert all(x["end_layer"] == y["start_layer"] for x, y in zip(shards, shards[1:], strict=False))
+        assert all(x["end_layer"] == y["start_layer"] for x, y in itertools.pairwise(shards))
         assert [complete(a, "SmolLM2-135M", p) for p in PROMPTS] == solo_outputs
     finally:
         for node in nodes:
