@@ -145,3 +145,39 @@ def test_zero_transfer_loading_sends_under_one_percent_of_the_workers_share(tmp_
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_a_node_beyond_the_rtt_cap_is_left_out_of_splits_but_still_serves_the_api(
+    tmp_path: Path, solo_outputs: list[str]
+) -> None:
+    from mesh_llm.mesh.token import InviteToken, parse_address
+    from tests.relay import DelayRelay
+
+    a = NodeProcess(["--split", "--model", "SmolLM2-135M"], tmp_path / "a").start()
+    nodes = [a]
+    relay = None
+    try:
+        s = a.wait_serving()
+        real = InviteToken.decode(s["invite_token"])
+        mesh_port = parse_address(next(x for x in real.addresses if x.startswith("127.0.0.1:")))[1]
+        relay = DelayRelay(("127.0.0.1", mesh_port), delay_s=0.06).start()  # 120 ms round trip
+        far = real.credentials.invite(real.node_id, (f"127.0.0.1:{relay.port}",))
+        x = NodeProcess(["--join", far.encode()], tmp_path / "x").start()
+        nodes.append(x)
+        x_id = x.wait_for(lambda s: any(m["ready"] for m in s["models"]), 60, "X to see the model")["node_id"]
+        (far_peer,) = [p for p in a.status()["peers"] if p["node_id"] == x_id]
+        assert far_peer["rtt_ms"] > 80
+        time.sleep(3)  # several planning rounds: X has the model on disk but is too far
+        assert split_row(a)["mode"] == "solo"
+        b = NodeProcess(["--join", s["invite_token"]], tmp_path / "b").start()
+        nodes.append(b)
+        a.wait_for(is_split_and_ready(2), 60, "a split with the near node")
+        members = [sh["node_id"] for sh in split_row(a)["shards"]]
+        assert x_id not in members and b.status()["node_id"] in members
+        # X stays an API member of the mesh: its :9337 answers through the slow link.
+        assert complete(x, "SmolLM2-135M", PROMPTS[0]) == solo_outputs[0]
+    finally:
+        for node in nodes:
+            node.stop()
+        if relay is not None:
+            relay.stop()
