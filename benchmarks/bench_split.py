@@ -30,8 +30,9 @@ from mesh_llm.models.resolve import ResolvedModel
 from mesh_llm.serving import rpc
 from mesh_llm.serving.backend import ModelServer
 from mesh_llm.serving.rpc import RpcWorker
-from tests.harness import smollm2_path
-from tests.integration.test_rpc_split import CountingRelay, layer_bytes, write_wide_llama_gguf
+from tests.gguf_fixtures import write_wide_llama_gguf
+from tests.harness import NodeProcess, smollm2_path
+from tests.integration.test_rpc_split import CountingRelay, layer_bytes
 
 STORY = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 LONG = " ".join(["The quick brown fox jumps over the lazy dog while the old keeper watches the sea."] * 24)
@@ -58,7 +59,7 @@ async def serving(
 
 def prompt_tok_s(url: str, client: httpx.Client, round_no: int) -> float:
     """Prompt tokens per second of a long prompt that no earlier request shares a prefix with."""
-    body = {"prompt": f"{round_no}: {LONG}", "max_tokens": 1, "temperature": 0}
+    body = {"model": "SmolLM2-135M", "prompt": f"{round_no}: {LONG}", "max_tokens": 1, "temperature": 0}
     t0 = time.perf_counter()
     r = client.post(f"{url}/v1/completions", json=body, timeout=300)
     r.raise_for_status()
@@ -70,12 +71,12 @@ async def speeds(urls: dict[str, str], rounds: int, tokens: int) -> dict[str, di
         runs: dict[str, dict[str, list[float]]] = {n: {"decode": [], "prompt": []} for n in urls}
         with httpx.Client() as client:
             for url in urls.values():
-                timed_stream(url, "m", STORY, 8, client)  # warm up
+                timed_stream(url, "SmolLM2-135M", STORY, 8, client)  # warm up
             for i in range(rounds):
                 names = list(urls) if i % 2 == 0 else list(reversed(urls))
                 for name in names:
                     runs[name]["decode"].append(
-                        timed_stream(urls[name], "m", STORY, tokens, client).decode_tok_s
+                        timed_stream(urls[name], "SmolLM2-135M", STORY, tokens, client).decode_tok_s
                     )
                     runs[name]["prompt"].append(prompt_tok_s(urls[name], client, i))
         return {n: {k: median(v) for k, v in r.items()} for n, r in runs.items()}
@@ -85,9 +86,9 @@ async def speeds(urls: dict[str, str], rounds: int, tokens: int) -> dict[str, di
 
 def _decode_counted(url: str, relay: CountingRelay, tokens: int) -> int:
     with httpx.Client() as client:
-        timed_stream(url, "m", STORY, 8, client)
+        timed_stream(url, "SmolLM2-135M", STORY, 8, client)
         relay.reset()
-        return timed_stream(url, "m", STORY, tokens, client).tokens
+        return timed_stream(url, "SmolLM2-135M", STORY, tokens, client).tokens
 
 
 async def traffic_per_token(
@@ -148,11 +149,24 @@ async def main_async(args: argparse.Namespace) -> None:
         await worker.start()
         relay = CountingRelay(worker.endpoint)
         try:
-            async with (
-                serving(tmp / "solo", model, args.threads) as (solo, solo_load),
-                serving(tmp / "split", model, args.threads, [worker.endpoint], split) as (tcp, split_load),
-            ):
-                s = await speeds({"solo": solo.base_url, "split-tcp": tcp.base_url}, args.rounds, args.tokens)
+            threads = ["--threads", str(args.threads)]
+            host = NodeProcess(["--split", "--model", "SmolLM2-135M", *threads], tmp / "node-a").start()
+            mesh_nodes = [host]
+            try:
+                token = (await asyncio.to_thread(host.wait_serving))["invite_token"]
+                mesh_nodes.append(NodeProcess(["--join", token, *threads], tmp / "node-b").start())
+                ready = await asyncio.to_thread(host.wait_for, _mesh_split_ready, 60, "the mesh split")
+                mesh_load = next(m for m in ready["models"] if m["local"])["load_s"]
+                async with (
+                    serving(tmp / "solo", model, args.threads) as (solo, solo_load),
+                    serving(tmp / "split", model, args.threads, [worker.endpoint], split) as (tcp, split_load),
+                ):
+                    urls = {"solo": solo.base_url, "split-tcp": tcp.base_url, "split-mesh": host.api}
+                    s = await speeds(urls, args.rounds, args.tokens)
+                mesh_row = next(m for m in host.status()["models"] if m["local"])
+            finally:
+                for n in mesh_nodes:
+                    n.stop()
             async with serving(tmp / "relay", model, args.threads, [relay.endpoint], split) as (via, _):
                 s.update(await speeds({"split-relay": via.base_url}, max(2, args.rounds // 2), args.tokens))
             relay.close()
@@ -174,6 +188,10 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"{name:<14}{v['decode']:>14.1f}{v['prompt']:>14.1f}")
     print(f"split-tcp / solo: decode {s['split-tcp']['decode'] / s['solo']['decode']:.1%}, "
           f"prompt {s['split-tcp']['prompt'] / s['solo']['prompt']:.1%}")  # fmt: skip
+    print(f"split-mesh / split-tcp: decode {s['split-mesh']['decode'] / s['split-tcp']['decode']:.1%}, "
+          f"prompt {s['split-mesh']['prompt'] / s['split-tcp']['prompt']:.1%}")  # fmt: skip
+    print(f"mesh split: load (plan -> serving, both nodes) {mesh_load:.2f} s; bytes host -> worker "
+          f"{mesh_row['shards'][1]['bytes_sent'] / 1e6:.2f} MB (worker share est. {mesh_row['shards'][1]['bytes'] / 1e6:.1f} MB)")  # fmt: skip
     for label, t in traffic.items():
         print(f"per decoded token, {label}: {t['to']:.0f} B to worker, {t['from']:.0f} B back, "
               f"{t['rt']:.1f} round trips")  # fmt: skip
@@ -186,6 +204,11 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"{name}: worker share {share / 1e6:.1f} MB; cold {cold['bytes'] / 1e6:.2f} MB "
               f"(load {cold['load_s']:.2f} s); prefilled {warm['bytes'] / 1e6:.2f} MB = "
               f"{warm['bytes'] / share:.2%} of share (load {warm['load_s']:.2f} s, prefill {warm['prefill_s']:.2f} s)")  # fmt: skip
+
+
+def _mesh_split_ready(status: dict[str, Any]) -> bool:
+    rows = [m for m in status["models"] if m["local"]]
+    return bool(rows) and rows[0].get("mode") == "split" and rows[0]["ready"]
 
 
 def main() -> None:

@@ -54,8 +54,14 @@ class SplitHost:
     server: ModelServer | None = None
     tunnels: list[TcpTunnel] = field(default_factory=list)
     state: str = "planning"
-    started_at: float = 0.0
-    load_s: float | None = None
+    planned_at: float = 0.0  # wall clock, comparable with ModelServer.status().since
+
+    @property
+    def load_s(self) -> float | None:
+        """Seconds from this epoch's plan to a ready model server (workers' start included)."""
+        if self.server is None or not self.server.ready:
+            return None
+        return max(0.0, self.server.status().since - self.planned_at)
 
     def published(self) -> dict[str, Any] | None:
         if not isinstance(self.plan, Split):
@@ -139,16 +145,13 @@ class SplitManager:
             await self._stop_host(host)
             host.plan = plan
             host.epoch += 1
-            host.started_at = time.monotonic()
-            host.load_s = None
+            host.planned_at = time.time()
             log.info("plan for %s (epoch %d): %s", name, host.epoch, _describe(plan))
             node._changed()
         if isinstance(plan, Waiting):
             host.state = f"waiting for capacity: {plan.reason}"
             return
         if host.server is not None:
-            if host.load_s is None and host.server.ready:
-                host.load_s = time.monotonic() - host.started_at
             host.state = "serving" if host.server.ready else "loading"
             return
         if isinstance(plan, Solo):
@@ -263,6 +266,7 @@ class SplitManager:
             cache_dir=cache_dir,
             log_dir=node.config.state_dir / "logs",
             name=f"rpc-{model}",
+            n_threads=node.config.backend.n_threads,
             on_change=node._changed,
         )
         duty = WorkerDuty(model, host, epoch, layers, worker, files)
