@@ -117,6 +117,27 @@ class SplitManager:
                 nodes.append(PlanNode(peer_id, rec.capacity_bytes, rtt, model in rec.on_disk, False))
         return nodes
 
+    def preview(self, spec: str) -> dict[str, Any]:
+        """The plan the mesh would choose for `spec` right now, with this node as host."""
+        from mesh_llm.planning.planner import describe_plan, plan_model
+
+        model = resolve(spec, allow_download=False, progress=False)
+        facts = model_facts(model)
+        cfg = PlanConfig(force_split=self.node.config.split, pinned_host=self.node.node_id)
+        plan = plan_model(self._plan_nodes(model.name), facts, cfg)
+        return {
+            "model": model.name,
+            "size_bytes": model.size_bytes,
+            "n_layers": facts.n_layers,
+            "mode": "split" if isinstance(plan, Split) else ("waiting" if isinstance(plan, Waiting) else "solo"),
+            "reason": plan.reason if isinstance(plan, Waiting) else None,
+            "rows": [
+                {"node_id": r.node_id, "role": r.role, "start_layer": r.start_layer, "end_layer": r.end_layer,
+                 "bytes": r.bytes_estimate}
+                for r in describe_plan(plan)
+            ],
+        }
+
     def splits_record(self) -> dict[str, Any]:
         return {name: pub for name, h in self.hosts.items() if (pub := h.published()) is not None}
 
