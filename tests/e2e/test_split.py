@@ -165,7 +165,8 @@ def test_a_node_beyond_the_rtt_cap_is_left_out_of_splits_but_still_serves_the_ap
         x = NodeProcess(["--join", far.encode()], tmp_path / "x").start()
         nodes.append(x)
         x_id = x.wait_for(lambda s: any(m["ready"] for m in s["models"]), 60, "X to see the model")["node_id"]
-        (far_peer,) = [p for p in a.status()["peers"] if p["node_id"] == x_id]
+        seen = a.wait_for(lambda s: any(p["node_id"] == x_id and p["rtt_ms"] for p in s["peers"]), 30, "A to see X")
+        (far_peer,) = [p for p in seen["peers"] if p["node_id"] == x_id]
         assert far_peer["rtt_ms"] > 80
         time.sleep(3)  # several planning rounds: X has the model on disk but is too far
         assert split_row(a)["mode"] == "solo"
