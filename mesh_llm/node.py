@@ -22,6 +22,7 @@ import uvicorn
 
 from mesh_llm import __version__
 from mesh_llm.api.console import ChangeFeed, create_console_app
+from mesh_llm.api.control import control_router
 from mesh_llm.api.proxy import Proxy
 from mesh_llm.api.routing import Endpoint, model_key
 from mesh_llm.config import HttpConfig, NodeConfig
@@ -322,7 +323,9 @@ class Node:
         if self.config.console is not None:
             sock = bind_tcp(self.config.console, "console")
             self.console_port = sock.getsockname()[1]
-            await self._serve_http(create_console_app(self.status, self.feed), sock, graceful_s=1.0)
+            app = create_console_app(self.status, self.feed, api_key=self.config.api_key)
+            app.include_router(control_router(self.drop, self.split.preview, self.config.api_key))
+            await self._serve_http(app, sock, graceful_s=1.0)
         if not self.config.idle:
             sock = bind_tcp(self.config.api, "API")
             self.api_port = sock.getsockname()[1]
@@ -475,12 +478,14 @@ class Node:
 
     async def drop(self, model: str) -> bool:
         """Stop serving `model` here (the user asked); the mesh re-plans without this node."""
-        name = next((n for n in self.servers if model_key(n) == model_key(model)), None)
+        name = next((n for n in [*self.servers, *self.split.hosts] if model_key(n) == model_key(model)), None)
         if name is None:
             return False
         self.declined.add(name)
-        server = self.servers.pop(name)
-        await server.stop()
+        if name in self.split.hosts:
+            await self.split.drop(name)
+        else:
+            await self.servers.pop(name).stop()
         log.info("dropped %s at the user's request", name)
         self._changed()
         return True

@@ -129,11 +129,18 @@ class SplitManager:
             "model": model.name,
             "size_bytes": model.size_bytes,
             "n_layers": facts.n_layers,
-            "mode": "split" if isinstance(plan, Split) else ("waiting" if isinstance(plan, Waiting) else "solo"),
+            "mode": "split"
+            if isinstance(plan, Split)
+            else ("waiting" if isinstance(plan, Waiting) else "solo"),
             "reason": plan.reason if isinstance(plan, Waiting) else None,
             "rows": [
-                {"node_id": r.node_id, "role": r.role, "start_layer": r.start_layer, "end_layer": r.end_layer,
-                 "bytes": r.bytes_estimate}
+                {
+                    "node_id": r.node_id,
+                    "role": r.role,
+                    "start_layer": r.start_layer,
+                    "end_layer": r.end_layer,
+                    "bytes": r.bytes_estimate,
+                }
                 for r in describe_plan(plan)
             ],
         }
@@ -326,6 +333,13 @@ class SplitManager:
             )
             for d in sorted(self.duties.values(), key=lambda d: d.model)
         ]
+
+    async def drop(self, model: str) -> None:
+        """Stop hosting a split model; its workers see the plan vanish and stop too."""
+        async with self._busy:
+            host = self.hosts.pop(model, None)
+            if host is not None:
+                await self._stop_host(host)
 
     async def stop(self) -> None:
         for host in self.hosts.values():

@@ -18,7 +18,7 @@ from mesh_llm.errors import MeshError
 
 console = Console(stderr=True)
 
-SUBCOMMANDS = ("download", "status", "rotate-key")
+SUBCOMMANDS = ("download", "status", "rotate-key", "drop", "plan")
 
 IDLE_HELP = """[bold]mesh-llm[/] is running idle: nothing is served, the console is read-only.
 
@@ -33,7 +33,8 @@ def node_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mesh-llm",
         description="Pool spare GPU/CPU capacity across machines and serve LLMs behind one OpenAI-compatible API.",
-        epilog="Subcommands: mesh-llm download [NAME] | mesh-llm status. Run `mesh-llm SUBCOMMAND --help` for theirs.",
+        epilog="Subcommands: download [NAME] | status | drop MODEL | plan MODEL | rotate-key. "
+        "Run `mesh-llm SUBCOMMAND --help` for theirs.",
     )
     p.add_argument(
         "--model",
@@ -223,6 +224,54 @@ def cmd_status(argv: Sequence[str]) -> int:
     return 0
 
 
+def _control(method: str, path: str, port: int, **kwargs: object) -> tuple[int, dict[str, object]]:
+    import httpx
+
+    key = api_key_from_env(os.environ)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        r = httpx.request(method, f"http://127.0.0.1:{port}{path}", headers=headers, timeout=30.0, **kwargs)  # type: ignore[arg-type]
+    except httpx.HTTPError as exc:
+        console.print(f"[red]error:[/] no mesh-llm node answered on console port {port} ({exc})")
+        return 0, {}
+    try:
+        return r.status_code, dict(r.json())
+    except ValueError:
+        return r.status_code, {"detail": r.text}
+
+
+def cmd_drop(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="mesh-llm drop", description="Stop serving a model on the running node.")
+    p.add_argument("model")
+    p.add_argument("--console", type=int, default=DEFAULT_CONSOLE_PORT, help="the node's console port")
+    args = p.parse_args(argv)
+    code, body = _control("POST", "/api/drop", args.console, json={"model": args.model})
+    if code == 200:
+        Console().print(f"dropped {body['dropped']}: this node no longer serves it")
+        return 0
+    if code:
+        console.print(f"[red]error:[/] {body.get('detail', body)}")
+    return 1
+
+
+def cmd_plan(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="mesh-llm plan", description="Show the plan the mesh would choose for a model."
+    )
+    p.add_argument("model")
+    p.add_argument("--console", type=int, default=DEFAULT_CONSOLE_PORT, help="the node's console port")
+    args = p.parse_args(argv)
+    code, body = _control("GET", "/api/plan", args.console, params={"model": args.model})
+    if code != 200:
+        if code:
+            console.print(f"[red]error:[/] {body.get('detail', body)}")
+        return 1
+    from mesh_llm.cli.render import plan_table
+
+    Console().print(plan_table(body))
+    return 0
+
+
 def cmd_rotate_key(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="mesh-llm rotate-key", description="Replace this machine's node key (a new node id)."
@@ -251,4 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_status(argv[1:])
     if argv and argv[0] == "rotate-key":
         return cmd_rotate_key(argv[1:])
+    if argv and argv[0] == "drop":
+        return cmd_drop(argv[1:])
+    if argv and argv[0] == "plan":
+        return cmd_plan(argv[1:])
     return run_node(argv)

