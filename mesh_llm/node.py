@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from mesh_llm.mesh.service import (
 from mesh_llm.models.catalog import CATALOG, find_entry
 from mesh_llm.models.resolve import ResolvedModel, on_disk_names, resolve
 from mesh_llm.planning.demand import DemandTable, StandbyInfo, choose_standby_work
-from mesh_llm.planning.planner import fits
+from mesh_llm.planning.planner import Split, fits
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity
 from mesh_llm.split import SplitManager
@@ -56,7 +56,7 @@ class _EmbeddedServer(uvicorn.Server):
     """A uvicorn server that leaves signal handling to the node."""
 
     @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def, override]
+    def capture_signals(self) -> Iterator[None]:
         yield
 
 
@@ -305,7 +305,7 @@ class Node:
             os._exit(130)
         self._stop.set()
 
-    async def _serve_http(self, app: Any, sock: socket.socket, graceful_s: float) -> _EmbeddedServer:
+    async def _serve_http(self, app: Any, sock: socket.socket, graceful_s: int) -> _EmbeddedServer:
         config = uvicorn.Config(
             app, log_level="warning", lifespan="off", timeout_graceful_shutdown=graceful_s, access_log=False
         )
@@ -325,14 +325,14 @@ class Node:
             self.console_port = sock.getsockname()[1]
             app = create_console_app(self.status, self.feed, api_key=self.config.api_key)
             app.include_router(control_router(self.drop, self.split.preview, self.config.api_key))
-            await self._serve_http(app, sock, graceful_s=1.0)
+            await self._serve_http(app, sock, graceful_s=1)
         if not self.config.idle:
             sock = bind_tcp(self.config.api, "API")
             self.api_port = sock.getsockname()[1]
             self._proxy = Proxy(
                 self, api_key=self.config.api_key, request_timeout_s=self.config.backend.request_timeout_s
             )
-            await self._serve_http(self._proxy.app, sock, graceful_s=5.0)
+            await self._serve_http(self._proxy.app, sock, graceful_s=5)
 
     def local_files(self) -> dict[str, Path]:
         """GGUF files offered from `<state-dir>/models/` (name = file stem), for splits and standbys."""
@@ -435,9 +435,9 @@ class Node:
 
     def _host_layers(self, model: str) -> tuple[int, int] | None:
         host = self.split.hosts.get(model)
-        if host is None or host.plan is None or not hasattr(host.plan, "shards"):
+        if host is None or not isinstance(host.plan, Split):
             return None
-        first = host.plan.shards[0]  # type: ignore[union-attr]
+        first = host.plan.shards[0]
         return (first.start_layer, first.end_layer)
 
     def _changed(self) -> None:

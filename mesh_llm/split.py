@@ -194,7 +194,7 @@ class SplitManager:
             host.state = f"waiting for workers {', '.join(missing)}"
             return
         assert node.mesh is not None
-        tunnels = []
+        tunnels: list[TcpTunnel] = []
         for shard in plan.shards[1:]:
             link = node.mesh.transport.link(shard.node_id)
             if link is None:

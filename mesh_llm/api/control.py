@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 
+from mesh_llm.api.auth import bearer_matches
 from mesh_llm.errors import MeshError
 
 
@@ -21,10 +21,8 @@ def _local_and_allowed(request: Request, api_key: str | None) -> None:
         loopback = False
     if not loopback:
         raise HTTPException(403, "control requests are only accepted from this machine")
-    if api_key is not None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise HTTPException(401, "missing or wrong API key")
+    if api_key is not None and not bearer_matches(request.headers.get("authorization", ""), api_key):
+        raise HTTPException(401, "missing or wrong API key")
 
 
 def control_router(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import itertools
 import json
 import logging
@@ -16,6 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mesh_llm.api import errors as api_errors
+from mesh_llm.api.auth import bearer_matches
 from mesh_llm.api.routing import Endpoint, choose
 from mesh_llm.errors import BackendUnavailable, MeshError, NoHealthyHost
 
@@ -150,11 +150,7 @@ class Proxy:
     def _require_key(self, request: Request) -> None:
         if self._api_key is None:
             return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), self._api_key.encode()
-        ):
+        if not bearer_matches(request.headers.get("authorization", ""), self._api_key):
             raise ApiErrorResponse(api_errors.unauthorized())
 
     def _build_app(self) -> FastAPI:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -21,6 +20,7 @@ import httpx
 from mesh_llm.config import BackendConfig
 from mesh_llm.errors import ConfigError
 from mesh_llm.models.resolve import ResolvedModel
+from mesh_llm.serving.process import log_tail, stop_group
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,6 @@ def _listening_socket() -> socket.socket:
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(line.strip() for line in text[-lines:])
 
 
 class ModelServer:
@@ -252,7 +244,7 @@ class ModelServer:
         deadline = time.monotonic() + self._config.startup_timeout_s
         while not await self._healthy(client):
             if proc.returncode is not None:
-                return f"exited with code {proc.returncode} while loading ({_tail(self._log_path)})"
+                return f"exited with code {proc.returncode} while loading ({log_tail(self._log_path)})"
             if time.monotonic() > deadline:
                 return f"did not become healthy within {self._config.startup_timeout_s:g} s"
             with contextlib.suppress(TimeoutError):
@@ -265,21 +257,11 @@ class ModelServer:
                 await asyncio.wait_for(proc.wait(), self._config.health_interval_s)
             if proc.returncode is not None:
                 if self.rpc_endpoints:  # say which worker went away
-                    return f"exited with code {proc.returncode} ({_tail(self._log_path, 1)})"
+                    return f"exited with code {proc.returncode} ({log_tail(self._log_path, 1)})"
                 return f"exited with code {proc.returncode}"
             misses = 0 if await self._healthy(client) else misses + 1
             if misses >= 3:
                 return "stopped answering health checks"
 
     async def _kill_child(self) -> None:
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), self._config.stop_timeout_s)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        await stop_group(self._proc, self._config.stop_timeout_s)

@@ -48,7 +48,6 @@ import math
 import os
 import re
 import select
-import signal
 import socket
 import struct
 import sys
@@ -61,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh_llm.errors import BackendError, BackendUnavailable, ConfigError, GGUFError
+from mesh_llm.serving.process import log_tail, stop_group
 
 log = logging.getLogger(__name__)
 
@@ -804,14 +804,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(line.strip() for line in text[-lines:])
-
-
 class RpcWorker:
     """One ggml RPC server subprocess bound to 127.0.0.1, in its own process group.
 
@@ -934,7 +926,7 @@ class RpcWorker:
         deadline = time.monotonic() + self._startup_timeout_s
         while time.monotonic() < deadline:
             if proc.returncode is not None:
-                return f"exited with code {proc.returncode} while starting ({_tail(self._log_path)})"
+                return f"exited with code {proc.returncode} while starting ({log_tail(self._log_path)})"
             try:
                 await asyncio.to_thread(probe_rpc_server, self.endpoint, 1.0)
                 return None
@@ -946,17 +938,7 @@ class RpcWorker:
     async def _watch_exit(self, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
         if not self._stopping:
-            self._set_state(RpcWorkerState.FAILED, f"exited with code {code} ({_tail(self._log_path)})")
+            self._set_state(RpcWorkerState.FAILED, f"exited with code {code} ({log_tail(self._log_path)})")
 
     async def _kill(self) -> None:
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), self._stop_timeout_s)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        await stop_group(self._proc, self._stop_timeout_s)
