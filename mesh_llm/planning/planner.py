@@ -271,7 +271,11 @@ def _plan(by_id: Mapping[str, PlanNode], facts: ModelFacts, cfg: PlanConfig, pre
     if cfg.pinned_host is not None:
         prev_host = by_id.get(cfg.pinned_host)
         if prev_host is None or not _eligible(prev_host):
-            return Waiting(reason="the pinned host offers no capacity", missing_bytes=math.ceil(required), model=facts.name)
+            return Waiting(
+                reason="the pinned host offers no capacity",
+                missing_bytes=math.ceil(required),
+                model=facts.name,
+            )
         ranked = [prev_host] + [n for n in ranked if n is not prev_host]
     elif prev_host is not None and not _eligible(prev_host):
         prev_host = None
