@@ -46,15 +46,19 @@ sys.exit(0 if ok else 1)
 PY
 }
 
+build_llama() {
+  # Build our own wheel (kept in .venv/wheels for `just bundle`) without pip's cache, whose
+  # key ignores CMAKE_ARGS and could hand back a build without RPC.
+  rm -rf "$venv/wheels"
+  CMAKE_ARGS="-DGGML_RPC=on ${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+    "${pip[@]}" wheel -q --no-cache-dir --no-deps -w "$venv/wheels" "llama-cpp-python==$LLAMA_VERSION"
+  "${pip[@]}" install -q --force-reinstall --no-deps "$venv"/wheels/llama_cpp_python-*.whl
+  "${pip[@]}" install -q "llama-cpp-python[server]==$LLAMA_VERSION" --find-links "$venv/wheels"
+}
+
 if ! rpc_ok; then
   say "building llama-cpp-python $LLAMA_VERSION with -DGGML_RPC=on (about 6 minutes on 2 cores)"
-  CMAKE_ARGS="-DGGML_RPC=on ${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-    "${pip[@]}" install -q "llama-cpp-python[server]==$LLAMA_VERSION"
-  if ! rpc_ok; then
-    say "the installed build has no RPC support (a cached wheel?): rebuilding without pip's cache"
-    CMAKE_ARGS="-DGGML_RPC=on ${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-      "${pip[@]}" install -q --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$LLAMA_VERSION"
-  fi
+  build_llama
   rpc_ok || { echo "llama-cpp-python still lacks RPC support; see the build log above" >&2; exit 1; }
 fi
 

@@ -8,4 +8,6 @@ py="$root/.venv/bin/python"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 "$root/.venv/bin/ruff" check mesh_llm tests benchmarks
 "$py" -m pytest -q tests/unit tests/integration "$@"
+# The console's browser tests drive Debian's Chromium (never a downloaded browser build).
+if [ -f "$root/bundle/install-browser.sh" ]; then bash "$root/bundle/install-browser.sh"; fi
 "$py" -m pytest -q tests/e2e "$@"
