@@ -1,0 +1,198 @@
+// The status JSON -> what the page shows (pure: no DOM). Every field is optional here, so the
+// page works against today's status and against newer ones with peers, shards and tokens.
+
+const isObj = (x) => x !== null && typeof x === "object" && !Array.isArray(x);
+const arr = (x) => (Array.isArray(x) ? x : []);
+const num = (x) => (typeof x === "number" && Number.isFinite(x) ? x : null);
+const str = (x) => (x === null || x === undefined ? "" : String(x));
+
+export const SPLIT_RTT_CAP_MS = 80;
+
+const BAD_STATES = new Set(["failed", "degraded", "stopping", "stopped", "gone", "unreachable", "dead", "error"]);
+const BUSY_STATES = new Set(["starting", "loading", "resolving", "restarting", "joining", "downloading"]);
+
+/** The colour family of a node or model: by trouble first, then by role. */
+export function tone(role, state) {
+  const st = str(state).toLowerCase();
+  if (BAD_STATES.has(st)) return "bad";
+  if (BUSY_STATES.has(st)) return "warn";
+  switch (str(role).toLowerCase()) {
+    case "host":
+      return "ok";
+    case "worker":
+      return "info";
+    case "standby":
+      return "standby";
+    default:
+      return "client"; // client, idle, unknown
+  }
+}
+
+function layerRange(x) {
+  if (Array.isArray(x) && x.length === 2 && num(x[0]) !== null && num(x[1]) !== null) return [x[0], x[1]];
+  return null;
+}
+
+function modelState(m) {
+  if (m.ready === true) return "ready";
+  return str(m.state) || "not ready";
+}
+
+function selfNode(status) {
+  const cap = isObj(status.capacity) ? status.capacity : {};
+  const id = str(status.node_id);
+  return {
+    id,
+    shortId: str(status.short_id) || id.slice(0, 8),
+    self: true,
+    role: str(status.role),
+    state: str(status.state),
+    capacityBytes: num(cap.offered_bytes),
+    usedBytes: num(cap.used_bytes) ?? 0,
+    capacityKind: str(cap.kind),
+    device: str(cap.device),
+    version: str(status.version),
+    rttMs: null,
+    lastSeenS: null,
+    addresses: [],
+    models: arr(status.models)
+      .filter((m) => isObj(m) && m.local !== false)
+      .map((m) => ({
+        name: str(m.name),
+        ready: m.ready === true,
+        state: modelState(m),
+        role: str(m.role) || "host",
+        layers: null,
+      })),
+  };
+}
+
+function peerNode(p) {
+  const id = str(p.node_id);
+  return {
+    id,
+    shortId: str(p.short_id) || id.slice(0, 8),
+    self: false,
+    role: str(p.role),
+    state: str(p.state),
+    capacityBytes: num(p.capacity_bytes),
+    usedBytes: num(p.used_bytes),
+    capacityKind: "",
+    device: "",
+    version: str(p.version),
+    rttMs: num(p.rtt_ms),
+    lastSeenS: num(p.last_seen_s),
+    addresses: arr(p.addresses).map(str),
+    models: arr(p.models)
+      .filter(isObj)
+      .map((m) => ({
+        name: str(m.name),
+        ready: m.ready === true,
+        state: modelState(m),
+        role: str(m.role),
+        layers: layerRange(m.layers),
+      })),
+  };
+}
+
+function hostsOf(m) {
+  const hosts = arr(m.hosts).map(str).filter(Boolean);
+  return hosts.length ? hosts : m.host ? [str(m.host)] : [];
+}
+
+/** Fill in layer ranges from `models[].shards` for nodes that did not report them themselves. */
+function applyShards(statusModels, byId) {
+  for (const m of statusModels) {
+    const hosts = hostsOf(m);
+    for (const shard of arr(m.shards).filter(isObj)) {
+      const node = byId.get(str(shard.node_id));
+      const range = layerRange([shard.start_layer, shard.end_layer]);
+      if (!node || !range) continue;
+      let entry = node.models.find((x) => x.name === str(m.name));
+      if (!entry) {
+        entry = {
+          name: str(m.name),
+          ready: m.ready === true,
+          state: modelState(m),
+          role: hosts.includes(node.id) ? "host" : "worker",
+          layers: null,
+        };
+        node.models.push(entry);
+      }
+      if (!entry.layers) entry.layers = range;
+    }
+  }
+}
+
+/** Every model the mesh knows of, for the tiles and the picker: ready anywhere counts as ready. */
+function catalog(statusModels, peers) {
+  const byName = new Map();
+  const entry = (name) => {
+    if (!byName.has(name)) {
+      byName.set(name, { name, ready: false, state: "", message: "", mode: "", hosts: new Set(), sizeBytes: null });
+    }
+    return byName.get(name);
+  };
+  for (const m of statusModels) {
+    const e = entry(str(m.name));
+    e.ready = e.ready || m.ready === true;
+    if (!e.state || m.ready === true) e.state = modelState(m);
+    if (m.ready !== true && m.message) e.message = str(m.message);
+    const shards = arr(m.shards);
+    e.mode = str(m.mode) || e.mode || (shards.length > 1 ? "split" : "solo");
+    e.sizeBytes = num(m.size_bytes) ?? e.sizeBytes;
+    for (const h of hostsOf(m)) e.hosts.add(h);
+  }
+  for (const peer of peers) {
+    for (const m of peer.models) {
+      const e = entry(m.name);
+      if (m.role === "worker") {
+        e.mode = e.mode || "split";
+        continue; // a worker holds layers; only hosts answer chat
+      }
+      e.hosts.add(peer.id);
+      e.ready = e.ready || m.ready;
+      if (!e.state || m.ready) e.state = m.state;
+      e.mode = e.mode || "solo";
+    }
+  }
+  for (const e of byName.values()) {
+    if (e.ready) {
+      e.state = "ready";
+      e.message = "";
+    }
+  }
+  return [...byName.values()].sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/** Everything the page renders, derived from one status snapshot. */
+export function meshView(status) {
+  const s = isObj(status) ? status : {};
+  const statusModels = arr(s.models).filter(isObj);
+  const self = selfNode(s);
+  const peers = arr(s.peers).filter(isObj).map(peerNode);
+  const nodes = [self, ...peers];
+  applyShards(statusModels, new Map(nodes.map((n) => [n.id, n])));
+  const models = catalog(statusModels, peers);
+  const sum = (xs) => xs.reduce((acc, x) => acc + (x ?? 0), 0);
+  const api = isObj(s.api) ? s.api : {};
+  return {
+    self,
+    peers,
+    nodes,
+    models,
+    readyModels: models.filter((m) => m.ready),
+    capacityBytes: sum(nodes.map((n) => n.capacityBytes)),
+    usedBytes: sum(nodes.map((n) => n.usedBytes)),
+    versionMismatch: peers.filter((p) => p.version && self.version && p.version !== self.version),
+    idle: self.state === "idle" || self.role === "idle",
+    hasApi: Boolean(api.url || api.port),
+    apiAuth: api.auth === true,
+    apiPort: num(api.port),
+    inviteToken: typeof s.invite_token === "string" && s.invite_token ? s.invite_token : null,
+    meshId: s.mesh_id ? str(s.mesh_id) : null,
+    inFlight: num(s.in_flight) ?? 0,
+    requestsTotal: num(s.requests_total) ?? 0,
+    uptimeS: num(s.uptime_s),
+  };
+}
