@@ -73,7 +73,7 @@ export function describeError(httpStatus, bodyText, retryAfter) {
     message = String(bodyText || "").slice(0, 500);
   }
   if (!message) message = httpStatus ? `The API answered HTTP ${httpStatus} with no message.` : "Unknown error.";
-  if (retryAfter) message += ` Try again in ${retryAfter} s.`;
+  if (retryAfter && !/retry in/i.test(message)) message += ` Try again in ${retryAfter} s.`;
   const heading = HEADINGS[code] || (httpStatus ? `Request failed (HTTP ${httpStatus})` : "Request failed");
   return { heading, message, code, httpStatus };
 }

@@ -1,0 +1,131 @@
+"""The console in real headless Chromium (Debian's, driven by Playwright) against real nodes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.harness import REPO, NodeProcess
+
+ARTIFACTS = REPO / "test-artifacts" / "console"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = context.new_page()
+    yield pg
+    context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_two_node_mesh_live_view_chat_and_a_node_leaving(tmp_path: Path, page: Page) -> None:
+    a = NodeProcess(["--model", "SmolLM2-135M"], tmp_path / "a").start()
+    nodes = [a]
+    try:
+        token = a.wait_serving()["invite_token"]
+        b = NodeProcess(["--join", token], tmp_path / "b").start()
+        nodes.append(b)
+        a_id, b_id = a.status()["short_id"], b.wait_for(lambda s: len(s["peers"]) == 1, 30)["short_id"]
+        page.goto(a.console)
+        expect(page.locator("#connection")).to_have_text("live", timeout=10_000)
+        topology = page.locator("#topology")
+        expect(topology).to_contain_text(a_id, timeout=10_000)
+        expect(topology).to_contain_text(b_id, timeout=10_000)
+        expect(topology).to_contain_text("SmolLM2-135M")
+        expect(page.locator("#peers")).to_contain_text(b_id)
+        expect(page.locator("#tiles")).to_contain_text(token[:12])
+        shot(page, "mesh")
+
+        # Chat streams token by token through :9337 and reports speed and time to first token.
+        expect(page.locator("#model-picker")).to_contain_text("SmolLM2-135M")
+        page.fill("#max-tokens", "200")
+        page.fill("#prompt", "Write a short poem about the sea.")
+        page.click("#send")
+        answer = page.locator(".msg.assistant .msg-text").last
+        expect(page.locator(".msg.assistant").last).to_have_attribute("data-state", "streaming", timeout=20_000)
+        first = len(answer.inner_text())
+        time.sleep(0.4)
+        assert len(answer.inner_text()) > first, "the answer should grow while it streams"
+        expect(page.locator(".msg.assistant").last).to_have_attribute("data-state", "done", timeout=60_000)
+        meta = page.locator(".msg.assistant .msg-meta").last
+        expect(meta).to_contain_text("tok/s")
+        expect(meta).to_contain_text("TTFT")
+        shot(page, "chat")
+
+        # B leaves: the page drops it without a reload.
+        b.stop()
+        expect(topology).not_to_contain_text(b_id, timeout=10_000)
+        expect(page.locator("#peers")).not_to_contain_text(b_id)
+        shot(page, "node-left")
+
+        # The model server dies: the chat says so clearly instead of hanging.
+        os.kill(a.status()["models"][0]["pid"], signal.SIGKILL)
+        a.wait_for(lambda s: not s["models"][0]["ready"], 10, "the crash")
+        page.fill("#prompt", "Hello?")
+        page.click("#send")
+        error = page.locator(".msg.error").last
+        expect(error).to_be_visible(timeout=15_000)
+        expect(error).to_contain_text("SmolLM2-135M")
+        shot(page, "model-unavailable")
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_idle_node_shows_read_only_instructions(tmp_path: Path, page: Page) -> None:
+    node = NodeProcess([], tmp_path / "idle").start()
+    try:
+        node.wait_for(lambda s: s["state"] == "idle", 20, "idle")
+        page.goto(node.console)
+        idle = page.locator("#idle")
+        expect(idle).to_be_visible(timeout=10_000)
+        expect(idle).to_contain_text("mesh-llm --join TOKEN")
+        expect(idle).to_contain_text("mesh-llm --model NAME")
+        expect(page.locator("#chat")).to_be_hidden()
+        shot(page, "idle")
+    finally:
+        node.stop()
+
+
+def test_lost_connection_is_shown_and_recovers(tmp_path: Path, page: Page) -> None:
+    node = NodeProcess(["--model", "SmolLM2-135M"], tmp_path / "n").start()
+    try:
+        node.wait_serving()
+        page.goto(node.console)
+        badge = page.locator("#connection")
+        expect(badge).to_have_text("live", timeout=10_000)
+        node.stop()
+        expect(badge).to_contain_text("reconnecting", timeout=15_000)
+        shot(page, "reconnecting")
+        restarted = NodeProcess(["--model", "SmolLM2-135M"], node.state_dir, api_port=node.api_port,
+                                console_port=node.console_port).start()  # fmt: skip
+        try:
+            restarted.wait_serving()
+            expect(badge).to_have_text("live", timeout=30_000)
+        finally:
+            restarted.stop()
+    finally:
+        node.stop()
