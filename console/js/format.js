@@ -50,7 +50,7 @@ export function plural(n, word, many = `${word}s`) {
   return `${n} ${n === 1 ? word : many}`;
 }
 
-/** "L0–15" for a layer range, "" for none. */
+/** "L0–14" for the layer range [0, 15), "" for none. */
 export function layers(range) {
-  return Array.isArray(range) ? `L${range[0]}–${range[1]}` : "";
+  return Array.isArray(range) ? `L${range[0]}–${range[1] - 1}` : ""; // ranges are [start, end): show the last layer held
 }

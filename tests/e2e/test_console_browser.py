@@ -129,3 +129,21 @@ def test_lost_connection_is_shown_and_recovers(tmp_path: Path, page: Page) -> No
             restarted.stop()
     finally:
         node.stop()
+
+
+def test_split_model_shows_each_nodes_layer_range(tmp_path: Path, page: Page) -> None:
+    a = NodeProcess(["--split", "--model", "SmolLM2-135M"], tmp_path / "a").start()
+    nodes = [a]
+    try:
+        token = a.wait_serving()["invite_token"]
+        nodes.append(NodeProcess(["--join", token], tmp_path / "b").start())
+        a.wait_for(lambda s: any(m.get("mode") == "split" and m["ready"] for m in s["models"]), 60, "the split")
+        page.goto(a.console)
+        topology = page.locator("#topology")
+        expect(topology).to_contain_text("L0–14", timeout=10_000)
+        expect(topology).to_contain_text("L15–29")
+        expect(page.locator("#peers")).to_contain_text("worker")
+        shot(page, "split")
+    finally:
+        for node in nodes:
+            node.stop()
