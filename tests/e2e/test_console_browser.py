@@ -140,8 +140,8 @@ def test_split_model_shows_each_nodes_layer_range(tmp_path: Path, page: Page) ->
         a.wait_for(lambda s: any(m.get("mode") == "split" and m["ready"] for m in s["models"]), 60, "the split")
         page.goto(a.console)
         topology = page.locator("#topology")
-        expect(topology).to_contain_text("L0–14", timeout=10_000)
-        expect(topology).to_contain_text("L15–29")
+        expect(topology).to_contain_text("L0\u201314", timeout=10_000)  # en dash, as the page writes it
+        expect(topology).to_contain_text("L15\u201329")
         expect(page.locator("#peers")).to_contain_text("worker")
         shot(page, "split")
     finally:
