@@ -41,7 +41,7 @@ function modelState(m) {
 function selfNode(status) {
   const cap = isObj(status.capacity) ? status.capacity : {};
   const id = str(status.node_id);
-  return {
+  const node = {
     id,
     shortId: str(status.short_id) || id.slice(0, 8),
     self: true,
@@ -65,6 +65,15 @@ function selfNode(status) {
         layers: null,
       })),
   };
+  // A split worker holds layers of a model another node hosts: status.worker_of.
+  for (const duty of arr(status.worker_of).filter(isObj)) {
+    const range = layerRange(duty.layers);
+    const name = str(duty.model);
+    if (!name || node.models.some((m) => m.name === name && m.layers)) continue;
+    const state = str(duty.state) || "unknown";
+    node.models.push({ name, ready: state === "ready", state, role: "worker", layers: range });
+  }
+  return node;
 }
 
 function peerNode(p) {
@@ -108,6 +117,7 @@ function applyShards(statusModels, byId) {
       const node = byId.get(str(shard.node_id));
       const range = layerRange([shard.start_layer, shard.end_layer]);
       if (!node || !range) continue;
+      if (!node.self && num(shard.bytes) !== null) node.shardBytes = (node.shardBytes ?? 0) + shard.bytes;
       let entry = node.models.find((x) => x.name === str(m.name));
       if (!entry) {
         entry = {
@@ -173,6 +183,10 @@ export function meshView(status) {
   const peers = arr(s.peers).filter(isObj).map(peerNode);
   const nodes = [self, ...peers];
   applyShards(statusModels, new Map(nodes.map((n) => [n.id, n])));
+  for (const peer of peers) {
+    // null means "not reported", which the page must not show as zero.
+    if (peer.usedBytes === null && peer.shardBytes) peer.usedBytes = peer.shardBytes;
+  }
   const models = catalog(statusModels, peers);
   const sum = (xs) => xs.reduce((acc, x) => acc + (x ?? 0), 0);
   const api = isObj(s.api) ? s.api : {};

@@ -161,7 +161,11 @@ export function renderPeers(host, warning, view) {
       h(
         "td",
         { class: "num" },
-        p.capacityBytes === null ? "—" : `${bytes(p.usedBytes ?? 0)} / ${bytes(p.capacityBytes)}`,
+        p.capacityBytes === null
+          ? "—"
+          : p.usedBytes === null
+            ? `${bytes(p.capacityBytes)} offered`
+            : `${bytes(p.usedBytes)} / ${bytes(p.capacityBytes)}`,
       ),
       h("td", { class: "num" }, rtt(p.rttMs)),
       h(

@@ -65,6 +65,7 @@ function capacityLabel(node) {
   const kind = node.capacityKind === "ram" ? "RAM" : node.capacityKind === "vram" ? "VRAM" : "";
   if (node.capacityBytes === null) return "capacity unknown";
   if (node.capacityBytes === 0) return node.role === "client" ? "client: no VRAM offered" : "nothing offered";
+  if (node.usedBytes === null) return `${bytes(node.capacityBytes)}${kind ? ` ${kind}` : ""} offered`;
   return `${bytes(node.usedBytes ?? 0)} of ${bytes(node.capacityBytes)}${kind ? ` ${kind}` : ""} used`;
 }
 
@@ -91,7 +92,7 @@ function card(place) {
     },
     svg("title", {}, hover.join("\n")),
     svg("rect", { width: W, height, rx: 10, class: "card-bg" }),
-    svg("rect", { width: 5, height, rx: 2, class: "stripe" }),
+    svg("rect", { x: 4, y: 9, width: 4, height: height - 18, rx: 2, class: "stripe" }),
     svg("text", { x: 16, y: 24, class: "node-title" }, node.shortId || "?"),
     node.self ? svg("text", { x: W - 12, y: 24, "text-anchor": "end", class: "tag" }, "this node") : null,
     svg(

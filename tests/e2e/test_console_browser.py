@@ -144,6 +144,16 @@ def test_split_model_shows_each_nodes_layer_range(tmp_path: Path, page: Page) ->
         expect(topology).to_contain_text("L15\u201329")
         expect(page.locator("#peers")).to_contain_text("worker")
         shot(page, "split")
+
+        # The worker's own console shows the layers it holds (from status.worker_of) on its own card.
+        b = nodes[1]
+        page.goto(b.console)
+        own = page.locator(f'#topology [data-node-id="{b.status()["node_id"]}"]')
+        expect(own).to_contain_text("L15\u201329", timeout=10_000)
+        expect(own).to_have_attribute("data-tone", "info")
+        host_card = page.locator(f'#topology [data-node-id="{a.status()["node_id"]}"]')
+        expect(host_card).to_contain_text("L0\u201314")
+        shot(page, "split-worker")
     finally:
         for node in nodes:
             node.stop()
