@@ -185,15 +185,10 @@ class ChatRelay:
     @staticmethod
     async def _relay(upstream: httpx.Response, close: Callable[[], Awaitable[None]]) -> AsyncIterator[bytes]:
         try:
-            async for chunk in upstream.aiter_raw():
+            broken = "The connection to the node's API broke mid-answer ({error})."
+            async for chunk in api_errors.relay_sse(upstream, broken, code="relay_failed"):
                 yield chunk
-        except httpx.HTTPError as exc:
-            yield api_errors.sse_error_event(
-                f"The connection to the node's API broke mid-answer ({type(exc).__name__}).",
-                code="relay_failed",
-            )
         finally:
-            await upstream.aclose()
             await close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,25 @@ def from_exception(exc: Exception) -> ApiError:
     if isinstance(exc, MeshError):
         return ApiError(502, str(exc), type="server_error", code="mesh_error")
     return ApiError(500, f"Internal error: {type(exc).__name__}", type="server_error", code="internal_error")
+
+
+async def relay_sse(response: Any, broken: str, code: str = "backend_failed") -> Any:
+    """Pass an upstream SSE body through byte for byte; if it breaks, end with an error event.
+
+    `broken` is the event's message, with `{error}` replaced by the failure's type name. The
+    upstream response is closed either way. (`response` is an httpx.Response; typed loosely so
+    this module stays free of I/O imports.)
+    """
+    import httpx
+
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    except httpx.HTTPError as exc:
+        logging.getLogger(__name__).warning("upstream stream broke: %r", exc)
+        yield sse_error_event(broken.format(error=type(exc).__name__), code)
+    finally:
+        await response.aclose()
 
 
 def sse_error_event(message: str, code: str = "backend_failed") -> bytes:

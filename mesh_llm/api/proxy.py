@@ -262,13 +262,8 @@ class Proxy:
     async def _relay(self, response: httpx.Response, finish: Callable[[], None]) -> AsyncIterator[bytes]:
         """Pass SSE bytes through; if the host dies mid-stream, end with an error event."""
         try:
-            async for chunk in response.aiter_raw():
+            broken = "The model server stopped in the middle of the answer ({error}); the answer is incomplete."
+            async for chunk in api_errors.relay_sse(response, broken):
                 yield chunk
-        except httpx.HTTPError as exc:
-            log.warning("stream from model server broke: %r", exc)
-            yield api_errors.sse_error_event(
-                f"The model server stopped in the middle of the answer ({type(exc).__name__}); the answer is incomplete.",
-            )
         finally:
-            await response.aclose()
             finish()
