@@ -42,7 +42,7 @@ from mesh_llm.planning.demand import DemandTable, StandbyInfo, choose_standby_wo
 from mesh_llm.planning.planner import Split, fits
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity
-from mesh_llm.split import SplitManager
+from mesh_llm.split import SplitManager, peer_claims
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,15 @@ class Node:
                     ready = ad.ready and view.connected and view.status is PeerStatus.ALIVE
                     state = "ready" if ready else ("loading" if not ad.ready else "unreachable")
                     out.append(Endpoint(ad.name, node_id, ready, ad.in_flight, local=False, state=state))
+                hosted = {ad.name for ad in view.record.models if ad.role == "host"}
+                for name, claim in peer_claims(view.record.extra).items():
+                    if name not in hosted:  # a split still being placed there: say what it waits for
+                        out.append(
+                            Endpoint(name, node_id, False, local=False, state=claim.state or claim.mode)
+                        )
+        for name in self.split.wants:
+            if not any(e.model == name for e in out):
+                out.append(Endpoint(name, "", False, state="electing a host for it in the mesh"))
         now = time.monotonic()
         for e in out:
             self.known_models[e.model] = now
@@ -270,7 +279,9 @@ class Node:
         if self.config.client:
             return "client"
         if not self.servers and not self.pending and not self.split.hosts:
-            return "worker" if self.split.duties else "standby"
+            if self.split.duties:
+                return "worker"
+            return "waiting" if self.split.wants else "standby"
         if any(not h.server for h in self.split.hosts.values()):
             return "waiting"
         states = [s.status().state for s in self.servers.values()]
@@ -288,7 +299,8 @@ class Node:
             return "idle"
         if self.servers or self.pending or self.split.hosts:
             return "host"
-        return "worker" if self.split.duties else "standby"
+        # A node whose model another node coordinates is that model's prospective worker.
+        return "worker" if self.split.duties or self.split.wants else "standby"
 
     def status(self) -> dict[str, Any]:
         """The node's status as JSON-able data (served at /api/status and streamed on /api/events)."""
@@ -362,8 +374,8 @@ class Node:
             return
         self.resolved[model.name] = model
         if self.mesh is not None and self.split.wants_split(model):
-            log.info("%s (%.1f GB) will be split across the mesh", model.name, model.size_bytes / 1e9)
-            self.split.adopt(model)
+            log.info("%s (%.1f GB) needs the mesh: electing its host", model.name, model.size_bytes / 1e9)
+            self.split.want(model)
             await self.split.reconcile()
             self._changed()
             return
@@ -430,7 +442,11 @@ class Node:
             "console_port": self.console_port or 0,
             "demand": self.demand.own_counters(),
             "client": self.config.client,
-            "extra": {"splits": self.split.splits_record()},
+            "extra": {
+                "splits": self.split.splits_record(),
+                "wants": self.split.wants_record(),
+                "declined": sorted(self.declined),
+            },
         }
 
     def _host_layers(self, model: str) -> tuple[int, int] | None:
@@ -478,11 +494,12 @@ class Node:
 
     async def drop(self, model: str) -> bool:
         """Stop serving `model` here (the user asked); the mesh re-plans without this node."""
-        name = next((n for n in [*self.servers, *self.split.hosts] if model_key(n) == model_key(model)), None)
+        names = [*self.servers, *self.split.hosts, *self.split.wants, *self.split.duties]
+        name = next((n for n in names if model_key(n) == model_key(model)), None)
         if name is None:
             return False
         self.declined.add(name)
-        if name in self.split.hosts:
+        if name in self.split.hosts or name in self.split.wants or name in self.split.duties:
             await self.split.drop(name)
         else:
             await self.servers.pop(name).stop()

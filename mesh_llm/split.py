@@ -1,8 +1,13 @@
-"""Split inference across the mesh: the host's coordinator and the workers' duties.
+"""Split inference across the mesh: who coordinates a model, the host's work and the workers' duties.
 
-The node asked to serve a model that does not fit it (or with `--split`) coordinates that
-model: it plans with the pure planner (itself as host, workers among peers with the GGUF on disk
-within the RTT cap), publishes the plan in its gossip record (`extra["splits"]`), waits until
+A node asked to serve a model that does not fit it (or with `--split`) *wants* it and says so in
+its gossip record (`extra["wants"]`). Every node computes the same coordinator for each wanted
+model (`planner.elect_host`): a host already placing it keeps it, else the node with the GGUF
+and the most capacity. Nodes remember the split models they have seen for ten minutes, so when a
+host dies or drops one, the node with the next-most capacity takes it over.
+
+The coordinator plans with the pure planner (itself as host, workers among peers with the GGUF on
+disk within the RTT cap), publishes its claim and plan in its gossip record (`extra["splits"]`), waits until
 every worker advertises its RPC worker ready, bridges a local TCP port to each worker over an
 authenticated QUIC stream, and starts its model server with those ports as RPC devices holding
 exactly the planned layer ranges. Workers read plans from peers' records, run an RPC worker
@@ -16,7 +21,7 @@ import asyncio
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +30,17 @@ from mesh_llm.mesh.gossip import ModelAd
 from mesh_llm.mesh.service import RPC_STREAM
 from mesh_llm.mesh.tunnel import TcpTunnel, open_tcp_tunnel
 from mesh_llm.models.resolve import ResolvedModel, resolve
-from mesh_llm.planning.planner import ModelFacts, PlanConfig, PlanNode, Solo, Split, Waiting, replan
+from mesh_llm.planning.planner import (
+    HostClaim,
+    ModelFacts,
+    PlanConfig,
+    PlanNode,
+    Solo,
+    Split,
+    Waiting,
+    elect_host,
+    replan,
+)
 from mesh_llm.serving.backend import ModelServer
 from mesh_llm.serving.rpc import RpcWorker, RpcWorkerState, clear_rpc_cache, gguf_tensors, prefill_rpc_cache
 
@@ -35,6 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FIT_FACTOR = 1.1
+REMEMBER_S = 600.0  # a split model seen this recently is taken over when its host is gone
+JOIN_GRACE_S = 3.0  # a node coordinates nothing until gossip has shown it the whole mesh
 
 
 def model_facts(model: ResolvedModel) -> ModelFacts:
@@ -49,12 +66,14 @@ class SplitHost:
 
     model: ResolvedModel
     facts: ModelFacts
+    force: bool = False  # split even if the model fits one node (the asking node's `--split`)
     plan: Solo | Split | Waiting | None = None
     epoch: int = 0
     server: ModelServer | None = None
     tunnels: list[TcpTunnel] = field(default_factory=list)
     state: str = "planning"
     planned_at: float = 0.0  # wall clock, comparable with ModelServer.status().since
+    loaded: bool = False  # a model server has been started here for this model (any epoch)
 
     @property
     def load_s(self) -> float | None:
@@ -63,16 +82,88 @@ class SplitHost:
             return None
         return max(0.0, self.server.status().since - self.planned_at)
 
-    def published(self) -> dict[str, Any] | None:
-        if not isinstance(self.plan, Split):
-            return None
-        shards = [[s.node_id, s.start_layer, s.end_layer] for s in self.plan.shards]
+    @property
+    def settled(self) -> bool:
+        """Whether this host has placed the model: it keeps it through re-plans from then on.
+
+        A host still waiting for capacity or for its first workers has loaded nothing and yields
+        to a better-placed node.
+        """
+        return self.loaded
+
+    def published(self) -> dict[str, Any]:
+        """This host's claim and plan as gossiped: workers act on `shards`, everyone on the rest."""
+        plan = self.plan
+        shards = (
+            [[s.node_id, s.start_layer, s.end_layer] for s in plan.shards] if isinstance(plan, Split) else []
+        )
         return {
             "epoch": self.epoch,
-            "host": self.plan.host,
+            "mode": _mode(plan),
+            "settled": self.settled,
+            "state": self.state,
+            "force": self.force,
             "n_layers": self.facts.n_layers,
             "shards": shards,
         }
+
+
+@dataclass
+class _Known:
+    """A split model seen wanted or claimed in the mesh."""
+
+    force: bool
+    epoch: int
+    seen: float  # time.monotonic()
+
+
+@dataclass(frozen=True)
+class PeerClaim:
+    """A peer's published claim on a split model, parsed from its gossip record."""
+
+    model: str
+    epoch: int
+    mode: str
+    state: str
+    force: bool
+    settled: bool
+    shards: tuple[tuple[str, int, int], ...]
+
+
+def peer_claims(extra: Any) -> dict[str, PeerClaim]:
+    """The claims in a record's `extra`; malformed entries (another version, a bug) are skipped."""
+    splits = extra.get("splits") if hasattr(extra, "get") else None
+    out: dict[str, PeerClaim] = {}
+    if not isinstance(splits, dict):
+        return out
+    for model, claim in splits.items():
+        try:
+            shards = tuple((str(n), int(a), int(b)) for n, a, b in claim.get("shards", []))
+            out[str(model)] = PeerClaim(
+                str(model),
+                int(claim["epoch"]),
+                str(claim.get("mode", "split" if shards else "waiting")),
+                str(claim.get("state", "")),
+                bool(claim.get("force", False)),
+                bool(claim.get("settled", False)),
+                shards,
+            )
+        except (AttributeError, KeyError, TypeError, ValueError):
+            log.warning("ignoring a malformed split claim for %s", model)
+    return out
+
+
+def peer_wants(extra: Any) -> dict[str, bool]:
+    """Models a peer was asked to serve as splits (name -> forced), from its record's `extra`."""
+    wants = extra.get("wants") if hasattr(extra, "get") else None
+    if not isinstance(wants, dict):
+        return {}
+    return {str(m): bool(w.get("force")) for m, w in wants.items() if isinstance(w, dict)}
+
+
+def peer_declined(extra: Any) -> frozenset[str]:
+    declined = extra.get("declined") if hasattr(extra, "get") else None
+    return frozenset(str(m) for m in declined) if isinstance(declined, list | tuple) else frozenset()
 
 
 @dataclass
@@ -94,6 +185,9 @@ class SplitManager:
         self.node = node
         self.hosts: dict[str, SplitHost] = {}
         self.duties: dict[str, WorkerDuty] = {}
+        self.wants: dict[str, bool] = {}  # models asked of this node that need the mesh -> forced
+        self.known: dict[str, _Known] = {}
+        self._started = time.monotonic()
         self._busy = asyncio.Lock()
 
     # ---- coordinator ---------------------------------------------------------------------
@@ -102,8 +196,92 @@ class SplitManager:
         cfg = self.node.config
         return cfg.split or model.size_bytes * FIT_FACTOR > self.node.capacity.offered_bytes
 
-    def adopt(self, model: ResolvedModel) -> None:
-        self.hosts[model.name] = SplitHost(model, model_facts(model))
+    def want(self, model: ResolvedModel) -> None:
+        """This node was asked to serve `model`, which needs the mesh: elect its host next reconcile."""
+        self.wants[model.name] = self.node.config.split
+        self.node.declined.discard(model.name)
+
+    def wants_record(self) -> dict[str, Any]:
+        return {name: {"force": force} for name, force in sorted(self.wants.items())}
+
+    # ---- who coordinates -----------------------------------------------------------------
+
+    async def _elect(self) -> None:
+        """Take over the split models this node should coordinate; hand back the ones it should not."""
+        node = self.node
+        now = time.monotonic()
+        peers = node.mesh.peers() if node.mesh is not None else {}
+        claims: dict[str, list[HostClaim]] = {}
+        for name, host in self.hosts.items():
+            claims.setdefault(name, []).append(HostClaim(node.node_id, host.settled))
+            self._remember(name, host.force, host.epoch, now)
+        for name, force in self.wants.items():
+            self._remember(name, force, 0, now)
+        for peer_id, view in peers.items():
+            for name, claim in peer_claims(view.record.extra).items():
+                claims.setdefault(name, []).append(HostClaim(peer_id, claim.settled))
+                self._remember(name, claim.force, claim.epoch, now)
+            for name, force in peer_wants(view.record.extra).items():
+                self._remember(name, force, 0, now)
+        for name, known in list(self.known.items()):
+            if now - known.seen > REMEMBER_S:
+                del self.known[name]
+                continue
+            elected = elect_host(self._election_nodes(name), claims.get(name, []))
+            if elected == node.node_id and name not in self.hosts and now - self._started >= JOIN_GRACE_S:
+                await self._take(name, known)
+            elif elected not in (None, node.node_id) and name in self.hosts:
+                assert elected is not None
+                log.info("handing %s to %s, which the mesh elects to coordinate it", name, elected[:8])
+                await self._stop_host(self.hosts.pop(name))
+                node._changed()
+
+    def _remember(self, name: str, force: bool, epoch: int, now: float) -> None:
+        known = self.known.get(name)
+        if known is None:
+            self.known[name] = _Known(force, epoch, now)
+        else:
+            known.force, known.epoch, known.seen = force, max(known.epoch, epoch), now
+
+    def _election_nodes(self, model: str) -> list[PlanNode]:
+        node = self.node
+        mine = model in node.on_disk or model in node.resolved or model in node.local_files()
+        nodes = [
+            PlanNode(
+                node.node_id,
+                node.capacity.offered_bytes,
+                None,
+                mine and model not in node.declined,
+                node.config.client,
+            )
+        ]
+        if node.mesh is not None:
+            for peer_id, view in node.mesh.peers().items():
+                rec = view.record
+                has = model in rec.on_disk and model not in peer_declined(rec.extra)
+                nodes.append(PlanNode(peer_id, rec.capacity_bytes, None, has, rec.client))
+        return nodes
+
+    async def _take(self, name: str, known: _Known) -> None:
+        """Become the coordinator of `name` from this node's own copy of the GGUF."""
+        node = self.node
+        model = node.resolved.get(name)
+        if model is None:
+            path = node.local_files().get(name)
+            try:
+                model = await asyncio.to_thread(
+                    resolve, str(path) if path else name, allow_download=False, progress=False
+                )
+            except MeshError as exc:
+                log.warning("cannot take over %s: %s", name, exc)
+                return
+            node.resolved[name] = model
+        host = SplitHost(model, await asyncio.to_thread(model_facts, model), force=known.force)
+        host.epoch = known.epoch  # the first plan here comes after the last one seen anywhere
+        self.hosts[name] = host
+        verb = "coordinates" if name in self.wants else "takes over"
+        log.info("this node %s %s (the mesh's choice of host)", verb, name)
+        node._changed()
 
     def _plan_nodes(self, model: str) -> list[PlanNode]:
         node = self.node
@@ -114,24 +292,48 @@ class SplitManager:
                 rtt = node.mesh.rtt_ms(peer_id)
                 if rec.client or rtt is None or not view.connected:
                     continue
-                nodes.append(PlanNode(peer_id, rec.capacity_bytes, rtt, model in rec.on_disk, False))
+                has = model in rec.on_disk and model not in peer_declined(rec.extra)
+                nodes.append(PlanNode(peer_id, rec.capacity_bytes, rtt, has, False))
         return nodes
 
     def preview(self, spec: str) -> dict[str, Any]:
-        """The plan the mesh would choose for `spec` right now, with this node as host."""
+        """The plan the mesh would choose for `spec` right now (or the one a host already runs).
+
+        The host is the one `elect_host` names; RTTs are this node's own, so a preview asked on
+        another node than that host is an estimate where links differ.
+        """
         from mesh_llm.planning.planner import describe_plan, plan_model
 
         model = resolve(spec, allow_download=False, progress=False)
         facts = model_facts(model)
-        cfg = PlanConfig(force_split=self.node.config.split, pinned_host=self.node.node_id)
-        plan = plan_model(self._plan_nodes(model.name), facts, cfg)
+        force = self.wants.get(model.name, self.node.config.split)
+        current = self.hosts.get(model.name)
+        plan: Solo | Split | Waiting | None = current.plan if current is not None else None
+        if plan is None:
+            nodes = self._plan_nodes(model.name)
+            claims = [
+                HostClaim(peer_id, claim.settled)
+                for peer_id, view in (self.node.mesh.peers().items() if self.node.mesh else [])
+                for name, claim in peer_claims(view.record.extra).items()
+                if name == model.name
+            ]
+            holders = [n if n.node_id != self.node.node_id else replace(n, has_model=True) for n in nodes]
+            host = elect_host(holders, claims) or self.node.node_id
+            if host != self.node.node_id and self.node.mesh is not None:
+                # RTTs are measured from the host: ours to it stands in for theirs to us.
+                to_host = self.node.mesh.rtt_ms(host)
+                nodes = [
+                    replace(n, rtt_ms=None if n.node_id == host else n.rtt_ms)
+                    if n.node_id != self.node.node_id
+                    else replace(n, rtt_ms=to_host)
+                    for n in nodes
+                ]
+            plan = plan_model(nodes, facts, PlanConfig(force_split=force, pinned_host=host))
         return {
             "model": model.name,
             "size_bytes": model.size_bytes,
             "n_layers": facts.n_layers,
-            "mode": "split"
-            if isinstance(plan, Split)
-            else ("waiting" if isinstance(plan, Waiting) else "solo"),
+            "mode": _mode(plan),
             "reason": plan.reason if isinstance(plan, Waiting) else None,
             "rows": [
                 {
@@ -146,12 +348,13 @@ class SplitManager:
         }
 
     def splits_record(self) -> dict[str, Any]:
-        return {name: pub for name, h in self.hosts.items() if (pub := h.published()) is not None}
+        return {name: h.published() for name, h in sorted(self.hosts.items())}
 
     async def reconcile(self) -> None:
         if self._busy.locked():
             return
         async with self._busy:
+            await self._elect()
             for host in list(self.hosts.values()):
                 try:
                     await self._reconcile_host(host)
@@ -163,7 +366,7 @@ class SplitManager:
     async def _reconcile_host(self, host: SplitHost) -> None:
         node = self.node
         name = host.model.name
-        cfg = PlanConfig(force_split=node.config.split, pinned_host=node.node_id)
+        cfg = PlanConfig(force_split=host.force, pinned_host=node.node_id)
         failed = host.server is not None and host.server.status().restarts > 0
         previous = None if failed else host.plan
         plan = replan(previous, self._plan_nodes(name), host.facts, cfg)
@@ -230,6 +433,7 @@ class SplitManager:
             layer_split=counts,
         )
         host.server = server
+        host.loaded = True
         node.servers[host.model.name] = server
         await server.start()
 
@@ -250,16 +454,10 @@ class SplitManager:
         if node.mesh is None or node.config.client:
             return wanted
         for peer_id, view in node.mesh.peers().items():
-            splits = view.record.extra.get("splits")
-            if not isinstance(splits, dict):
-                continue
-            for model, plan in splits.items():
-                try:
-                    for shard_node, start, end in plan["shards"][1:]:
-                        if shard_node == node.node_id:
-                            wanted[model] = (peer_id, int(plan["epoch"]), (int(start), int(end)))
-                except (KeyError, TypeError, ValueError):
-                    log.warning("ignoring a malformed split plan for %s from %s", model, peer_id[:8])
+            for model, claim in peer_claims(view.record.extra).items():
+                for shard_node, start, end in claim.shards[1:]:
+                    if shard_node == node.node_id:
+                        wanted[model] = (peer_id, claim.epoch, (start, end))
         return wanted
 
     async def _reconcile_duties(self) -> None:
@@ -279,7 +477,7 @@ class SplitManager:
         shutil.rmtree(cache_dir, ignore_errors=True)
         files: list[Path] = []
         try:
-            path = node.local_files().get(model)
+            path = node.resolved[model].path if model in node.resolved else node.local_files().get(model)
             if path is None:
                 path = (await asyncio.to_thread(resolve, model, allow_download=False, progress=False)).path
             files = await asyncio.to_thread(prefill_rpc_cache, path, layers, cache_dir)
@@ -335,8 +533,12 @@ class SplitManager:
         ]
 
     async def drop(self, model: str) -> None:
-        """Stop hosting a split model; its workers see the plan vanish and stop too."""
+        """Stop hosting a split model (the node has declined it, so it is not elected again).
+
+        Its workers see the plan vanish and stop; the node with the next-most capacity takes over.
+        """
         async with self._busy:
+            self.wants.pop(model, None)
             host = self.hosts.pop(model, None)
             if host is not None:
                 await self._stop_host(host)
@@ -369,9 +571,7 @@ class SplitManager:
                         }
                     )
             rows[name] = {
-                "mode": "split"
-                if isinstance(plan, Split)
-                else ("waiting" if isinstance(plan, Waiting) else "solo"),
+                "mode": _mode(plan),
                 "split_state": host.state,
                 "epoch": host.epoch,
                 "shards": shards,
@@ -379,6 +579,12 @@ class SplitManager:
                 "load_s": round(host.load_s, 2) if host.load_s is not None else None,
             }
         return rows
+
+
+def _mode(plan: Solo | Split | Waiting | None) -> str:
+    if isinstance(plan, Split):
+        return "split"
+    return "solo" if isinstance(plan, Solo) else "waiting"
 
 
 def _describe(plan: Solo | Split | Waiting) -> str:

@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mesh_llm import __version__
+from mesh_llm.split import PeerClaim, peer_claims
 
 if TYPE_CHECKING:
     from mesh_llm.node import Node
@@ -58,7 +59,9 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
         )
     if node.mesh is not None:
         for node_id, view in sorted(node.mesh.peers().items()):
+            claims = peer_claims(view.record.extra)
             for ad in view.record.models:
+                claim = claims.pop(ad.name, None) if ad.role == "host" else None
                 rows.append(
                     {
                         "name": ad.name,
@@ -77,6 +80,29 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
                         "local": False,
                         "role": ad.role,
                         "layers": list(ad.layers) if ad.layers else None,
+                        **(_claim_fields(claim) if claim else {}),
+                    }
+                )
+            for name, claim in sorted(claims.items()):  # split models that peer is still placing
+                rows.append(
+                    {
+                        "name": name,
+                        "state": "waiting",
+                        "ready": False,
+                        "message": claim.state,
+                        "port": None,
+                        "pid": None,
+                        "restarts": 0,
+                        "since": None,
+                        "path": None,
+                        "size_bytes": None,
+                        "in_flight": 0,
+                        "requests": 0,
+                        "host": node_id,
+                        "local": False,
+                        "role": "host",
+                        "layers": None,
+                        **_claim_fields(claim),
                     }
                 )
     for spec, what in sorted(node.pending.items()):
@@ -99,6 +125,18 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _claim_fields(claim: PeerClaim) -> dict[str, Any]:
+    """What a remote split host publishes about its plan, in the shape of a local split row."""
+    return {
+        "mode": claim.mode,
+        "split_state": claim.state,
+        "epoch": claim.epoch,
+        "shards": [
+            {"node_id": n, "start_layer": a, "end_layer": b, "bytes": None} for n, a, b in claim.shards
+        ],
+    }
 
 
 def _peer_rows(node: Node) -> list[dict[str, Any]]:

@@ -24,6 +24,14 @@ Rules
 * ``force_split`` splits a model that would fit, across at least two nodes when a second
   usable worker exists; with none it falls back to solo.
 
+Coordination
+------------
+:func:`elect_host` names the node that coordinates a model too big for the node asked to serve
+it (or forced to split): a settled claimant keeps it; otherwise the eligible node with the GGUF
+and the most capacity takes it. Every node computes the same answer from gossip, which is how a
+dead host's model passes to the node with the next-most capacity. That node then plans with
+``pinned_host`` set to itself.
+
 RTTs
 ----
 ``PlanNode.rtt_ms`` is the round-trip time between that node and the host candidate, ``None`` for
@@ -53,6 +61,7 @@ from typing import TypeAlias
 from mesh_llm.errors import ConfigError, ModelError
 
 __all__ = [
+    "HostClaim",
     "ModelFacts",
     "Plan",
     "PlanConfig",
@@ -63,6 +72,7 @@ __all__ = [
     "Split",
     "Waiting",
     "describe_plan",
+    "elect_host",
     "fits",
     "host_candidate",
     "plan_model",
@@ -383,6 +393,43 @@ def _bytes_for(facts: ModelFacts, start: int, end: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# Who coordinates a model
+
+
+@dataclass(frozen=True, slots=True)
+class HostClaim:
+    """A node that says it coordinates a model (published in its gossip record)."""
+
+    node_id: str
+    settled: bool
+    """Its plan places the model (solo or split), so moving it would reload it; an unsettled
+    claim (still waiting for capacity) has loaded nothing and yields to a better host."""
+
+
+def elect_host(nodes: Iterable[PlanNode], claims: Iterable[HostClaim]) -> str | None:
+    """The node that should coordinate a model, computed identically on every node.
+
+    A settled claimant that is still eligible keeps the model (the best ranked one, should two
+    claim it at once), so a bigger node joining never reloads a serving model. Otherwise the
+    host is the eligible node with the GGUF on disk that has the most capacity (ties: smallest
+    node id); that is also how a host that died or dropped the model is succeeded by the node
+    with the next-most capacity. ``None`` when no eligible node has the file.
+    """
+    by_id = _index(nodes)
+    settled = [
+        by_id[c.node_id] for c in claims if c.settled and c.node_id in by_id and _eligible(by_id[c.node_id])
+    ]
+    if settled:
+        return min(settled, key=_rank).node_id
+    holders = [n for n in by_id.values() if _eligible(n) and n.has_model]
+    return min(holders, key=_rank).node_id if holders else None
+
+
+def _rank(node: PlanNode) -> tuple[int, str]:
+    return (-node.capacity_bytes, node.node_id)
+
+
+# ---------------------------------------------------------------------------------------------
 # Hysteresis
 
 
@@ -456,7 +503,7 @@ def _eligible(node: PlanNode) -> bool:
 
 def _by_capacity(by_id: Mapping[str, PlanNode]) -> list[PlanNode]:
     """Eligible nodes, most capacity first, ties by node id."""
-    return sorted((n for n in by_id.values() if _eligible(n)), key=lambda n: (-n.capacity_bytes, n.node_id))
+    return sorted((n for n in by_id.values() if _eligible(n)), key=_rank)
 
 
 def required_bytes(size_bytes: int, fit_factor: float) -> Fraction:

@@ -115,11 +115,70 @@ def test_model_too_big_for_any_node_waits_then_splits_over_three(
         token = s["invite_token"]
         for name in ("b", "c"):
             nodes.append(NodeProcess(["--join", token, "--max-vram", "0.04"], tmp_path / name).start())
-        a.wait_for(is_split_and_ready(3), 90, "a three-node split")
-        shards = split_row(a)["shards"]
+        # All three offer the same: the host is the one with the smallest node id, A or not.
+        s = a.wait_for(serving_split(3), 90, "a three-node split")
+        ((host, members),) = split_hosts(s)
+        ids = [n.status()["node_id"] for n in nodes]
+        assert host == min(ids) == members[0] and sorted(members) == sorted(ids)
+        (shards,) = [m["shards"] for m in s["models"] if m.get("mode") == "split"]
         assert shards[0]["start_layer"] == 0 and shards[-1]["end_layer"] == 30
         assert all(x["end_layer"] == y["start_layer"] for x, y in itertools.pairwise(shards))
         assert [complete(a, "SmolLM2-135M", p) for p in PROMPTS] == solo_outputs
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def serving_split(members: int):  # type: ignore[no-untyped-def]
+    """A check for `wait_for`: some node (this one or a peer) serves the model split `members` ways."""
+
+    def check(s: dict) -> bool:  # type: ignore[type-arg]
+        return any(
+            m.get("mode") == "split" and m["ready"] and len(m.get("shards") or []) == members
+            for m in s["models"]
+        )
+
+    return check
+
+
+def split_hosts(status: dict) -> list[tuple[str, list[str]]]:  # type: ignore[type-arg]
+    """The hosts of ready split models in a status, each with its members in layer order."""
+    rows = [m for m in status["models"] if m.get("mode") == "split" and m["ready"]]
+    return [(row["host"], [sh["node_id"] for sh in row["shards"]]) for row in rows]
+
+
+def test_the_biggest_node_hosts_a_split_and_the_next_biggest_takes_over_when_it_dies(
+    tmp_path: Path, solo_outputs: list[str]
+) -> None:
+    # SmolLM2 needs 108 MB with headroom: B (0.09 GiB = 97 MB) and C (75 MB) are both too small,
+    # as is A (43 MB), the node asked to serve it; C and A together are enough.
+    a = NodeProcess(["--max-vram", "0.04", "--model", "SmolLM2-135M"], tmp_path / "a").start()
+    nodes = [a]
+    try:
+        token = a.wait_for(lambda s: split_row_of(s).get("mode") == "waiting", 30, "A waiting")[
+            "invite_token"
+        ]
+        b = NodeProcess(["--join", token, "--max-vram", "0.09"], tmp_path / "b").start()
+        c = NodeProcess(["--join", token, "--max-vram", "0.07"], tmp_path / "c").start()
+        nodes += [b, c]
+        a_id, b_id, c_id = (n.wait_for(lambda s: True, 10, "status")["node_id"] for n in nodes)
+        # The mesh elects B, the node with the most capacity, rather than A, which was asked.
+        s = a.wait_for(serving_split(2), 90, "a split hosted by B")
+        ((host, members),) = split_hosts(s)
+        assert host == b_id and members[0] == b_id
+        assert split_row(b)["mode"] == "split" and not [m for m in a.status()["models"] if m["local"]]
+        assert [complete(a, "SmolLM2-135M", p) for p in PROMPTS] == solo_outputs
+
+        # B dies: C, with the next-most capacity, takes the model over and splits it with A.
+        assert b.proc is not None
+        os.kill(b.proc.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        s = a.wait_for(lambda s: [h for h, _ in split_hosts(s)] == [c_id], 60, "C hosting")
+        took_over_s = time.monotonic() - t0
+        assert split_hosts(s) == [(c_id, [c_id, a_id])]
+        assert a.status()["role"] == "worker" and split_row(c)["epoch"] >= 2
+        assert [complete(a, "SmolLM2-135M", p) for p in PROMPTS] == solo_outputs
+        print(f"took over in {took_over_s:.1f} s")
     finally:
         for node in nodes:
             node.stop()
@@ -165,7 +224,9 @@ def test_a_node_beyond_the_rtt_cap_is_left_out_of_splits_but_still_serves_the_ap
         x = NodeProcess(["--join", far.encode()], tmp_path / "x").start()
         nodes.append(x)
         x_id = x.wait_for(lambda s: any(m["ready"] for m in s["models"]), 60, "X to see the model")["node_id"]
-        seen = a.wait_for(lambda s: any(p["node_id"] == x_id and p["rtt_ms"] for p in s["peers"]), 30, "A to see X")
+        seen = a.wait_for(
+            lambda s: any(p["node_id"] == x_id and p["rtt_ms"] for p in s["peers"]), 30, "A to see X"
+        )
         (far_peer,) = [p for p in seen["peers"] if p["node_id"] == x_id]
         assert far_peer["rtt_ms"] > 80
         time.sleep(3)  # several planning rounds: X has the model on disk but is too far

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from mesh_llm.errors import ConfigError, ModelError
 from mesh_llm.planning.planner import (
+    HostClaim,
     ModelFacts,
     Plan,
     PlanConfig,
@@ -21,6 +22,7 @@ from mesh_llm.planning.planner import (
     Split,
     Waiting,
     describe_plan,
+    elect_host,
     host_candidate,
     plan_model,
     replan,
@@ -580,3 +582,52 @@ def test_pinned_host_hosts_even_with_less_capacity_and_splits_from_there() -> No
     assert sum(s.end_layer - s.start_layer for s in plan.shards) == 10
     solo = plan_model([PlanNode("small", 500, None, True), PlanNode("big", 900, 5.0, True)], facts, PlanConfig(pinned_host="small"))
     assert isinstance(solo, Solo) and solo.host == "small"
+
+
+# ---------------------------------------------------------------------------------------------
+# Who coordinates a model
+
+
+def holders(nodes: list[PlanNode]) -> list[PlanNode]:
+    return [n for n in nodes if usable(n) and n.has_model]
+
+
+@PROPS
+@given(st.data(), scenarios())
+def test_elected_host_is_the_biggest_holder_whatever_the_order(data: st.DataObject, sc: Scenario) -> None:
+    nodes, _ = sc
+    shuffled = data.draw(st.permutations(nodes))
+    elected = elect_host(shuffled, [])
+    assert elected == elect_host(nodes, [])
+    if not holders(nodes):
+        assert elected is None
+    else:
+        assert elected == biggest(holders(nodes)).node_id
+
+
+@PROPS
+@given(st.data(), scenarios(min_nodes=2))
+def test_a_settled_claimant_keeps_its_model_and_an_unsettled_one_yields(
+    data: st.DataObject, sc: Scenario
+) -> None:
+    nodes, _ = sc
+    claimant = data.draw(st.sampled_from(nodes))
+    settled = elect_host(nodes, [HostClaim(claimant.node_id, settled=True)])
+    unsettled = elect_host(nodes, [HostClaim(claimant.node_id, settled=False)])
+    assert unsettled == elect_host(nodes, [])
+    if usable(claimant):
+        assert settled == claimant.node_id  # even when a bigger node is in the mesh
+    else:
+        assert settled == elect_host(nodes, [])  # a claimant that became a client or full does not count
+
+
+def test_a_dead_hosts_model_goes_to_the_node_with_the_next_most_capacity() -> None:
+    mesh = [node("a", 30), node("b", 20), node("c", 10), node("d", 40, has_model=False)]
+    assert elect_host(mesh, []) == "a"  # d is bigger but has no copy of the GGUF
+    assert elect_host(mesh, [HostClaim("a", settled=True)]) == "a"
+    survivors = [n for n in mesh if n.node_id != "a"]
+    assert elect_host(survivors, [HostClaim("a", settled=True)]) == "b"
+    assert elect_host([node("x", 20), node("b", 20)], []) == "b"  # ties: smallest id
+    # Two settled claims at once (a race): the better ranked keeps it, everywhere.
+    assert elect_host(mesh, [HostClaim("c", True), HostClaim("b", True)]) == "b"
+    assert elect_host([node("c", 10, client=True)], []) is None
