@@ -173,6 +173,10 @@ def test_the_biggest_node_hosts_a_split_and_the_next_biggest_takes_over_when_it_
         assert b.proc is not None
         os.kill(b.proc.pid, signal.SIGKILL)
         t0 = time.monotonic()
+        gap = httpx.post(
+            f"{a.api}/v1/completions", json={"model": "SmolLM2-135M", "prompt": "Hi"}, timeout=30
+        )
+        assert gap.status_code == 503, gap.text  # a clear "not now", never a hang or a 404
         s = a.wait_for(lambda s: [h for h, _ in split_hosts(s)] == [c_id], 60, "C hosting")
         took_over_s = time.monotonic() - t0
         assert split_hosts(s) == [(c_id, [c_id, a_id])]
