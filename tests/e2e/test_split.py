@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -167,6 +169,14 @@ def test_the_biggest_node_hosts_a_split_and_the_next_biggest_takes_over_when_it_
         ((host, members),) = split_hosts(s)
         assert host == b_id and members[0] == b_id
         assert split_row(b)["mode"] == "split" and not [m for m in a.status()["models"] if m["local"]]
+        # `mesh-llm plan` asked on A names the host the mesh elected, not A.
+        r = subprocess.run(
+            [sys.executable, "-m", "mesh_llm", "plan", "SmolLM2-135M", "--console", str(a.console_port)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+        assert r.returncode == 0 and "SmolLM2-135M: split" in r.stdout, r.stdout + r.stderr
+        (host_line,) = [line for line in r.stdout.splitlines() if " host " in line]
+        assert b_id[:8] in host_line
         assert [complete(a, "SmolLM2-135M", p) for p in PROMPTS] == solo_outputs
 
         # B dies: C, with the next-most capacity, takes the model over and splits it with A.
