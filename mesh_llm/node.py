@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 KNOWN_MODEL_MEMORY_S = 600.0  # a model seen in the mesh this recently answers 503, not 404
 ADVERTISE_INTERVAL_S = 1.0
+REACT_DELAY_S = 0.1  # after a peer's record changed, reconcile this soon (bursts coalesce; at most 10 Hz)
 STANDBY_EVAL_S = 2.0  # how often a standby looks for work
 FIT_FACTOR = 1.1  # a model fits a node when size x 1.1 <= capacity (room for the KV cache)
 
@@ -108,6 +109,7 @@ class Node:
         self.console_port: int | None = None
         self.stopping = False
         self._stop = asyncio.Event()
+        self._poke = asyncio.Event()  # set when the mesh changed; wakes the advertise loop early
         self._on_ready = on_ready
         self._http: list[tuple[_EmbeddedServer, asyncio.Task[None]]] = []  # console first, then API
         self._proxy: Proxy | None = None
@@ -421,7 +423,7 @@ class Node:
             tokens=self.tokens,
             http_target=self.local_model_port,
             rpc_target=self.split.rpc_port,
-            on_change=self.feed.bump,
+            on_change=self._mesh_changed,
         )
         await self.mesh.start()
 
@@ -461,10 +463,24 @@ class Node:
         if self.mesh is not None:
             self.mesh.advertise(**self._record_fields())
 
+    def _mesh_changed(self) -> None:
+        """A peer joined, left or changed its record: tell the page, and re-plan splits promptly."""
+        self.feed.bump()
+        self._poke.set()
+
     async def _advertise_loop(self) -> None:
+        """Every second, or soon after a peer's record changes: merge demand, reconcile, advertise.
+
+        Reacting to changes matters for splits: a worker starts as soon as it sees the host's
+        plan, and the host loads as soon as it sees the workers ready, instead of up to a second
+        later at each step.
+        """
         last_eval = 0.0
         while True:
-            await asyncio.sleep(ADVERTISE_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), ADVERTISE_INTERVAL_S)
+                await asyncio.sleep(REACT_DELAY_S)
+            self._poke.clear()
             if self.mesh is None:
                 continue
             now = time.monotonic()
