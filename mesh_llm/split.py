@@ -130,6 +130,9 @@ class PeerClaim:
     shards: tuple[tuple[str, int, int], ...]
 
 
+_warned: set[str] = set()
+
+
 def peer_claims(extra: Any) -> dict[str, PeerClaim]:
     """The claims in a record's `extra`; malformed entries (another version, a bug) are skipped."""
     splits = extra.get("splits") if hasattr(extra, "get") else None
@@ -149,7 +152,9 @@ def peer_claims(extra: Any) -> dict[str, PeerClaim]:
                 shards,
             )
         except (AttributeError, KeyError, TypeError, ValueError):
-            log.warning("ignoring a malformed split claim for %s", model)
+            if model not in _warned:  # records are re-read many times a second: say it once
+                _warned.add(model)
+                log.warning("ignoring a malformed split claim for %s", model)
     return out
 
 
