@@ -8,11 +8,16 @@ Two halves, one on each node:
   connecting to 127.0.0.1:`resolver(peer_id, header)`; a resolver answering None refuses the
   stream (it is reset).
 
-Bytes are piped both ways until both directions have ended; EOF is passed on as a half-close,
-so request/response protocols that shut down their sending side work. Each pipe waits for its
-writer to drain before reading more, so a slow consumer on either side slows the producer
-instead of filling memory. This is how the proxy reaches a remote model server over HTTP and
-how a split host reaches a remote llama.cpp RPC worker.
+Bytes are spliced both ways until both directions have ended; EOF is passed on as a
+half-close, so request/response protocols that shut down their sending side work. Each TCP
+socket is an asyncio protocol joined to its mesh stream: bytes read from the socket go into the
+stream in the callback that read them, and the stream pushes what arrives straight into the
+socket (`MeshStreamReader.forward`), so a tunneled request costs no task wake-ups, and bytes
+that arrive together leave in one QUIC packet. A slow consumer on either side slows the
+producer instead of filling memory: the socket stops being read while the peer has no credit
+left, and the stream stops being consumed while the socket's write buffer is full. This is how
+the proxy reaches a remote model server over HTTP and how a split host reaches a remote
+llama.cpp RPC worker.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, cast
 
 from mesh_llm.errors import TransportError
 from mesh_llm.mesh.transport import MeshStreamReader, MeshStreamWriter, MeshTransport, PeerLink, StreamCode
@@ -31,7 +36,6 @@ __all__ = ["TcpTunnel", "TunnelCounters", "open_tcp_tunnel", "serve_tcp_streams"
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 64 * 1024
 _LOCAL_HOST = "127.0.0.1"
 _CONNECT_TIMEOUT = 5.0
 
@@ -49,68 +53,153 @@ class TunnelCounters:
     failures: int = 0  # ended by an error or a refusal rather than clean EOFs
 
 
-class _ByteSource(Protocol):
-    async def read(self, n: int = -1) -> bytes: ...
+class _Splice(asyncio.Protocol):
+    """One local TCP connection of a tunnel, joined to one mesh stream (see the module docstring)."""
 
+    def __init__(
+        self, counters: TunnelCounters, on_connected: Callable[[_Splice], None] | None = None
+    ) -> None:
+        self._counters = counters
+        self._on_connected = on_connected
+        loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._reader: MeshStreamReader | None = None
+        self._writer: MeshStreamWriter | None = None
+        # Set when both directions have ended, or fails with the first error.
+        self._ended: asyncio.Future[None] = loop.create_future()
+        self._ended.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._lost: asyncio.Future[None] = loop.create_future()  # the socket is closed
+        self._eof_to_peer = False  # the socket's EOF went into the stream
+        self._eof_from_peer = False  # the stream's EOF went into the socket
+        self._socket_gone = False
+        self._credit_wait: asyncio.Task[None] | None = None
 
-class _ByteSink(Protocol):
-    def write(self, data: bytes) -> None: ...
+    async def splice(self, reader: MeshStreamReader, writer: MeshStreamWriter) -> None:
+        """Pipe both ways until both directions have ended; on any failure, tear down both sides."""
+        assert self._transport is not None
+        transport = self._transport
+        self._reader, self._writer = reader, writer
+        self._counters.active += 1
+        try:
+            reader.forward(self)
+            if self._socket_gone:
+                self._pass_eof_to_peer()
+            else:
+                transport.resume_reading()  # paused until now: nothing could take the bytes
+            await self._ended
+        except (OSError, TransportError) as exc:
+            # One side broke: the other direction cannot finish meaningfully either.
+            self._counters.failures += 1
+            log.debug("tunnel %s ended with an error: %s", writer.get_extra_info("kind"), exc)
+            writer.abort(StreamCode.CANCELLED)
+            transport.abort()
+        except asyncio.CancelledError:
+            writer.abort(StreamCode.CANCELLED)
+            transport.abort()
+            raise
+        finally:
+            self._counters.active -= 1
+            if self._credit_wait is not None:
+                self._credit_wait.cancel()
+            transport.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._lost), _CONNECT_TIMEOUT)
 
-    async def drain(self) -> None: ...
+    def abort(self) -> None:
+        """Drop the socket (reset) without having spliced it."""
+        if self._transport is not None:
+            self._transport.abort()
 
-    def write_eof(self) -> None: ...
+    # --- the socket (asyncio.Protocol) -------------------------------------------------------
 
-    def can_write_eof(self) -> bool: ...
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.pause_reading()  # until splice(): nothing could take the bytes yet
+        if self._on_connected is not None:
+            self._on_connected(self)
 
+    def data_received(self, data: bytes) -> None:
+        writer, transport = self._writer, self._transport
+        assert writer is not None and transport is not None
+        try:
+            writer.write(data)
+        except TransportError as exc:
+            self._end(exc)
+            return
+        self._counters.bytes_to_peer += len(data)
+        if writer.backlog and self._credit_wait is None:
+            # The peer's credit is used up: read nothing more until it has room again.
+            transport.pause_reading()
+            self._credit_wait = asyncio.ensure_future(self._wait_for_credit(writer, transport))
 
-async def _pump(source: _ByteSource, sink: _ByteSink, count: Callable[[int], None]) -> None:
-    """Copy until EOF, then half-close the sink."""
-    while chunk := await source.read(_CHUNK):
-        sink.write(chunk)
-        count(len(chunk))
-        await sink.drain()
-    if sink.can_write_eof():
-        sink.write_eof()
+    def eof_received(self) -> bool:
+        self._pass_eof_to_peer()
+        return True  # keep the socket open: the other direction may not be finished
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._socket_gone = True
+        if not self._lost.done():
+            self._lost.set_result(None)
+        if exc is not None:
+            self._end(exc if isinstance(exc, OSError) else OSError(str(exc)))
+            return
+        # Closed cleanly: that ends what the socket sends; what the peer still sends has nobody
+        # to go to and is dropped until its EOF.
+        self._pass_eof_to_peer()
+        if self._reader is not None:
+            self._reader.resume()
 
-async def _bridge(
-    tcp_reader: asyncio.StreamReader,
-    tcp_writer: asyncio.StreamWriter,
-    mesh_reader: MeshStreamReader,
-    mesh_writer: MeshStreamWriter,
-    counters: TunnelCounters,
-) -> None:
-    """Pipe both ways until both directions end; on any failure, tear down both sides."""
+    def pause_writing(self) -> None:
+        if self._reader is not None:
+            self._reader.pause()
 
-    def to_peer(n: int) -> None:
-        counters.bytes_to_peer += n
+    def resume_writing(self) -> None:
+        if self._reader is not None:
+            self._reader.resume()
 
-    def from_peer(n: int) -> None:
-        counters.bytes_from_peer += n
+    # --- the mesh stream (StreamSink) ---------------------------------------------------------
 
-    counters.active += 1
-    outbound = asyncio.ensure_future(_pump(tcp_reader, mesh_writer, to_peer))
-    inbound = asyncio.ensure_future(_pump(mesh_reader, tcp_writer, from_peer))
-    try:
-        await asyncio.gather(outbound, inbound)
-    except (OSError, TransportError) as exc:
-        # One side broke: the other direction cannot finish meaningfully either.
-        counters.failures += 1
-        log.debug("tunnel %s ended with an error: %s", mesh_writer.get_extra_info("kind"), exc)
-        mesh_writer.abort(StreamCode.CANCELLED)
-        tcp_writer.transport.abort()
-    except asyncio.CancelledError:
-        mesh_writer.abort(StreamCode.CANCELLED)
-        tcp_writer.transport.abort()
-        raise
-    finally:
-        for task in (outbound, inbound):
-            task.cancel()
-        await asyncio.gather(outbound, inbound, return_exceptions=True)
-        counters.active -= 1
-        tcp_writer.close()
-        with contextlib.suppress(OSError):
-            await asyncio.wait_for(tcp_writer.wait_closed(), _CONNECT_TIMEOUT)
+    def stream_data(self, data: bytes) -> None:
+        self._counters.bytes_from_peer += len(data)
+        if not self._socket_gone and self._transport is not None:
+            self._transport.write(data)
+
+    def stream_eof(self) -> None:
+        self._eof_from_peer = True
+        transport = self._transport
+        if not self._socket_gone and transport is not None and transport.can_write_eof():
+            transport.write_eof()
+        self._check_ended()
+
+    def stream_failed(self, exc: TransportError) -> None:
+        self._end(exc)
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    async def _wait_for_credit(self, writer: MeshStreamWriter, transport: asyncio.Transport) -> None:
+        try:
+            await writer.drain()
+        except TransportError as exc:
+            self._end(exc)
+            return
+        finally:
+            self._credit_wait = None
+        if not self._socket_gone and not self._eof_to_peer:
+            transport.resume_reading()
+
+    def _pass_eof_to_peer(self) -> None:
+        if self._writer is not None and not self._eof_to_peer:
+            self._eof_to_peer = True
+            self._writer.write_eof()
+            self._check_ended()
+
+    def _check_ended(self) -> None:
+        if self._eof_to_peer and self._eof_from_peer and not self._ended.done():
+            self._ended.set_result(None)
+
+    def _end(self, exc: BaseException) -> None:
+        if not self._ended.done():
+            self._ended.set_exception(exc)
 
 
 class TcpTunnel:
@@ -133,8 +222,11 @@ class TcpTunnel:
 
     async def start(self) -> int:
         """Listen on 127.0.0.1 on a free port; return the port."""
+        loop = asyncio.get_running_loop()
         try:
-            self._server = await asyncio.start_server(self._accept, _LOCAL_HOST, 0)
+            self._server = await loop.create_server(
+                lambda: _Splice(self.counters, self._accepted), _LOCAL_HOST, 0
+            )
         except OSError as exc:
             raise TransportError(f"cannot listen for tunnel {self.kind!r}: {exc.strerror or exc}") from exc
         log.debug("tunnel %r to %s listening on %s:%d", self.kind, self.link.short_id, _LOCAL_HOST, self.port)
@@ -152,22 +244,29 @@ class TcpTunnel:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), _CONNECT_TIMEOUT)
 
-    async def _accept(self, tcp_reader: asyncio.StreamReader, tcp_writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _accepted(self, splice: _Splice) -> None:
+        task = asyncio.ensure_future(self._serve(splice))
         self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    async def _serve(self, splice: _Splice) -> None:
         self.counters.connections += 1
         try:
-            try:
-                mesh_reader, mesh_writer = await self.link.open_stream(self.kind, self.header)
-            except TransportError as exc:
-                self.counters.failures += 1
-                log.info("tunnel %r to %s: %s", self.kind, self.link.short_id, exc)
-                tcp_writer.transport.abort()
-                return
-            await _bridge(tcp_reader, tcp_writer, mesh_reader, mesh_writer, self.counters)
-        finally:
-            self._tasks.discard(task)
+            mesh_reader, mesh_writer = await self.link.open_stream(self.kind, self.header)
+        except TransportError as exc:
+            self.counters.failures += 1
+            log.info("tunnel %r to %s: %s", self.kind, self.link.short_id, exc)
+            splice.abort()
+            return
+        except BaseException:
+            splice.abort()
+            raise
+        await splice.splice(mesh_reader, mesh_writer)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("tunnel %r connection failed", self.kind, exc_info=task.exception())
 
 
 async def open_tcp_tunnel(link: PeerLink, kind: str, header: Mapping[str, Any] | None = None) -> TcpTunnel:
@@ -195,16 +294,17 @@ def serve_tcp_streams(transport: MeshTransport, kind: str, resolver: TargetResol
             log.info("refused %r stream from %s: no local target", kind, peer_id[:8])
             mesh_writer.abort(StreamCode.REFUSED)
             return
+        loop = asyncio.get_running_loop()
         try:
-            tcp_reader, tcp_writer = await asyncio.wait_for(
-                asyncio.open_connection(_LOCAL_HOST, port), _CONNECT_TIMEOUT
+            _, splice = await asyncio.wait_for(
+                loop.create_connection(lambda: _Splice(counters), _LOCAL_HOST, port), _CONNECT_TIMEOUT
             )
         except (OSError, TimeoutError) as exc:
             counters.failures += 1
             log.warning("%r stream from %s: cannot reach local port %d: %s", kind, peer_id[:8], port, exc)
             mesh_writer.abort(StreamCode.REFUSED)
             return
-        await _bridge(tcp_reader, tcp_writer, mesh_reader, mesh_writer, counters)
+        await splice.splice(mesh_reader, mesh_writer)
 
     transport.on_stream(kind, handle)
     return counters
