@@ -62,22 +62,13 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
             claims = peer_claims(view.record.extra)
             for ad in view.record.models:
                 claim = claims.pop(ad.name, None) if ad.role == "host" else None
+                state = "ready" if ad.ready else "loading"
                 rows.append(
-                    {
-                        "name": ad.name,
-                        "state": "ready" if ad.ready else "loading",
+                    _placeholder_row(ad.name, state, "", node_id, local=False)
+                    | {
                         "ready": ad.ready,
-                        "message": "",
-                        "port": None,
-                        "pid": None,
-                        "restarts": 0,
-                        "since": None,
-                        "path": None,
-                        "size_bytes": None,
                         "in_flight": ad.in_flight,
                         "requests": node.routed[(ad.name, node_id)],
-                        "host": node_id,
-                        "local": False,
                         "role": ad.role,
                         "layers": list(ad.layers) if ad.layers else None,
                         **(_claim_fields(claim) if claim else {}),
@@ -85,46 +76,33 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
                 )
             for name, claim in sorted(claims.items()):  # split models that peer is still placing
                 rows.append(
-                    {
-                        "name": name,
-                        "state": "waiting",
-                        "ready": False,
-                        "message": claim.state,
-                        "port": None,
-                        "pid": None,
-                        "restarts": 0,
-                        "since": None,
-                        "path": None,
-                        "size_bytes": None,
-                        "in_flight": 0,
-                        "requests": 0,
-                        "host": node_id,
-                        "local": False,
-                        "role": "host",
-                        "layers": None,
-                        **_claim_fields(claim),
-                    }
+                    _placeholder_row(name, "waiting", claim.state, node_id, local=False)
+                    | {"role": "host", "layers": None, **_claim_fields(claim)}
                 )
     for spec, what in sorted(node.pending.items()):
-        rows.append(
-            {
-                "name": spec,
-                "state": "failed" if what.startswith("failed") else "resolving",
-                "ready": False,
-                "message": what,
-                "port": None,
-                "pid": None,
-                "restarts": 0,
-                "since": None,
-                "path": None,
-                "size_bytes": None,
-                "in_flight": 0,
-                "requests": 0,
-                "host": node.node_id,
-                "local": True,
-            }
-        )
+        state = "failed" if what.startswith("failed") else "resolving"
+        rows.append(_placeholder_row(spec, state, what, node.node_id, local=True))
     return rows
+
+
+def _placeholder_row(name: str, state: str, message: str, host: str, *, local: bool) -> dict[str, Any]:
+    """A model row with no local process and no traffic; callers add what they know."""
+    return {
+        "name": name,
+        "state": state,
+        "ready": False,
+        "message": message,
+        "port": None,
+        "pid": None,
+        "restarts": 0,
+        "since": None,
+        "path": None,
+        "size_bytes": None,
+        "in_flight": 0,
+        "requests": 0,
+        "host": host,
+        "local": local,
+    }
 
 
 def _claim_fields(claim: PeerClaim) -> dict[str, Any]:
