@@ -510,12 +510,12 @@ class Node:
 
     async def drop(self, model: str) -> bool:
         """Stop serving `model` here (the user asked); the mesh re-plans without this node."""
-        names = [*self.servers, *self.split.hosts, *self.split.wants, *self.split.duties]
-        name = next((n for n in names if model_key(n) == model_key(model)), None)
+        split_names = {*self.split.hosts, *self.split.wants, *self.split.duties}
+        name = next((n for n in [*self.servers, *split_names] if model_key(n) == model_key(model)), None)
         if name is None:
             return False
         self.declined.add(name)
-        if name in self.split.hosts or name in self.split.wants or name in self.split.duties:
+        if name in split_names:
             await self.split.drop(name)
         else:
             await self.servers.pop(name).stop()

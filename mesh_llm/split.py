@@ -73,7 +73,10 @@ class SplitHost:
     tunnels: list[TcpTunnel] = field(default_factory=list)
     state: str = "planning"
     planned_at: float = 0.0  # wall clock, comparable with ModelServer.status().since
-    loaded: bool = False  # a model server has been started here for this model (any epoch)
+    # A model server has been started here for this model (any epoch): the host has placed it and
+    # keeps it through re-plans. One still waiting for capacity or for its first workers has
+    # loaded nothing and yields to a better-placed node.
+    settled: bool = False
 
     @property
     def load_s(self) -> float | None:
@@ -81,15 +84,6 @@ class SplitHost:
         if self.server is None or not self.server.ready:
             return None
         return max(0.0, self.server.status().since - self.planned_at)
-
-    @property
-    def settled(self) -> bool:
-        """Whether this host has placed the model: it keeps it through re-plans from then on.
-
-        A host still waiting for capacity or for its first workers has loaded nothing and yields
-        to a better-placed node.
-        """
-        return self.loaded
 
     def published(self) -> dict[str, Any]:
         """This host's claim and plan as gossiped: workers act on `shards`, everyone on the rest."""
@@ -222,10 +216,11 @@ class SplitManager:
             self._remember(name, host.force, host.epoch, now)
         for name, force in self.wants.items():
             self._remember(name, force, 0, now)
-        for peer_id, view in peers.items():
-            for name, claim in peer_claims(view.record.extra).items():
+        for name, peer_claims_of_model in self._peer_claims().items():
+            for peer_id, claim in peer_claims_of_model:
                 claims.setdefault(name, []).append(HostClaim(peer_id, claim.settled))
                 self._remember(name, claim.force, claim.epoch, now)
+        for view in peers.values():
             for name, force in peer_wants(view.record.extra).items():
                 self._remember(name, force, 0, now)
         for name, known in list(self.known.items()):
@@ -240,6 +235,15 @@ class SplitManager:
                 log.info("handing %s to %s, which the mesh elects to coordinate it", name, elected[:8])
                 await self._stop_host(self.hosts.pop(name))
                 node._changed()
+
+    def _peer_claims(self) -> dict[str, list[tuple[str, PeerClaim]]]:
+        """Every peer's published claims, by model."""
+        out: dict[str, list[tuple[str, PeerClaim]]] = {}
+        if self.node.mesh is not None:
+            for peer_id, view in self.node.mesh.peers().items():
+                for name, claim in peer_claims(view.record.extra).items():
+                    out.setdefault(name, []).append((peer_id, claim))
+        return out
 
     def _remember(self, name: str, force: bool, epoch: int, now: float) -> None:
         known = self.known.get(name)
@@ -270,23 +274,30 @@ class SplitManager:
     async def _take(self, name: str, known: _Known) -> None:
         """Become the coordinator of `name` from this node's own copy of the GGUF."""
         node = self.node
-        model = node.resolved.get(name)
-        if model is None:
-            path = node.local_files().get(name)
-            try:
-                model = await asyncio.to_thread(
-                    resolve, str(path) if path else name, allow_download=False, progress=False
-                )
-            except MeshError as exc:
-                log.warning("cannot take over %s: %s", name, exc)
-                return
-            node.resolved[name] = model
+        try:
+            model = await self._own_copy(name)
+        except MeshError as exc:
+            log.warning("cannot take over %s: %s", name, exc)
+            return
+        node.resolved[name] = model
         host = SplitHost(model, await asyncio.to_thread(model_facts, model), force=known.force)
         host.epoch = known.epoch  # the first plan here comes after the last one seen anywhere
         self.hosts[name] = host
         verb = "coordinates" if name in self.wants else "takes over"
         log.info("this node %s %s (the mesh's choice of host)", verb, name)
         node._changed()
+
+    async def _own_copy(self, name: str) -> ResolvedModel:
+        """This node's own GGUF of `name`: asked for here, in `<state-dir>/models/`, or in the catalog.
+
+        Never downloads; raises MeshError when there is no copy.
+        """
+        model = self.node.resolved.get(name)
+        if model is not None:
+            return model
+        path = self.node.local_files().get(name)
+        spec = str(path) if path else name
+        return await asyncio.to_thread(resolve, spec, allow_download=False, progress=False)
 
     def _plan_nodes(self, model: str) -> list[PlanNode]:
         node = self.node
@@ -316,14 +327,8 @@ class SplitManager:
         plan: Solo | Split | Waiting | None = current.plan if current is not None else None
         if plan is None:
             nodes = self._plan_nodes(model.name)
-            claims = [
-                HostClaim(peer_id, claim.settled)
-                for peer_id, view in (self.node.mesh.peers().items() if self.node.mesh else [])
-                for name, claim in peer_claims(view.record.extra).items()
-                if name == model.name
-            ]
-            holders = [n if n.node_id != self.node.node_id else replace(n, has_model=True) for n in nodes]
-            host = elect_host(holders, claims) or self.node.node_id
+            claims = [HostClaim(p, c.settled) for p, c in self._peer_claims().get(model.name, [])]
+            host = elect_host(self._election_nodes(model.name), claims) or self.node.node_id
             if host != self.node.node_id and self.node.mesh is not None:
                 # RTTs are measured from the host: ours to it stands in for theirs to us.
                 to_host = self.node.mesh.rtt_ms(host)
@@ -438,7 +443,7 @@ class SplitManager:
             layer_split=counts,
         )
         host.server = server
-        host.loaded = True
+        host.settled = True
         node.servers[host.model.name] = server
         await server.start()
 
@@ -482,9 +487,7 @@ class SplitManager:
         shutil.rmtree(cache_dir, ignore_errors=True)
         files: list[Path] = []
         try:
-            path = node.resolved[model].path if model in node.resolved else node.local_files().get(model)
-            if path is None:
-                path = (await asyncio.to_thread(resolve, model, allow_download=False, progress=False)).path
+            path = (await self._own_copy(model)).path
             files = await asyncio.to_thread(prefill_rpc_cache, path, layers, cache_dir)
         except MeshError as exc:
             log.info(
