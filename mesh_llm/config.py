@@ -32,7 +32,10 @@ class HttpConfig:
 class BackendConfig:
     """How model-server subprocesses are started and supervised."""
 
-    n_ctx: int = 4096
+    n_ctx: int = 4096  # per slot
+    n_parallel: int = 4  # slots per model server
+    max_queue: int = 64
+    max_body_bytes: int = 8 * 1024 * 1024
     n_threads: int | None = None  # llama.cpp's default: physical cores
     startup_timeout_s: float = 300.0
     health_interval_s: float = 2.0
@@ -89,6 +92,9 @@ def build_config(
     device: str | None = None,
     ctx_size: int = 4096,
     threads: int | None = None,
+    parallel: int = 4,
+    max_queue: int = 64,
+    max_body_mb: float = 8,
 ) -> NodeConfig:
     """Validate flag values and build the node's configuration."""
     models = list(models or [])
@@ -102,6 +108,12 @@ def build_config(
         raise ConfigError(f"--ctx-size must be at least 256, not {ctx_size}")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, not {threads}")
+    if not 1 <= parallel <= 64:
+        raise ConfigError(f"--parallel must be between 1 and 64, not {parallel}")
+    if max_queue < 0:
+        raise ConfigError(f"--max-queue must be 0 or more, not {max_queue}")
+    if not max_body_mb > 0:
+        raise ConfigError(f"--max-body must be a positive number of MB, not {max_body_mb}")
     host = "0.0.0.0" if listen_all else "127.0.0.1"
     api_port = _port(port, "--port")
     console_port = _port(console, "--console")
@@ -119,7 +131,13 @@ def build_config(
         bind_port=_port(bind_port, "--bind-port"),
         split=split,
         device=device,
-        backend=BackendConfig(n_ctx=ctx_size, n_threads=threads),
+        backend=BackendConfig(
+            n_ctx=ctx_size,
+            n_parallel=parallel,
+            max_queue=max_queue,
+            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            n_threads=threads,
+        ),
         allow_download=not client,
     )
 

@@ -126,6 +126,7 @@ class Node:
                     ready=server.ready,
                     in_flight=self.in_flight[name],
                     local=True,
+                    free_slots=self._local_free_slots(server),
                     state=server.status().state.value,
                 )
             )
@@ -139,7 +140,11 @@ class Node:
                         continue  # split workers hold layers; only hosts take HTTP traffic
                     ready = ad.ready and view.connected and view.status is PeerStatus.ALIVE
                     state = "ready" if ready else ("loading" if not ad.ready else "unreachable")
-                    out.append(Endpoint(ad.name, node_id, ready, ad.in_flight, local=False, state=state))
+                    out.append(
+                        Endpoint(
+                            ad.name, node_id, ready, ad.in_flight, local=False, state=state, free_slots=ad.free_slots
+                        )
+                    )
                 hosted = {ad.name for ad in view.record.models if ad.role == "host"}
                 for name, claim in peer_claims(view.record.extra).items():
                     if name not in hosted:  # a split still being placed there: say what it waits for
@@ -236,6 +241,12 @@ class Node:
                 if rec.role == "standby" and not rec.client:
                     out.append(StandbyInfo(node_id, rec.capacity_bytes, frozenset(rec.on_disk), True))
         return out
+
+    def _local_free_slots(self, server: ModelServer) -> int | None:
+        """Free slots now: the engine's count at its last check, less requests sent since."""
+        if server.free_slots is None:
+            return None
+        return max(0, self.config.backend.n_parallel - self.in_flight[server.name])
 
     def _standby_could_serve(self, model: str) -> bool:
         size = self._model_sizes().get(model)
@@ -344,7 +355,10 @@ class Node:
             sock = bind_tcp(self.config.api, "API")
             self.api_port = sock.getsockname()[1]
             self._proxy = Proxy(
-                self, api_key=self.config.api_key, request_timeout_s=self.config.backend.request_timeout_s
+                self,
+                api_key=self.config.api_key,
+                request_timeout_s=self.config.backend.request_timeout_s,
+                max_body_bytes=self.config.backend.max_body_bytes,
             )
             await self._serve_http(self._proxy.app, sock, graceful_s=5)
 
@@ -431,7 +445,12 @@ class Node:
         """What this node advertises; health follows the model servers' live checks."""
         models = tuple(
             ModelAd(
-                name, server.ready, "host", in_flight=self.in_flight[name], layers=self._host_layers(name)
+                name,
+                server.ready,
+                "host",
+                in_flight=self.in_flight[name],
+                layers=self._host_layers(name),
+                free_slots=server.free_slots,
             )
             for name, server in sorted(self.servers.items())
         ) + tuple(self.split.worker_ads())

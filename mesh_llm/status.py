@@ -33,6 +33,7 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
                 "requests": node.requests[name],
                 "host": node.node_id,
                 "local": True,
+                "slots": server.slots,
                 **split_rows.pop(name, {"mode": "solo"}),
             }
         )
@@ -71,6 +72,7 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
                         "requests": node.routed[(ad.name, node_id)],
                         "role": ad.role,
                         "layers": list(ad.layers) if ad.layers else None,
+                        "slots": None if ad.free_slots is None else {"slots_free": ad.free_slots},
                         **(_claim_fields(claim) if claim else {}),
                     }
                 )
@@ -102,6 +104,7 @@ def _placeholder_row(name: str, state: str, message: str, host: str, *, local: b
         "requests": 0,
         "host": host,
         "local": local,
+        "slots": None,
     }
 
 

@@ -28,6 +28,10 @@ def bad_request(message: str, *, code: str = "invalid_request", param: str | Non
     return ApiError(400, message, code=code, param=param)
 
 
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, f"The request body is over the limit of {limit} bytes.", code="request_too_large")
+
+
 def unauthorized() -> ApiError:
     return ApiError(
         401,
@@ -40,7 +44,8 @@ def unauthorized() -> ApiError:
 def not_found_route(path: str) -> ApiError:
     return ApiError(
         404,
-        f"Unknown path {path}. This API serves /v1/models, /v1/chat/completions and /v1/completions.",
+        f"Unknown path {path}. This API serves /v1/models, /v1/models/{{id}}, /v1/chat/completions "
+        "and /v1/completions.",
         code="unknown_url",
     )
 
@@ -73,20 +78,35 @@ def from_exception(exc: Exception) -> ApiError:
 async def relay_sse(response: Any, broken: str, code: str = "backend_failed") -> Any:
     """Pass an upstream SSE body through byte for byte; if it breaks, end with an error event.
 
-    `broken` is the event's message, with `{error}` replaced by the failure's type name. The
-    upstream response is closed either way. (`response` is an httpx.Response; typed loosely so
-    this module stays free of I/O imports.)
+    `broken` is the event's message, with `{error}` replaced by the failure's type name. A
+    stream that breaks before its ``[DONE]`` gets the error event and then ``[DONE]``, so SDKs
+    see the error; once ``[DONE]`` has passed nothing more is sent. The upstream response is
+    closed either way. (`response` is an httpx.Response; typed loosely so this module stays
+    free of I/O imports.)
     """
     import httpx
 
+    done = False
+    tail = b""  # the last bytes seen, to find a [DONE] split across chunks
     try:
         async for chunk in response.aiter_raw():
+            tail = (tail + chunk)[-64:]
+            done = done or SSE_DONE in tail
             yield chunk
     except httpx.HTTPError as exc:
         logging.getLogger(__name__).warning("upstream stream broke: %r", exc)
-        yield sse_error_event(broken.format(error=type(exc).__name__), code)
+        if not done:
+            yield sse_error_event(broken.format(error=type(exc).__name__), code)
+            yield SSE_DONE + b"\n\n"
+        return
     finally:
         await response.aclose()
+    if not done:  # the upstream closed cleanly but without finishing the answer
+        yield sse_error_event(broken.format(error="EndOfStream"), code)
+        yield SSE_DONE + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]"
 
 
 def sse_error_event(message: str, code: str = "backend_failed") -> bytes:

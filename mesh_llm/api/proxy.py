@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -20,6 +22,7 @@ from mesh_llm.api.routing import Endpoint, choose
 from mesh_llm.errors import BackendUnavailable, MeshError, NoHealthyHost
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Errors that mean "this host never produced a byte of the answer": safe to try another host.
 _RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError)
@@ -57,7 +60,7 @@ def _error_response(error: api_errors.ApiError) -> JSONResponse:
 def _parse_body(raw: bytes, required: str) -> dict[str, Any]:
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON, a 5,000-digit number, 50,000-deep nesting
         raise ApiErrorResponse(
             api_errors.bad_request(f"The request body is not valid JSON: {exc}", code="invalid_json")
         ) from exc
@@ -89,6 +92,34 @@ def _parse_body(raw: bytes, required: str) -> dict[str, Any]:
             )
         )
     return body
+
+
+async def _unless_gone(work: Awaitable[T], request: Request) -> T | None:
+    """The result of `work`, or None (with `work` cancelled) if the client hangs up first.
+
+    The request body is already read, so the only message left to receive is the disconnect.
+    Cancelling an httpx send or read closes its upstream connection, which is how the model
+    server learns to free the slot.
+    """
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(gone())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError, MeshError):
+        await task
+    return None
 
 
 def _upstream_error(status: int, content: bytes) -> api_errors.ApiError | None:
@@ -127,9 +158,15 @@ class Proxy:
     """Owns the forwarding HTTP client and the FastAPI app for the OpenAI API."""
 
     def __init__(
-        self, view: ServingView, *, api_key: str | None = None, request_timeout_s: float = 600.0
+        self,
+        view: ServingView,
+        *,
+        api_key: str | None = None,
+        request_timeout_s: float = 600.0,
+        max_body_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self._view = view
+        self._max_body = max_body_bytes
         self._api_key = api_key
         self._rotation = itertools.count()
         # Nagle's algorithm would hold the request body back until the headers are ACKed;
@@ -160,6 +197,17 @@ class Proxy:
         @router.get("/models")
         async def list_models() -> dict[str, Any]:
             return {"object": "list", "data": self._view.model_cards()}
+
+        @router.get("/models/{model_id:path}")
+        async def get_model(model_id: str) -> dict[str, Any]:
+            for card in self._view.model_cards():
+                if card["id"].lower() == model_id.lower():
+                    return card
+            raise ApiErrorResponse(
+                api_errors.ApiError(
+                    404, f"The model '{model_id}' does not exist here.", code="model_not_found", param="model"
+                )
+            )
 
         @router.post("/chat/completions")
         async def chat_completions(request: Request) -> Response:
@@ -199,17 +247,35 @@ class Proxy:
 
         return app
 
+    async def _read_body(self, request: Request) -> bytes:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self._max_body:
+            raise ApiErrorResponse(api_errors.too_large(self._max_body))
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self._max_body:
+                raise ApiErrorResponse(api_errors.too_large(self._max_body))
+            parts.append(chunk)
+        return b"".join(parts)
+
     async def _forward(self, request: Request, path: str, required: str) -> Response:
-        body = _parse_body(await request.body(), required)
+        raw = await self._read_body(request)
+        body = _parse_body(raw, required)
         model: str = body["model"]
         self._view.note_request(model)
         candidates = choose(model, self._view.endpoints(), rotation=next(self._rotation))
         finish = self._view.begin_request(candidates[0].model)
         try:
-            response = await self._send_first(candidates, path, request)
+            sent = await _unless_gone(self._send_first(candidates, path, raw), request)
         except BaseException:
             finish()
             raise
+        if sent is None:  # the client left before the answer started
+            finish()
+            return Response(status_code=499)
+        response = sent
         if (
             response.headers.get("content-type", "").startswith("text/event-stream")
             and response.status_code == 200
@@ -221,7 +287,9 @@ class Proxy:
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         try:
-            content = await response.aread()
+            content = await _unless_gone(response.aread(), request)
+            if content is None:  # the client left: closing the upstream cancels the generation
+                return Response(status_code=499)
         except httpx.HTTPError as exc:
             raise BackendUnavailable(
                 f"the model server of {model} failed while answering ({type(exc).__name__})"
@@ -233,15 +301,16 @@ class Proxy:
             err = _upstream_error(response.status_code, content)
             if err is not None:
                 return _error_response(err)
+        retry = response.headers.get("retry-after")
         return Response(
             content,
             status_code=response.status_code,
             media_type=response.headers.get("content-type", "application/json"),
+            headers={"Retry-After": retry} if retry else None,
         )
 
-    async def _send_first(self, candidates: list[Endpoint], path: str, request: Request) -> httpx.Response:
+    async def _send_first(self, candidates: list[Endpoint], path: str, raw: bytes) -> httpx.Response:
         """Send to the first host that accepts; move on only while nothing has been received."""
-        raw = await request.body()
         last: Exception | None = None
         for endpoint in candidates:
             try:
@@ -262,7 +331,9 @@ class Proxy:
     async def _relay(self, response: httpx.Response, finish: Callable[[], None]) -> AsyncIterator[bytes]:
         """Pass SSE bytes through; if the host dies mid-stream, end with an error event."""
         try:
-            broken = "The model server stopped in the middle of the answer ({error}); the answer is incomplete."
+            broken = (
+                "The model server stopped in the middle of the answer ({error}); the answer is incomplete."
+            )
             async for chunk in api_errors.relay_sse(response, broken):
                 yield chunk
         finally:

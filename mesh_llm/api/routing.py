@@ -18,6 +18,7 @@ class Endpoint:
     in_flight: int = 0
     local: bool = False
     state: str = "ready"  # what the model server is doing, for error messages
+    free_slots: int | None = None  # request slots free on the host's engine; None: not known
 
 
 def model_key(name: str) -> str:
@@ -34,7 +35,8 @@ def choose(model: str, endpoints: Iterable[Endpoint], rotation: int = 0) -> list
     """Order the ready hosts of `model` by preference; raise when there is none.
 
     Never substitutes another model: an unknown name raises ModelNotFound listing what exists.
-    Ready hosts are ordered least loaded first; equal loads rotate with `rotation` so requests
+    Hosts with a free request slot (or an unknown count) come before hosts whose slots are all
+    busy, where a request would wait in a queue; then the least loaded first; equal loads rotate with `rotation` so requests
     spread over hosts. A model known only in non-ready states raises NoHealthyHost.
     """
     endpoints = list(endpoints)
@@ -48,4 +50,6 @@ def choose(model: str, endpoints: Iterable[Endpoint], rotation: int = 0) -> list
         hosted = any(e.node_id for e in matching)
         raise NoHealthyHost(matching[0].model, f"its servers are {states}" if hosted else states)
     n = len(ready)
-    return sorted(ready, key=lambda e: (e.in_flight, (ready.index(e) - rotation) % n))
+    return sorted(
+        ready, key=lambda e: (e.free_slots == 0, e.in_flight, (ready.index(e) - rotation) % n)
+    )

@@ -89,7 +89,17 @@ def node_parser() -> argparse.ArgumentParser:
         help="where keys, logs and state live (default ~/.mesh-llm)",
     )
     p.add_argument(
-        "--ctx-size", type=int, default=4096, metavar="N", help="context window per model (default 4096)"
+        "--ctx-size", type=int, default=4096, metavar="N", help="context window per request slot (default 4096)"
+    )
+    p.add_argument(
+        "--parallel", type=int, default=4, metavar="N", help="requests each model decodes together (default 4)"
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=64, metavar="N",
+        help="requests that may wait for a free slot before new ones get 503 (default 64)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-body", type=float, default=8, metavar="MB", help="largest request body in MB (default 8)"
     )
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads per model server")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -128,6 +138,9 @@ def run_node(argv: Sequence[str]) -> int:
             device=args.device,
             ctx_size=args.ctx_size,
             threads=args.threads,
+            parallel=args.parallel,
+            max_queue=args.max_queue,
+            max_body_mb=args.max_body,
         )
         from mesh_llm.models.resolve import validate_spec
 

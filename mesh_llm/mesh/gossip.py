@@ -156,7 +156,8 @@ def _ms(seconds: float) -> int:
 # --------------------------------------------------------------------------------------------
 # What a node advertises.
 
-_MODEL_KEYS: Final = frozenset({"name", "ready", "role", "layers", "port", "in_flight"})
+_MODEL_KEYS: Final = frozenset({"name", "ready", "role", "layers", "port", "in_flight", "free_slots"})
+MAX_SLOTS: Final = 1024
 _RECORD_KEYS: Final = frozenset(
     {
         "node_id",
@@ -187,6 +188,7 @@ class ModelAd:
     layers: tuple[int, int] | None = None  # [start, end) of the layers this node holds, if split
     port: int | None = None
     in_flight: int = 0
+    free_slots: int | None = None  # request slots free on a host's engine; None: not known
     extra: Mapping[str, Any] = field(default_factory=dict)  # fields from newer versions, kept as-is
 
     def __post_init__(self) -> None:
@@ -195,7 +197,7 @@ class ModelAd:
             object.__setattr__(self, "layers", tuple(self.layers))
 
     def __hash__(self) -> int:
-        return hash((self.name, self.ready, self.role, self.layers, self.port, self.in_flight))
+        return hash((self.name, self.ready, self.role, self.layers, self.port, self.in_flight, self.free_slots))
 
     def to_dict(self) -> dict[str, Any]:
         """Encode as a JSON-able dict (unknown fields from `extra` included)."""
@@ -207,6 +209,7 @@ class ModelAd:
             "layers": list(self.layers) if self.layers is not None else None,
             "port": self.port,
             "in_flight": self.in_flight,
+            "free_slots": self.free_slots,
         }
 
     @classmethod
@@ -228,6 +231,7 @@ class ModelAd:
                 raise MalformedFrame(f"{what}.layers: start {start} is after end {end}")
             layers = (start, end)
         raw_port = _field(d, "port", what, None)
+        raw_free = _field(d, "free_slots", what, None)
         return cls(
             name=_as_str(_field(d, "name", what), f"{what}.name", nonempty=True),
             ready=ready,
@@ -235,6 +239,7 @@ class ModelAd:
             layers=layers,
             port=None if raw_port is None else _as_int(raw_port, f"{what}.port", 0, MAX_PORT),
             in_flight=_as_int(_field(d, "in_flight", what, 0), f"{what}.in_flight"),
+            free_slots=None if raw_free is None else _as_int(raw_free, f"{what}.free_slots", 0, MAX_SLOTS),
             extra={k: v for k, v in d.items() if k not in _MODEL_KEYS},
         )
 

@@ -24,6 +24,7 @@ from mesh_llm.serving.process import log_tail, stop_group
 
 log = logging.getLogger(__name__)
 
+SLOTS_POLL_S = 0.5
 STABLE_AFTER_S = 60.0  # a server up this long before crashing restarts with the shortest backoff
 
 
@@ -107,6 +108,7 @@ class ModelServer:
         self.restarts = 0
         self._stopping = False
         self._ready_at: float | None = None
+        self.slots: dict[str, Any] | None = None  # the engine's last /mesh/slots answer
 
     @property
     def name(self) -> str:
@@ -188,6 +190,12 @@ class ModelServer:
             self.name,
             "--n-ctx",
             str(self._config.n_ctx),
+            "--parallel",
+            str(self._config.n_parallel),
+            "--max-queue",
+            str(self._config.max_queue),
+            "--max-body",
+            str(self._config.max_body_bytes),
             "--parent-pid",
             str(os.getpid()),
         ]
@@ -212,11 +220,23 @@ class ModelServer:
             logf.close()
 
     async def _healthy(self, client: httpx.AsyncClient) -> bool:
+        """One health check; it also refreshes the slot figures shown in status and gossip."""
         try:
-            r = await client.get(f"{self.base_url}/mesh/health", timeout=self._config.health_timeout_s)
-            return r.status_code == 200
-        except httpx.HTTPError:
+            r = await client.get(f"{self.base_url}/mesh/slots", timeout=self._config.health_timeout_s)
+            if r.status_code != 200:
+                return False
+            body = r.json()
+            self.slots = body if isinstance(body, dict) else None
+            return True
+        except (httpx.HTTPError, ValueError):
             return False
+
+    @property
+    def free_slots(self) -> int | None:
+        """Slots free at the last check, or None before the first."""
+        if self.slots is None or not self.ready:
+            return None
+        return int(self.slots.get("slots_free", 0))
 
     async def _supervise(self) -> None:
         failures = 0
@@ -252,16 +272,20 @@ class ModelServer:
         self._ready_at = time.monotonic()
         self._set_state(BackendState.READY, "")
         misses = 0
+        # Checks every half second keep the slot figures fresh; the miss budget stays in time.
+        interval = min(self._config.health_interval_s, SLOTS_POLL_S)
+        allowed_misses = max(3, round(3 * self._config.health_interval_s / interval))
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), self._config.health_interval_s)
+                await asyncio.wait_for(proc.wait(), interval)
             if proc.returncode is not None:
                 if self.rpc_endpoints:  # say which worker went away
                     return f"exited with code {proc.returncode} ({log_tail(self._log_path, 1)})"
                 return f"exited with code {proc.returncode}"
             misses = 0 if await self._healthy(client) else misses + 1
-            if misses >= 3:
+            if misses >= allowed_misses:
                 return "stopped answering health checks"
 
     async def _kill_child(self) -> None:
+        self.slots = None
         await stop_group(self._proc, self._config.stop_timeout_s)

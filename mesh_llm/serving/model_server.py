@@ -1,8 +1,11 @@
-"""Entry point of a model-server subprocess: llama-cpp-python's OpenAI server on a loopback socket.
+"""Entry point of a model-server subprocess: mesh-llm's own engine on a loopback socket.
 
 Run as `python -m mesh_llm.serving.model_server --fd N --model PATH --alias NAME ...`. The
 parent node opens the listening socket and passes its descriptor, so the port is known before
-the child starts, stays the same across restarts, and no other process can race for it.
+the child starts, stays the same across restarts, and no other process can race for it. The
+child loads the model with llama-cpp-python's low-level API, starts the continuous-batching
+engine (`--parallel` slots of `--n-ctx` tokens each) and serves OpenAI's /v1 routes, plus
+/mesh/health, /mesh/slots and, on split hosts, /mesh/placement.
 
 Split hosts add `--rpc HOST:PORT` once per RPC worker and `--layer-split H,W1,W2,...` (host
 first, then one count per worker in the same order): the host keeps layers [0, H) on its CPU,
@@ -37,30 +40,6 @@ def _die_with_parent(parent_pid: int) -> None:
         sys.exit(0)
 
 
-def _answer_validation_errors_with_400() -> None:
-    """llama-cpp-python answers a malformed field (say max_tokens="many") with a 500 and a
-    traceback; a client deserves a 400 naming the field, in OpenAI's error shape."""
-    from fastapi.exceptions import RequestValidationError
-    from llama_cpp.server.errors import RouteErrorHandler
-
-    original = RouteErrorHandler.error_message_wrapper
-
-    def wrapper(self: RouteErrorHandler, error: Exception, body: object = None) -> tuple[int, object]:
-        if isinstance(error, RequestValidationError):
-            problems = error.errors()
-            fields = [".".join(str(p) for p in e.get("loc", ())[1:]) for e in problems]
-            detail = "; ".join(f"{f}: {e.get('msg')}" for f, e in zip(fields, problems, strict=True))
-            return 400, {
-                "message": f"Invalid request: {detail}",
-                "type": "invalid_request_error",
-                "param": fields[0] if fields else None,
-                "code": "invalid_value",
-            }
-        return original(self, error, body)  # type: ignore[arg-type]
-
-    RouteErrorHandler.error_message_wrapper = wrapper  # type: ignore[assignment, method-assign]
-
-
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="mesh-llm-model-server")
     p.add_argument("--fd", type=int, required=True, help="inherited listening socket")
@@ -68,6 +47,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--alias", required=True, help="model name clients use")
     p.add_argument("--n-ctx", type=int, default=4096)
     p.add_argument("--n-threads", type=int, default=None)
+    p.add_argument("--parallel", type=int, default=4, help="slots: requests decoded together")
+    p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a slot")
+    p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body in bytes")
     p.add_argument("--n-gpu-layers", type=int, default=0)
     p.add_argument("--parent-pid", type=int, default=0)
     p.add_argument("--verbose", action="store_true")
@@ -117,28 +99,20 @@ def main(argv: list[str] | None = None) -> int:
         capture = rpc.LlamaLogCapture()
 
     import uvicorn
-    from llama_cpp.server.app import create_app
-    from llama_cpp.server.settings import ModelSettings, ServerSettings
 
-    model = ModelSettings(
-        model=args.model,
-        model_alias=args.alias,
-        n_ctx=args.n_ctx,
-        n_gpu_layers=split.offload.n_gpu_layers if split else args.n_gpu_layers,
-        tensor_split=list(split.offload.tensor_split) if split else None,
-        logits_all=False,  # only the last token's logits are needed to sample; all of them cost time
-        verbose=args.verbose,
-        **({"n_threads": args.n_threads, "n_threads_batch": args.n_threads} if args.n_threads else {}),
-    )
-    _answer_validation_errors_with_400()
-    app = create_app(server_settings=ServerSettings(host="127.0.0.1", port=0), model_settings=[model])
+    from mesh_llm.serving.engine import Engine, EngineConfig, ModelApp, ServerInfo
+    from mesh_llm.serving.engine._chat import ChatTemplate
+    from mesh_llm.serving.engine._llama import Model
 
-    # A liveness route that does not wait for the model lock: llama-cpp-python serializes
-    # requests, so /v1/models would stall behind a long generation and look like a hang.
-    @app.get("/mesh/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "model": args.alias}
-
+    try:
+        model = Model(
+            args.model,
+            n_gpu_layers=split.offload.n_gpu_layers if split else args.n_gpu_layers,
+            tensor_split=list(split.offload.tensor_split) if split else None,
+        )
+    except MeshError as exc:
+        return _fail(str(exc), EXIT_RPC_UNUSABLE if split else 1)
+    extra: dict[str, object] = {}
     if split is not None and capture is not None:
         try:
             placement = rpc.parse_placement(capture.finish())
@@ -147,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(str(exc), EXIT_RPC_UNUSABLE)
         described = split.describe(placement)
         print(f"mesh-llm placement: {json.dumps(described)}", file=sys.stderr, flush=True)
-
-        @app.get("/mesh/placement")
-        async def placement_route() -> dict[str, object]:
-            return described
+        extra["placement"] = lambda: described
 
         def lost(endpoint: str) -> None:
             _fail(f"connection to RPC worker {endpoint} closed; the split model cannot run", EXIT_RPC_LOST)
@@ -158,8 +129,30 @@ def main(argv: list[str] | None = None) -> int:
 
         rpc.watch_rpc_connections(split.endpoints, lost)
 
+    cores = os.cpu_count() or 2
+    engine = Engine(
+        model,
+        EngineConfig(
+            n_slots=args.parallel,
+            n_ctx_slot=args.n_ctx,
+            max_queue=args.max_queue,
+            # llama-cpp-python's defaults: half the cores for one-token steps, all for batches.
+            n_threads=args.n_threads or max(1, cores // 2),
+            n_threads_batch=args.n_threads or cores,
+        ),
+    )
+    source = model.chat_template()
+    template = (
+        ChatTemplate(source, bos_token=model.special_text("bos"), eos_token=model.special_text("eos"))
+        if source
+        else None
+    )
+    engine.start()
+    info = ServerInfo(args.alias, max_body=args.max_body, extra=extra)  # type: ignore[arg-type]
+    app = ModelApp(engine, model, template, info).app
+
     sock = socket.socket(fileno=args.fd)
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30, limit_concurrency=1000)
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
     return 0

@@ -1,0 +1,406 @@
+"""The continuous-batching engine: slots, a bounded FIFO queue and one decode loop.
+
+One thread runs the loop. Each step it (1) drops cancelled work, (2) moves queued requests
+into free slots, preferring the slot whose cached tokens share the longest prefix with the
+prompt, (3) builds one batch holding the next token of every generating slot plus at most one
+chunk of some slot's prompt, (4) decodes it, and (5) samples a token for every slot that had
+logits in the batch. A stream therefore never waits for more than one prompt chunk, and a
+new request starts producing tokens while others keep streaming.
+
+Results go back through a per-request callback run on the engine thread; the HTTP layer
+forwards them into its event loop. A slot keeps its KV cache after its request ends, so the
+next turn of the same conversation prefills only its new tokens.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from mesh_llm.errors import BackendError
+from mesh_llm.serving.engine._llama import Batch, Context, Model, Sampler, SamplerSpec
+from mesh_llm.serving.engine._text import TextStream, common_prefix
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    n_slots: int = 4
+    n_ctx_slot: int = 4096
+    prefill_chunk: int = 256
+    max_queue: int = 64
+    n_threads: int = 1
+    n_threads_batch: int = 2
+
+
+class QueueFull(BackendError):
+    """Every slot is busy and the wait queue is full."""
+
+
+class FinishReason(Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list[tuple[str, float, list[int]]]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text for the client (may be empty when only logprobs or held-back text moved)."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens whose KV was reused from an earlier request
+    completion_tokens: int
+    error: str = ""
+
+
+Event = Delta | Finished
+
+
+@dataclass
+class Job:
+    """One generation request, from the queue to its Finished event."""
+
+    prompt: list[int]
+    max_tokens: int
+    sampling: SamplerSpec
+    emit: Callable[[Event], None]
+    stops: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: none; k: the chosen token plus k alternatives
+    id: int = field(default_factory=itertools.count().__next__)
+    cancelled: bool = False
+    # engine-thread state
+    slot: int = -1
+    n_done: int = 0  # prompt tokens in the KV cache (reused or prefilled)
+    reused: int = 0
+    sampler: Sampler | None = None
+    next_token: int | None = None
+    generated: int = 0
+    text: TextStream | None = None
+    queued_at: float = field(default_factory=time.monotonic)
+
+    def cancel(self) -> None:
+        """Ask the engine to drop this job; it frees its slot within one decode step."""
+        self.cancelled = True
+
+
+@dataclass
+class _Slot:
+    seq: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV is cached, position = index
+    job: Job | None = None
+    last_used: float = 0.0
+
+
+@dataclass(frozen=True)
+class SlotStats:
+    id: int
+    busy: bool
+    cached_tokens: int
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    slots: tuple[SlotStats, ...]
+    queued: int
+    tokens_per_s: float  # generated tokens per second over the last few seconds
+    generated_total: int
+    prompt_total: int
+    prefilled_total: int  # prompt tokens actually decoded (prompt_total minus reuse)
+
+    def as_dict(self) -> dict[str, Any]:
+        busy = sum(s.busy for s in self.slots)
+        return {
+            "slots_total": len(self.slots),
+            "slots_busy": busy,
+            "slots_free": len(self.slots) - busy,
+            "queued": self.queued,
+            "tokens_per_s": round(self.tokens_per_s, 2),
+            "generated_total": self.generated_total,
+            "prompt_total": self.prompt_total,
+            "prefilled_total": self.prefilled_total,
+            "slots": [{"id": s.id, "busy": s.busy, "cached_tokens": s.cached_tokens} for s in self.slots],
+        }
+
+
+_RATE_WINDOW_S = 5.0
+
+
+class Engine:
+    """Owns the context and the decode thread. `submit` is thread-safe."""
+
+    def __init__(self, model: Model, config: EngineConfig) -> None:
+        self.model = model
+        self.config = config
+        self.ctx = Context(
+            model,
+            n_seq=config.n_slots,
+            n_ctx_seq=config.n_ctx_slot,
+            n_batch=config.prefill_chunk + config.n_slots,
+            n_threads=config.n_threads,
+            n_threads_batch=config.n_threads_batch,
+        )
+        self.n_ctx_slot = self.ctx.n_ctx_seq
+        self._batch = Batch(config.prefill_chunk + config.n_slots)
+        self._slots = [_Slot(seq=i) for i in range(config.n_slots)]
+        self._queue: collections.deque[Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._rng = random.Random()
+        self._generated_times: collections.deque[float] = collections.deque()
+        self._generated_total = 0
+        self._prompt_total = 0
+        self._prefilled_total = 0
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+
+    # ---- requests -----------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; raise QueueFull when the slots and the wait queue are all taken."""
+        if not job.prompt:
+            raise BackendError("the prompt is empty")
+        with self._cond:
+            busy = sum(1 for s in self._slots if s.job is not None)
+            waiting = len(self._queue)
+            if busy + waiting >= self.config.n_slots + self.config.max_queue:
+                raise QueueFull(
+                    f"all {self.config.n_slots} slots are busy and {waiting} requests are waiting"
+                )
+            self._queue.append(job)
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Make an idle loop look at cancellations now."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def stats(self) -> EngineStats:
+        with self._cond:
+            now = time.monotonic()
+            while self._generated_times and self._generated_times[0] < now - _RATE_WINDOW_S:
+                self._generated_times.popleft()
+            rate = len(self._generated_times) / _RATE_WINDOW_S
+            return EngineStats(
+                tuple(SlotStats(i, s.job is not None, len(s.cached)) for i, s in enumerate(self._slots)),
+                len(self._queue),
+                rate,
+                self._generated_total,
+                self._prompt_total,
+                self._prefilled_total,
+            )
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._stopping and not self._queue and not any(s.job for s in self._slots):
+                        self._cond.wait()
+                    if self._stopping:
+                        break
+                    self._drop_cancelled()
+                    self._admit()
+                if any(s.job for s in self._slots):
+                    self._step()
+        except Exception:  # a bug here would silently hang every request: fail them loudly
+            log.exception("engine loop crashed")
+            with self._cond:
+                for s in self._slots:
+                    if s.job is not None:
+                        self._finish(s, FinishReason.ERROR, "the engine crashed")
+                while self._queue:
+                    job = self._queue.popleft()
+                    job.emit(Finished(FinishReason.ERROR, len(job.prompt), 0, 0, "the engine crashed"))
+            raise
+        finally:
+            with self._cond:
+                for s in self._slots:
+                    if s.job is not None:
+                        self._finish(s, FinishReason.ERROR, "the model server is shutting down")
+                while self._queue:
+                    job = self._queue.popleft()
+                    job.emit(Finished(FinishReason.ERROR, len(job.prompt), 0, 0, "shutting down"))
+
+    def _drop_cancelled(self) -> None:
+        if any(j.cancelled for j in self._queue):
+            for job in [j for j in self._queue if j.cancelled]:
+                self._queue.remove(job)
+                job.emit(Finished(FinishReason.CANCELLED, len(job.prompt), 0, 0))
+        for s in self._slots:
+            if s.job is not None and s.job.cancelled:
+                self._finish(s, FinishReason.CANCELLED)
+
+    def _admit(self) -> None:
+        while self._queue:
+            free = [s for s in self._slots if s.job is None]
+            if not free:
+                return
+            job = self._queue.popleft()
+            # Longest shared prefix first; among equals the least recently used slot.
+            slot = max(free, key=lambda s: (common_prefix(s.cached, job.prompt), -s.last_used))
+            self._assign(slot, job)
+
+    def _assign(self, slot: _Slot, job: Job) -> None:
+        reuse = common_prefix(slot.cached, job.prompt)
+        reuse = min(reuse, len(job.prompt) - 1)  # the last prompt token is decoded for its logits
+        if reuse < len(slot.cached) and not self.ctx.drop_from(slot.seq, reuse):
+            self.ctx.clear_seq(slot.seq)  # e.g. recurrent models: no partial trimming
+            reuse = 0
+        del slot.cached[reuse:]
+        job.slot = slot.seq
+        job.n_done = reuse
+        job.reused = reuse
+        try:
+            seed = job.sampling.seed if job.sampling.seed is not None else self._rng.getrandbits(32)
+            job.sampler = Sampler(self.model, job.sampling, seed)
+        except BackendError as exc:
+            job.emit(Finished(FinishReason.ERROR, len(job.prompt), 0, 0, str(exc)))
+            return
+        job.text = TextStream(job.stops)
+        slot.job = job
+        self._prompt_total += len(job.prompt)
+
+    def _step(self) -> None:
+        batch = self._batch
+        batch.clear()
+        sample_at: list[tuple[_Slot, int]] = []
+        for s in self._slots:
+            job = s.job
+            if job is not None and job.next_token is not None:
+                sample_at.append((s, batch.add(job.next_token, len(s.cached), s.seq, True)))
+                s.cached.append(job.next_token)
+                job.next_token = None
+        budget = min(self.config.prefill_chunk, batch.room)
+        prefilling = sorted(
+            (s for s in self._slots if s.job is not None and s.job.n_done < len(s.job.prompt)),
+            key=lambda s: s.job.queued_at if s.job else 0.0,
+        )
+        for s in prefilling:
+            if budget <= 0:
+                break
+            job = s.job
+            assert job is not None
+            take = min(budget, len(job.prompt) - job.n_done)
+            for k in range(take):
+                pos = job.n_done + k
+                last = pos == len(job.prompt) - 1
+                index = batch.add(job.prompt[pos], pos, s.seq, last)
+                if last:
+                    sample_at.append((s, index))
+            s.cached.extend(job.prompt[job.n_done : job.n_done + take])
+            job.n_done += take
+            budget -= take
+            self._prefilled_total += take
+        if batch.n == 0:
+            return
+        rc = self.ctx.decode(batch)
+        if rc != 0:
+            log.error("llama_decode returned %d for a batch of %d tokens", rc, batch.n)
+            with self._cond:
+                for s in self._slots:
+                    if s.job is not None:
+                        self.ctx.clear_seq(s.seq)
+                        s.cached.clear()
+                        self._finish(s, FinishReason.ERROR, f"llama_decode failed ({rc})")
+            return
+        now = time.monotonic()
+        with self._cond:
+            for s, index in sample_at:
+                if s.job is not None:
+                    self._take_token(s, index, now)
+
+    def _take_token(self, s: _Slot, index: int, now: float) -> None:
+        job = s.job
+        assert job is not None and job.sampler is not None and job.text is not None
+        if job.cancelled:
+            self._finish(s, FinishReason.CANCELLED)
+            return
+        token = job.sampler.sample(self.ctx, index)
+        logprobs = (self._logprobs(index, token, job.logprobs),) if job.logprobs is not None else ()
+        if self.model.is_eog(token):
+            tail = job.text.flush()
+            if tail or logprobs:
+                job.emit(Delta(tail, logprobs))
+            self._finish(s, FinishReason.STOP)
+            return
+        job.generated += 1
+        self._generated_total += 1
+        self._generated_times.append(now)
+        text = job.text.feed(self.model.piece(token))
+        if job.text.stopped is not None:
+            if text or logprobs:
+                job.emit(Delta(text, logprobs))
+            self._finish(s, FinishReason.STOP)
+            return
+        if job.generated >= job.max_tokens or len(s.cached) + 1 >= self.n_ctx_slot:
+            text += job.text.flush()
+            if text or logprobs:
+                job.emit(Delta(text, logprobs))
+            self._finish(s, FinishReason.LENGTH)
+            return
+        if text or logprobs:
+            job.emit(Delta(text, logprobs))
+        job.next_token = token
+
+    def _logprobs(self, index: int, token: int, k: int | None) -> TokenLogprob:
+        logits = self.ctx.logits(index).astype(np.float64)
+        top = logits.max()
+        logz = top + math.log(float(np.exp(logits - top).sum()))
+        chosen = float(logits[token] - logz)
+        alts: list[tuple[str, float, list[int]]] = []
+        if k:
+            best = np.argpartition(-logits, k)[:k]
+            best = best[np.argsort(-logits[best])]
+            for t in best:
+                raw = self.model.piece(int(t))
+                alts.append((raw.decode("utf-8", errors="replace"), float(logits[t] - logz), list(raw)))
+        raw = self.model.piece(token)
+        return TokenLogprob(raw.decode("utf-8", errors="replace"), chosen, list(raw), alts)
+
+    def _finish(self, s: _Slot, reason: FinishReason, error: str = "") -> None:
+        job = s.job
+        if job is None:
+            return
+        if job.sampler is not None:
+            job.sampler.close()
+            job.sampler = None
+        s.job = None
+        s.last_used = time.monotonic()
+        job.emit(Finished(reason, len(job.prompt), job.reused, job.generated, error))

@@ -1,0 +1,206 @@
+"""OpenAI request bodies -> validated generation options (pure).
+
+Every field a client may send is checked for type and range here, so a bad value gets a 400
+naming the field instead of a 500 deeper in. Unknown fields are ignored, as OpenAI's own
+clients add new ones over time. Defaults follow llama.cpp's server where OpenAI has none
+(top_k 40, min_p 0.05) and for temperature (0.8), since a small local model sampled at 1.0
+with no truncation rambles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+MAX_N = 8
+MAX_STOPS = 16
+MAX_TOP_LOGPROBS = 20
+
+
+class RequestError(ValueError):
+    """A request the server cannot take, with its OpenAI error fields."""
+
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str = "invalid_value", status: int = 400
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.status = status
+
+    def body(self) -> dict[str, Any]:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    kind: str = "text"  # text | json_object | json_schema
+    schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    """What one completion request asks for, beyond its prompt or messages."""
+
+    max_tokens: int | None = None
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    stops: tuple[str, ...] = ()
+    n: int = 1
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token plus k alternatives
+    response_format: ResponseFormat = ResponseFormat()
+
+
+def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RequestError(f"'{key}' must be a number, not {value!r}", param=key)
+    if not lo <= value <= hi:
+        raise RequestError(f"'{key}' must be between {lo:g} and {hi:g}, not {value}", param=key)
+    return float(value)
+
+
+def _integer(body: dict[str, Any], key: str, default: int | None, lo: int, hi: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise RequestError(f"'{key}' must be an integer, not {value!r}", param=key)
+    if not lo <= value <= hi:
+        raise RequestError(f"'{key}' must be between {lo} and {hi}, not {value}", param=key)
+    return int(value)
+
+
+def _flag(body: dict[str, Any], key: str, default: bool = False) -> bool:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise RequestError(f"'{key}' must be true or false, not {value!r}", param=key)
+    return value
+
+
+def _stops(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        if len(value) > MAX_STOPS:
+            raise RequestError(f"'stop' takes at most {MAX_STOPS} strings", param="stop")
+        return tuple(s for s in value if s)
+    raise RequestError("'stop' must be a string or an array of strings", param="stop")
+
+
+def _logit_bias(value: Any, n_vocab: int) -> tuple[tuple[int, float], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise RequestError("'logit_bias' must map token ids to numbers", param="logit_bias")
+    out = []
+    for key, bias in value.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise RequestError(f"'logit_bias' key {key!r} is not a token id", param="logit_bias") from None
+        if not 0 <= token < n_vocab:
+            raise RequestError(f"'logit_bias' token {token} is not in the vocabulary", param="logit_bias")
+        if isinstance(bias, bool) or not isinstance(bias, int | float) or not -100 <= bias <= 100:
+            raise RequestError(
+                f"'logit_bias' values must be numbers in [-100, 100], not {bias!r}", param="logit_bias"
+            )
+        # OpenAI's -100 means "never": make it so rather than merely unlikely.
+        out.append((token, -math.inf if bias <= -100 else float(bias)))
+    return tuple(out)
+
+
+def _response_format(value: Any) -> ResponseFormat:
+    if value is None:
+        return ResponseFormat()
+    if not isinstance(value, dict) or value.get("type") not in ("text", "json_object", "json_schema"):
+        raise RequestError(
+            '\'response_format\' must be {"type": "text" | "json_object" | "json_schema"}',
+            param="response_format",
+        )
+    kind = value["type"]
+    if kind != "json_schema":
+        return ResponseFormat(kind)
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        raise RequestError(
+            "'response_format.json_schema' must be an object", param="response_format.json_schema"
+        )
+    schema = spec.get("schema", {"type": "object"})
+    if not isinstance(schema, dict):
+        raise RequestError(
+            "'response_format.json_schema.schema' must be a JSON schema object",
+            param="response_format.json_schema.schema",
+        )
+    return ResponseFormat("json_schema", schema)
+
+
+def parse_options(body: dict[str, Any], *, chat: bool, n_vocab: int) -> Options:
+    """Validate the generation fields of a chat or text completion body."""
+    max_tokens = _integer(body, "max_tokens", None, 1, 1 << 30)
+    max_completion = _integer(body, "max_completion_tokens", None, 1, 1 << 30)
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise RequestError("'stream_options' must be an object", param="stream_options")
+    stream = _flag(body, "stream")
+    if chat:
+        want = _flag(body, "logprobs")
+        top = _integer(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
+        if top is not None and not want:
+            raise RequestError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+        logprobs = (top or 0) if want else None
+    else:
+        logprobs = _integer(body, "logprobs", None, 0, MAX_TOP_LOGPROBS)
+    return Options(
+        max_tokens=max_completion if max_completion is not None else max_tokens,
+        temperature=_number(body, "temperature", 0.8, 0.0, 5.0),
+        top_p=_number(body, "top_p", 0.95, 0.0, 1.0),
+        top_k=int(_integer(body, "top_k", 40, 0, 1 << 20) or 0),
+        min_p=_number(body, "min_p", 0.05, 0.0, 1.0),
+        repeat_penalty=_number(body, "repeat_penalty", 1.0, 0.01, 10.0),
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        seed=_integer(body, "seed", None, -(1 << 63), (1 << 64) - 1),
+        logit_bias=_logit_bias(body.get("logit_bias"), n_vocab),
+        stops=_stops(body.get("stop")),
+        n=int(_integer(body, "n", 1, 1, MAX_N) or 1),
+        stream=stream,
+        include_usage=stream and bool((stream_options or {}).get("include_usage") is True),
+        logprobs=logprobs,
+        response_format=_response_format(body.get("response_format")),
+    )
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """The prompt of a text completion: a string, or an array holding one string."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if isinstance(prompt, list) and len(prompt) > 1:
+        raise RequestError(
+            "this server takes one prompt per request", param="prompt", code="unsupported_value"
+        )
+    if not isinstance(prompt, str):
+        raise RequestError("'prompt' must be a string", param="prompt")
+    return prompt
