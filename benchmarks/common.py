@@ -6,6 +6,7 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -17,10 +18,17 @@ class StreamTiming:
     decode_tok_s: float  # tokens after the first, per second
 
 
-def timed_stream(base_url: str, model: str, prompt: str, n_tokens: int, client: httpx.Client) -> StreamTiming:
+def timed_stream(
+    base_url: str,
+    model: str,
+    prompt: str,
+    n_tokens: int,
+    client: httpx.Client,
+    extra: dict[str, Any] | None = None,
+) -> StreamTiming:
     """Stream a completion of exactly `n_tokens` tokens and time it at the client."""
     body = {"model": model, "prompt": prompt, "max_tokens": n_tokens, "min_tokens": n_tokens,
-            "temperature": 0, "stream": True}  # fmt: skip
+            "temperature": 0, "stream": True, **(extra or {})}  # fmt: skip
     t0 = time.perf_counter()
     first = last = 0.0
     tokens = 0

@@ -25,10 +25,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mesh_llm.config import BackendConfig
 from mesh_llm.errors import MeshError
 from mesh_llm.mesh.gossip import ModelAd
 from mesh_llm.mesh.service import RPC_STREAM
 from mesh_llm.mesh.tunnel import TcpTunnel, open_tcp_tunnel
+from mesh_llm.models.kv import kv_cache_bytes
 from mesh_llm.models.resolve import ResolvedModel, resolve
 from mesh_llm.planning.planner import (
     HostClaim,
@@ -42,7 +44,7 @@ from mesh_llm.planning.planner import (
     replan,
 )
 from mesh_llm.serving.backend import ModelServer
-from mesh_llm.serving.rpc import RpcWorker, RpcWorkerState, clear_rpc_cache, gguf_tensors, prefill_rpc_cache
+from mesh_llm.serving.rpc import RpcWorker, RpcWorkerState, clear_rpc_cache, gguf_header, prefill_rpc_cache
 
 if TYPE_CHECKING:
     from mesh_llm.node import Node
@@ -54,10 +56,21 @@ REMEMBER_S = 600.0  # a split model seen this recently is taken over when its ho
 JOIN_GRACE_S = 3.0  # a node coordinates nothing until gossip has shown it the whole mesh
 
 
-def model_facts(model: ResolvedModel) -> ModelFacts:
-    """Size and layer count from the GGUF header (fast: no metadata arrays are parsed)."""
-    blocks = {int(e.tensor.split(".")[1]) for e in gguf_tensors(model.path) if e.tensor.startswith("blk.")}
-    return ModelFacts(model.name, model.size_bytes, max(blocks) + 1 if blocks else 1)
+def model_facts(model: ResolvedModel, backend: BackendConfig) -> ModelFacts:
+    """Memory and layer count from the GGUF header (fast: no big metadata arrays are parsed).
+
+    The memory is the weights plus the KV cache of every slot the model server will run,
+    which llama.cpp places with the layers it belongs to, so it splits in the same proportion.
+    """
+    meta, tensors = gguf_header(model.path)
+    blocks = {int(e.tensor.split(".")[1]) for e in tensors if e.tensor.startswith("blk.")}
+    size = model.size_bytes + kv_cache_bytes(meta, backend.n_ctx, backend.n_parallel)
+    return ModelFacts(model.name, size, max(blocks) + 1 if blocks else 1)
+
+
+def serving_bytes(model: ResolvedModel, backend: BackendConfig) -> int:
+    """Memory a model server for `model` takes: weights plus every slot's KV cache."""
+    return model_facts(model, backend).size_bytes
 
 
 @dataclass
@@ -193,7 +206,7 @@ class SplitManager:
 
     def wants_split(self, model: ResolvedModel) -> bool:
         cfg = self.node.config
-        return cfg.split or model.size_bytes * FIT_FACTOR > self.node.capacity.offered_bytes
+        return cfg.split or serving_bytes(model, cfg.backend) * FIT_FACTOR > self.node.capacity.offered_bytes
 
     def want(self, model: ResolvedModel) -> None:
         """This node was asked to serve `model`, which needs the mesh: elect its host next reconcile."""
@@ -280,7 +293,7 @@ class SplitManager:
             log.warning("cannot take over %s: %s", name, exc)
             return
         node.resolved[name] = model
-        host = SplitHost(model, await asyncio.to_thread(model_facts, model), force=known.force)
+        host = SplitHost(model, await asyncio.to_thread(model_facts, model, node.config.backend), force=known.force)
         host.epoch = known.epoch  # the first plan here comes after the last one seen anywhere
         self.hosts[name] = host
         verb = "coordinates" if name in self.wants else "takes over"
@@ -321,7 +334,7 @@ class SplitManager:
         from mesh_llm.planning.planner import describe_plan, plan_model
 
         model = resolve(spec, allow_download=False, progress=False)
-        facts = model_facts(model)
+        facts = model_facts(model, self.node.config.backend)
         force = self.wants.get(model.name, self.node.config.split)
         current = self.hosts.get(model.name)
         plan: Solo | Split | Waiting | None = current.plan if current is not None else None

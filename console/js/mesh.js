@@ -175,6 +175,19 @@ function catalog(statusModels, peers) {
   return [...byName.values()].sort((a, b) => a.name.localeCompare(b.name));
 }
 
+/** One local model server's slots: busy, queued, speed and what each slot has cached. */
+function engineView(m) {
+  const sl = m.slots;
+  return {
+    name: str(m.name),
+    busy: num(sl.slots_busy) ?? 0,
+    total: num(sl.slots_total) ?? 0,
+    queued: num(sl.queued) ?? 0,
+    tokensPerS: num(sl.tokens_per_s) ?? 0,
+    cached: arr(sl.slots).filter(isObj).map((x) => num(x.cached_tokens) ?? 0),
+  };
+}
+
 /** Everything the page renders, derived from one status snapshot. */
 export function meshView(status) {
   const s = isObj(status) ? status : {};
@@ -205,6 +218,7 @@ export function meshView(status) {
     apiPort: num(api.port),
     inviteToken: typeof s.invite_token === "string" && s.invite_token ? s.invite_token : null,
     meshId: s.mesh_id ? str(s.mesh_id) : null,
+    engines: statusModels.filter((m) => m.local === true && isObj(m.slots)).map(engineView),
     inFlight: num(s.in_flight) ?? 0,
     requestsTotal: num(s.requests_total) ?? 0,
     uptimeS: num(s.uptime_s),

@@ -102,6 +102,7 @@ export function renderTiles(host, view) {
       h("div", { class: "meter" }, h("div", { style: `width:${(usedShare * 100).toFixed(1)}%` })),
       `${bytes(view.usedBytes)} used by models`,
     ),
+    slotsTile(view),
     tile(
       "inflight",
       "Requests in flight",
@@ -109,6 +110,23 @@ export function renderTiles(host, view) {
       `${plural(view.requestsTotal, "request")} served by this node`,
     ),
     inviteTile(view),
+  );
+}
+
+function slotsTile(view) {
+  const busy = view.engines.reduce((acc, e) => acc + e.busy, 0);
+  const total = view.engines.reduce((acc, e) => acc + e.total, 0);
+  return tile(
+    "slots",
+    "Slots busy",
+    total ? `${busy}/${total}` : "—",
+    ...view.engines.map((e) =>
+      h(
+        "div",
+        { class: "small", "data-model": e.name, title: `tokens cached per slot: ${e.cached.join(", ")}` },
+        `${e.name}: ${e.busy}/${e.total} busy · ${e.queued} queued · ${e.tokensPerS.toFixed(1)} tok/s · cached ${e.cached.join("/")}`,
+      ),
+    ),
   );
 }
 

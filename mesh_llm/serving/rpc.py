@@ -648,7 +648,13 @@ _GGUF_STRING, _GGUF_ARRAY = 8, 9
 
 
 def gguf_tensors(gguf_path: Path) -> list[CacheEntry]:
-    """Every tensor's name, absolute file offset and size, read from the GGUF header only.
+    """Every tensor's name, absolute file offset and size, read from the GGUF header only."""
+    return gguf_header(gguf_path)[1]
+
+
+def gguf_header(gguf_path: Path) -> tuple[dict[str, Any], list[CacheEntry]]:
+    """The GGUF's small metadata values (numbers, booleans, strings under 4 KiB, numeric arrays
+    of at most 4096 items) and every tensor's name, absolute file offset and size.
 
     ``gguf.GGUFReader`` builds numpy views of every metadata element, which costs seconds for a
     150k-token vocabulary; this walks the header with ``struct`` and skips values it does not
@@ -683,13 +689,23 @@ def gguf_tensors(gguf_path: Path) -> list[CacheEntry]:
                     return at
                 raise GGUFError(f"{gguf_path}: unknown metadata value type {vtype}")
 
-            alignment = GGUF_DEFAULT_ALIGNMENT
+            meta: dict[str, Any] = {}
             for _ in range(n_kv):
                 key, pos = string(pos)
                 (vtype,) = struct.unpack_from("<I", m, pos)
-                if key == "general.alignment" and vtype == 4:
-                    (alignment,) = struct.unpack_from("<I", m, pos + 4)
-                pos = skip(vtype, pos + 4)
+                pos += 4
+                if vtype in _GGUF_SCALAR:
+                    (meta[key],) = struct.unpack_from("<" + _GGUF_SCALAR[vtype], m, pos)
+                elif vtype == _GGUF_STRING and struct.unpack_from("<Q", m, pos)[0] < 4096:
+                    meta[key] = string(pos)[0]
+                elif vtype == _GGUF_ARRAY:
+                    etype, n = struct.unpack_from("<IQ", m, pos)
+                    if etype in _GGUF_SCALAR and n <= 4096:
+                        meta[key] = list(struct.unpack_from(f"<{n}{_GGUF_SCALAR[etype]}", m, pos + 12))
+                pos = skip(vtype, pos)
+            alignment = meta.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
+            if not isinstance(alignment, int) or alignment <= 0:
+                alignment = GGUF_DEFAULT_ALIGNMENT
             infos = []
             for _ in range(n_tensors):
                 name, pos = string(pos)
@@ -702,7 +718,7 @@ def gguf_tensors(gguf_path: Path) -> list[CacheEntry]:
     except (OSError, ValueError, struct.error, KeyError) as exc:
         raise GGUFError(f"{gguf_path} is not a readable GGUF file: {exc}") from exc
     data_start = pos + (-pos % alignment)
-    return [CacheEntry(name, data_start + offset, n_bytes) for name, offset, n_bytes in infos]
+    return meta, [CacheEntry(name, data_start + offset, n_bytes) for name, offset, n_bytes in infos]
 
 
 def cache_entries(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
 from tests.harness import NodeProcess
 
@@ -22,8 +23,9 @@ def ready_hosts(node: NodeProcess, model: str) -> list[str]:
 
 
 def ask(node: NodeProcess, model: str) -> httpx.Response:
-    body = {"model": model, "messages": CHAT, "max_tokens": 2}
-    return httpx.post(f"{node.api}/v1/chat/completions", json=body, timeout=60)
+    # A text completion: the Gemma 3 270M GGUF is a base model with no chat template.
+    body = {"model": model, "prompt": "Say hello.", "max_tokens": 2}
+    return httpx.post(f"{node.api}/v1/completions", json=body, timeout=60)
 
 
 def test_requests_reach_the_right_model_and_a_standby_replaces_a_lost_host(tmp_path: Path) -> None:
@@ -43,10 +45,14 @@ def test_requests_reach_the_right_model_and_a_standby_replaces_a_lost_host(tmp_p
 
         client = openai.OpenAI(base_url=f"{c.api}/v1", api_key="x", max_retries=0, timeout=60)
         for model in ("SmolLM2-135M", "Gemma-3-270M", "SmolLM2-135M"):
-            r = client.chat.completions.create(model=model, messages=CHAT, max_tokens=4)  # type: ignore[arg-type]
-            assert r.choices[0].message.content is not None
+            r = client.completions.create(model=model, prompt="Say hello.", max_tokens=4)
+            assert r.choices[0].text is not None
         routed = {(m["name"], m["host"]): m["requests"] for m in c.status()["models"]}
         assert routed == {("SmolLM2-135M", a_id): 2, ("Gemma-3-270M", b_id): 1}
+        # Gemma 3 270M is a base model: chat gets a clear 400 that says what to use instead.
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="Gemma-3-270M", messages=CHAT, max_tokens=4)  # type: ignore[arg-type]
+        assert "/v1/completions" in str(info.value)
         assert d.status()["role"] == "standby" and d.status()["standby"] == "idle"
 
         # A dies while SmolLM2 requests keep coming: the standby D serves it within 60 s.

@@ -86,9 +86,10 @@ def test_model_server_dying_mid_stream_ends_with_an_sse_error_event(tmp_path: py
                     if len(events) == 5:
                         os.kill(pid, signal.SIGKILL)
         assert len(events) > 5
-        last = json.loads(events[-1])
+        # One error event, then [DONE] (so SDKs read the error), then nothing.
+        assert events[-1] == "[DONE]" and events.count("[DONE]") == 1
+        last = json.loads(events[-2])
         assert last["error"]["code"] == "backend_failed" and "incomplete" in last["error"]["message"]
-        assert "[DONE]" not in events
         # The official client surfaces that event as an error instead of a silently short answer.
         node.wait_serving(30)
         pid = model_row(node)["pid"]

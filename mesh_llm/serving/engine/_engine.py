@@ -94,6 +94,7 @@ class Job:
     emit: Callable[[Event], None]
     stops: tuple[str, ...] = ()
     logprobs: int | None = None  # None: none; k: the chosen token plus k alternatives
+    min_tokens: int = 0  # end-of-generation tokens are banned until this many were generated
     id: int = field(default_factory=itertools.count().__next__)
     cancelled: bool = False
     # engine-thread state
@@ -361,6 +362,8 @@ class Engine:
             self._finish(s, FinishReason.STOP)
             return
         job.generated += 1
+        if job.generated == job.min_tokens:
+            job.sampler.allow_eog()
         self._generated_total += 1
         self._generated_times.append(now)
         text = job.text.feed(self.model.piece(token))

@@ -201,6 +201,7 @@ class ModelApp:
             seed=seed,
             logit_bias=options.logit_bias,
             grammar=grammar,
+            ban_eog=options.min_tokens > 0,
         )
 
     def _start(self, prepared: _Prepared) -> list[tuple[Job, _Channel]]:
@@ -216,6 +217,7 @@ class ModelApp:
                 emit=channel.emit,
                 stops=prepared.options.stops,
                 logprobs=prepared.options.logprobs,
+                min_tokens=prepared.options.min_tokens,
             )
             try:
                 self.engine.submit(job)

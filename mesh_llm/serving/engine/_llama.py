@@ -52,6 +52,7 @@ class Model:
         self.n_layer: int = C.llama_model_n_layer(ptr)
         self.n_ctx_train: int = C.llama_model_n_ctx_train(ptr)
         self.add_bos: bool = bool(C.llama_vocab_get_add_bos(self.vocab))
+        self.eog_tokens: tuple[int, ...] = tuple(t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, t))
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._piece_lock = threading.Lock()
 
@@ -209,6 +210,7 @@ class SamplerSpec:
     seed: int | None = None
     logit_bias: tuple[tuple[int, float], ...] = ()
     grammar: str | None = None  # GBNF, root rule "root"
+    ban_eog: bool = False  # start with end-of-generation tokens banned (min_tokens); see Sampler.allow_eog
 
 
 class Sampler:
@@ -219,6 +221,16 @@ class Sampler:
         self.ptr = chain
         self._refs: list[Any] = []
         add = C.llama_sampler_chain_add
+        self._eog_banned = False
+        if spec.ban_eog and model.eog_tokens:
+            # First in the chain, so allow_eog can take it out by index 0 once min_tokens is reached.
+            ban = (C.llama_logit_bias * len(model.eog_tokens))()
+            for i, tok in enumerate(model.eog_tokens):
+                ban[i].token = tok
+                ban[i].bias = float("-inf")
+            self._refs.append(ban)
+            add(chain, C.llama_sampler_init_logit_bias(model.n_vocab, len(model.eog_tokens), ban))
+            self._eog_banned = True
         if spec.logit_bias:
             arr = (C.llama_logit_bias * len(spec.logit_bias))()
             for i, (tok, bias) in enumerate(spec.logit_bias):
@@ -254,6 +266,12 @@ class Sampler:
                 add(chain, C.llama_sampler_init_min_p(spec.min_p, 1))
             add(chain, C.llama_sampler_init_temp(spec.temperature))
             add(chain, C.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def allow_eog(self) -> None:
+        """Lift the end-of-generation ban once the request's min_tokens have been generated."""
+        if self._eog_banned:
+            C.llama_sampler_free(C.llama_sampler_chain_remove(self.ptr, 0))
+            self._eog_banned = False
 
     def sample(self, ctx: Context, index: int) -> int:
         return int(C.llama_sampler_sample(self.ptr, ctx.ptr, index))

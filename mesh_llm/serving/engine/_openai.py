@@ -46,6 +46,7 @@ class Options:
     """What one completion request asks for, beyond its prompt or messages."""
 
     max_tokens: int | None = None
+    min_tokens: int = 0  # llama.cpp's extension: no end of generation before this many tokens
     temperature: float = 0.8
     top_p: float = 0.95
     top_k: int = 40
@@ -174,6 +175,7 @@ def parse_options(body: dict[str, Any], *, chat: bool, n_vocab: int) -> Options:
         logprobs = _integer(body, "logprobs", None, 0, MAX_TOP_LOGPROBS)
     return Options(
         max_tokens=max_completion if max_completion is not None else max_tokens,
+        min_tokens=int(_integer(body, "min_tokens", 0, 0, 1 << 30) or 0),
         temperature=_number(body, "temperature", 0.8, 0.0, 5.0),
         top_p=_number(body, "top_p", 0.95, 0.0, 1.0),
         top_k=int(_integer(body, "top_k", 40, 0, 1 << 20) or 0),
