@@ -125,7 +125,7 @@ def _four_streams(url: str, tokens: int) -> tuple[float, float]:
 def _conversation() -> list[dict[str, str]]:
     facts = " ".join(
         f"Fact {i}: the lighthouse on island {i} is painted {('red', 'white', 'blue')[i % 3]}."
-        for i in range(120)
+        for i in range(88)
     )
     return [
         {"role": "system", "content": f"Session {uuid.uuid4().hex}. You are a careful assistant. {facts}"},
