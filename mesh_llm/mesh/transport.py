@@ -1787,7 +1787,18 @@ class MeshTransport:
         existing = self._links.get(node_id)
         if existing is None:
             claim = self._claims.get(node_id)
-            return not (claim is not None and claim.reached and node_id > self.node_id)
+            if claim is None or node_id < self.node_id:
+                return True
+            if claim.reached:
+                return False
+            # Our own dial to them is under way and is the one that should win; if we decided
+            # before it heard back, the two sides could settle on different connections (or on
+            # theirs). Give it a moment to settle; a dial to a dead address does not hold us long.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(claim.future), self.config.liveness_probe_timeout)
+            existing = self._links.get(node_id)
+            if existing is None:
+                return True
         if not existing.initiated_locally or node_id < self.node_id:
             return True
         # We dialed them before and they are the higher id, so our link should win, unless it

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,20 +225,10 @@ class Sampler:
         self._eog_banned = False
         if spec.ban_eog and model.eog_tokens:
             # First in the chain, so allow_eog can take it out by index 0 once min_tokens is reached.
-            ban = (C.llama_logit_bias * len(model.eog_tokens))()
-            for i, tok in enumerate(model.eog_tokens):
-                ban[i].token = tok
-                ban[i].bias = float("-inf")
-            self._refs.append(ban)
-            add(chain, C.llama_sampler_init_logit_bias(model.n_vocab, len(model.eog_tokens), ban))
+            add(chain, self._bias(model, [(t, float("-inf")) for t in model.eog_tokens]))
             self._eog_banned = True
         if spec.logit_bias:
-            arr = (C.llama_logit_bias * len(spec.logit_bias))()
-            for i, (tok, bias) in enumerate(spec.logit_bias):
-                arr[i].token = tok
-                arr[i].bias = bias
-            self._refs.append(arr)
-            add(chain, C.llama_sampler_init_logit_bias(model.n_vocab, len(spec.logit_bias), arr))
+            add(chain, self._bias(model, spec.logit_bias))
         if spec.repeat_penalty != 1.0 or spec.presence_penalty or spec.frequency_penalty:
             add(
                 chain,
@@ -266,6 +257,14 @@ class Sampler:
                 add(chain, C.llama_sampler_init_min_p(spec.min_p, 1))
             add(chain, C.llama_sampler_init_temp(spec.temperature))
             add(chain, C.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def _bias(self, model: Model, biases: Sequence[tuple[int, float]]) -> Any:
+        arr = (C.llama_logit_bias * len(biases))()
+        for i, (token, bias) in enumerate(biases):
+            arr[i].token = C.llama_token(token)
+            arr[i].bias = bias
+        self._refs.append(arr)  # llama.cpp copies it, but keep it alive until the chain is built
+        return C.llama_sampler_init_logit_bias(model.n_vocab, len(biases), arr)
 
     def allow_eog(self) -> None:
         """Lift the end-of-generation ban once the request's min_tokens have been generated."""
