@@ -57,6 +57,9 @@ def test_two_node_mesh_live_view_chat_and_a_node_leaving(tmp_path: Path, page: P
         expect(topology).to_contain_text("SmolLM2-135M")
         expect(page.locator("#peers")).to_contain_text(b_id)
         expect(page.locator("#tiles")).to_contain_text(token[:12])
+        slots = page.locator('[data-tile="slots"]')
+        expect(slots).to_contain_text("0/4")  # the engine's four slots, all free
+        expect(slots).to_contain_text("SmolLM2-135M: 0/4 busy")
         shot(page, "mesh")
 
         # Chat streams token by token through :9337 and reports speed and time to first token.
@@ -70,6 +73,7 @@ def test_two_node_mesh_live_view_chat_and_a_node_leaving(tmp_path: Path, page: P
         time.sleep(0.4)
         assert len(answer.inner_text()) > first, "the answer should grow while it streams"
         expect(page.locator(".msg.assistant").last).to_have_attribute("data-state", "done", timeout=60_000)
+        expect(slots).to_contain_text("cached ", timeout=10_000)
         meta = page.locator(".msg.assistant .msg-meta").last
         expect(meta).to_contain_text("tok/s")
         expect(meta).to_contain_text("TTFT")
