@@ -40,9 +40,10 @@ from mesh_llm.models.catalog import CATALOG, find_entry
 from mesh_llm.models.resolve import ResolvedModel, on_disk_names, resolve
 from mesh_llm.planning.demand import DemandTable, StandbyInfo, choose_standby_work
 from mesh_llm.planning.planner import Split, fits
+from mesh_llm.planning.records import peer_claims
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity
-from mesh_llm.split import SplitManager, peer_claims
+from mesh_llm.split import SplitManager
 
 log = logging.getLogger(__name__)
 

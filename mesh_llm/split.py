@@ -43,6 +43,7 @@ from mesh_llm.planning.planner import (
     elect_host,
     replan,
 )
+from mesh_llm.planning.records import PeerClaim, model_dir_name, peer_claims, peer_declined, peer_wants
 from mesh_llm.serving.backend import ModelServer
 from mesh_llm.serving.rpc import RpcWorker, RpcWorkerState, clear_rpc_cache, gguf_header, prefill_rpc_cache
 
@@ -124,58 +125,15 @@ class _Known:
     seen: float  # time.monotonic()
 
 
-@dataclass(frozen=True)
-class PeerClaim:
-    """A peer's published claim on a split model, parsed from its gossip record."""
-
-    model: str
-    epoch: int
-    mode: str
-    state: str
-    force: bool
-    settled: bool
-    shards: tuple[tuple[str, int, int], ...]
+_refused: set[tuple[str, str]] = set()
 
 
-_warned: set[str] = set()
-
-
-def peer_claims(extra: Any) -> dict[str, PeerClaim]:
-    """The claims in a record's `extra`; malformed entries (another version, a bug) are skipped."""
-    splits = extra.get("splits") if hasattr(extra, "get") else None
-    out: dict[str, PeerClaim] = {}
-    if not isinstance(splits, dict):
-        return out
-    for model, claim in splits.items():
-        try:
-            shards = tuple((str(n), int(a), int(b)) for n, a, b in claim.get("shards", []))
-            out[str(model)] = PeerClaim(
-                str(model),
-                int(claim["epoch"]),
-                str(claim.get("mode", "split" if shards else "waiting")),
-                str(claim.get("state", "")),
-                bool(claim.get("force", False)),
-                bool(claim.get("settled", False)),
-                shards,
-            )
-        except (AttributeError, KeyError, TypeError, ValueError):
-            if model not in _warned:  # records are re-read many times a second: say it once
-                _warned.add(model)
-                log.warning("ignoring a malformed split claim for %s", model)
-    return out
-
-
-def peer_wants(extra: Any) -> dict[str, bool]:
-    """Models a peer was asked to serve as splits (name -> forced), from its record's `extra`."""
-    wants = extra.get("wants") if hasattr(extra, "get") else None
-    if not isinstance(wants, dict):
-        return {}
-    return {str(m): bool(w.get("force")) for m, w in wants.items() if isinstance(w, dict)}
-
-
-def peer_declined(extra: Any) -> frozenset[str]:
-    declined = extra.get("declined") if hasattr(extra, "get") else None
-    return frozenset(str(m) for m in declined) if isinstance(declined, list | tuple) else frozenset()
+def _warn_refused(peer_id: str, model: str) -> None:
+    if (peer_id, model) not in _refused:  # reconcile runs every second: say it once
+        _refused.add((peer_id, model))
+        log.warning(
+            "ignoring %s's split plan for %s: this node elects another host for it", peer_id[:8], model
+        )
 
 
 @dataclass
@@ -223,15 +181,13 @@ class SplitManager:
         node = self.node
         now = time.monotonic()
         peers = node.mesh.peers() if node.mesh is not None else {}
-        claims: dict[str, list[HostClaim]] = {}
+        claims = self._host_claims()
         for name, host in self.hosts.items():
-            claims.setdefault(name, []).append(HostClaim(node.node_id, host.settled))
             self._remember(name, host.force, host.epoch, now)
         for name, force in self.wants.items():
             self._remember(name, force, 0, now)
         for name, peer_claims_of_model in self._peer_claims().items():
-            for peer_id, claim in peer_claims_of_model:
-                claims.setdefault(name, []).append(HostClaim(peer_id, claim.settled))
+            for _, claim in peer_claims_of_model:
                 self._remember(name, claim.force, claim.epoch, now)
         for view in peers.values():
             for name, force in peer_wants(view.record.extra).items():
@@ -248,6 +204,16 @@ class SplitManager:
                 log.info("handing %s to %s, which the mesh elects to coordinate it", name, elected[:8])
                 await self._stop_host(self.hosts.pop(name))
                 node._changed()
+
+    def _host_claims(self) -> dict[str, list[HostClaim]]:
+        """Who claims to coordinate each model, this node included: the election's input."""
+        claims: dict[str, list[HostClaim]] = {}
+        for name, host in self.hosts.items():
+            claims.setdefault(name, []).append(HostClaim(self.node.node_id, host.settled))
+        for name, peer_claims_of_model in self._peer_claims().items():
+            for peer_id, claim in peer_claims_of_model:
+                claims.setdefault(name, []).append(HostClaim(peer_id, claim.settled))
+        return claims
 
     def _peer_claims(self) -> dict[str, list[tuple[str, PeerClaim]]]:
         """Every peer's published claims, by model."""
@@ -293,7 +259,9 @@ class SplitManager:
             log.warning("cannot take over %s: %s", name, exc)
             return
         node.resolved[name] = model
-        host = SplitHost(model, await asyncio.to_thread(model_facts, model, node.config.backend), force=known.force)
+        host = SplitHost(
+            model, await asyncio.to_thread(model_facts, model, node.config.backend), force=known.force
+        )
         host.epoch = known.epoch  # the first plan here comes after the last one seen anywhere
         self.hosts[name] = host
         verb = "coordinates" if name in self.wants else "takes over"
@@ -476,11 +444,20 @@ class SplitManager:
         wanted: dict[str, tuple[str, int, tuple[int, int]]] = {}
         if node.mesh is None or node.config.client:
             return wanted
+        claims = self._host_claims()
         for peer_id, view in node.mesh.peers().items():
-            for model, claim in peer_claims(view.record.extra).items():
-                for shard_node, start, end in claim.shards[1:]:
-                    if shard_node == node.node_id:
-                        wanted[model] = (peer_id, claim.epoch, (start, end))
+            for model, claim in peer_claims(view.record.extra, peer_id).items():
+                mine = [
+                    (start, end) for shard_node, start, end in claim.shards[1:] if shard_node == node.node_id
+                ]
+                if not mine:
+                    continue
+                # Only the host this node's own election picks may put it to work: any other
+                # member could otherwise make it start RPC workers (and spend memory) at will.
+                if elect_host(self._election_nodes(model), claims.get(model, [])) != peer_id:
+                    _warn_refused(peer_id, model)
+                    continue
+                wanted[model] = (peer_id, claim.epoch, mine[0])
         return wanted
 
     async def _reconcile_duties(self) -> None:
@@ -496,7 +473,8 @@ class SplitManager:
 
     async def _start_duty(self, model: str, host: str, epoch: int, layers: tuple[int, int]) -> None:
         node = self.node
-        cache_dir = node.config.state_dir / "rpc-cache" / model
+        # Named by a hash: a model name comes from a peer's gossip and never becomes a path.
+        cache_dir = node.config.state_dir / "rpc-cache" / model_dir_name(model)
         shutil.rmtree(cache_dir, ignore_errors=True)
         files: list[Path] = []
         try:

@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mesh_llm import __version__
-from mesh_llm.split import PeerClaim, peer_claims
+from mesh_llm.planning.records import PeerClaim, peer_claims
 
 if TYPE_CHECKING:
     from mesh_llm.node import Node

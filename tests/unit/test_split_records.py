@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from mesh_llm.split import PeerClaim, peer_claims, peer_declined, peer_wants
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mesh_llm.planning.records import (
+    PeerClaim,
+    is_model_name,
+    model_dir_name,
+    parse_claim,
+    peer_claims,
+    peer_declined,
+    peer_wants,
+)
+
+A, B = "a" * 64, "b" * 64
 
 
 def test_a_claim_is_read_with_its_shards_and_settledness() -> None:
@@ -18,13 +31,13 @@ def test_a_claim_is_read_with_its_shards_and_settledness() -> None:
                     "state": "serving",
                     "force": False,
                     "n_layers": 30,
-                    "shards": [["a", 0, 15], ["b", 15, 30]],
+                    "shards": [[A, 0, 15], [B, 15, 30]],
                 }
             }
         }
     )
     assert peer_claims(extra) == {
-        "m": PeerClaim("m", 3, "split", "serving", False, True, (("a", 0, 15), ("b", 15, 30)))
+        "m": PeerClaim("m", 3, "split", "serving", False, True, ((A, 0, 15), (B, 15, 30)))
     }
 
 
@@ -32,7 +45,7 @@ def test_malformed_claims_are_skipped_and_the_rest_kept() -> None:
     extra = {
         "splits": {
             "bad-epoch": {"epoch": "soon", "shards": []},
-            "bad-shards": {"epoch": 1, "shards": [["a", 0]]},
+            "bad-shards": {"epoch": 1, "shards": [[A, 0]]},
             "not-a-dict": [1, 2],
             "no-epoch": {"shards": []},
             "ok": {"epoch": 1},
@@ -49,3 +62,58 @@ def test_wants_and_declined_tolerate_junk() -> None:
     assert peer_wants({"wants": ["m"]}) == {}
     assert peer_declined({"declined": ["a", "b"]}) == frozenset({"a", "b"})
     assert peer_declined({"declined": "a"}) == frozenset() and peer_declined({}) == frozenset()
+
+
+def test_forged_claims_are_dropped_whole() -> None:
+    forged = {
+        "splits": {
+            "/etc": {"epoch": 1},  # an absolute path as a model name
+            "../../x": {"epoch": 1},
+            "a/b": {"epoch": 1},
+            "inf-epoch": {"epoch": float("inf")},  # the wire's JSON accepts Infinity
+            "float-epoch": {"epoch": 1.5},
+            "huge-epoch": {"epoch": 10**30},
+            "bool-epoch": {"epoch": True},
+            "short-id": {"epoch": 1, "shards": [["abc", 0, 30]]},
+            "gap": {"epoch": 1, "shards": [[A, 0, 10], [B, 12, 30]]},
+            "empty-range": {"epoch": 1, "shards": [[A, 0, 0]]},
+            "bad-mode": {"epoch": 1, "mode": "rm -rf"},
+            "long-state": {"epoch": 1, "state": "x" * 10_000},
+            "str-force": {"epoch": 1, "force": "yes"},
+            "fine": {"epoch": 2, "shards": [[A, 0, 10], [B, 10, 30]]},
+        }
+    }
+    assert list(peer_claims(forged)) == ["fine"]
+
+
+def test_wants_and_declines_drop_names_that_are_not_model_names() -> None:
+    assert peer_wants({"wants": {"/etc": {"force": True}, "ok": {"force": "x"}}}) == {"ok": False}
+    assert peer_declined({"declined": ["/tmp", "..", "Qwen2.5-3B", 7]}) == frozenset({"Qwen2.5-3B"})
+
+
+def test_model_directories_are_hashes_of_the_name() -> None:
+    assert model_dir_name("/etc") != "/etc" and "/" not in model_dir_name("../../etc")
+    assert len(model_dir_name("m")) == 24 and model_dir_name("m") == model_dir_name("m")
+
+
+@given(st.text(max_size=40))
+def test_a_valid_model_name_is_never_a_path(name: str) -> None:
+    if is_model_name(name):
+        assert "/" not in name and "\\" not in name and ".." not in name and not name.startswith(".")
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+        max_leaves=20,
+    )
+)
+def test_any_json_as_a_claim_parses_or_raises_a_record_error(value: object) -> None:
+    from mesh_llm.planning.records import RecordError
+
+    try:
+        parse_claim("m", value)
+    except RecordError:
+        pass
+    assert isinstance(peer_claims({"splits": {"m": value}}), dict)
