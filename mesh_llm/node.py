@@ -44,6 +44,7 @@ from mesh_llm.planning.records import peer_claims
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity
 from mesh_llm.split import SplitManager
+from mesh_llm.supervise import spawn_supervised
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +415,7 @@ class Node:
             await self._start_http()
             if not self.config.idle:
                 await self._start_mesh()
-            advertiser = asyncio.create_task(self._advertise_loop())
+            advertiser = spawn_supervised("advertise", self._advertise_loop)
             if self._on_ready is not None:
                 self._on_ready(self)
             await self._start_models()

@@ -36,6 +36,7 @@ from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.token import InviteToken, MeshCredentials, format_address, new_mesh
 from mesh_llm.mesh.transport import MeshTransport, PeerLink
 from mesh_llm.mesh.tunnel import TcpTunnel, TunnelCounters, open_tcp_tunnel, serve_tcp_streams
+from mesh_llm.supervise import supervised
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,8 @@ class MeshService:
             _port_path(self.settings.state_dir).write_text(f"{port}\n")
         self.addresses = tuple(local_addresses(port))
         self._send(self.engine.update_self(self._now(), addresses=self.addresses))
-        self._spawn(self._gossip_loop(), "gossip")
-        self._spawn(self._redial_loop(), "redial")
+        self._spawn(supervised("gossip", self._gossip_loop), "gossip")
+        self._spawn(supervised("redial", self._redial_loop), "redial")
 
     async def stop(self) -> None:
         """Say goodbye (peers drop us at once), close tunnels and the transport."""

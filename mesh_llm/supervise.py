@@ -1,0 +1,51 @@
+"""Background loops that cannot die silently: crash -> traceback in the log -> restart.
+
+`supervised(name, body)` runs an async loop function forever. If the body raises, the
+exception and its traceback are logged and the body starts again after a backoff that grows
+from 0.5 s to 30 s (a body that ran fine for a minute starts over at the shortest delay).
+Cancellation stops it, as it stops any task. A loop whose body returns normally has finished
+its work and is not restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+BACKOFF_S: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+STABLE_AFTER_S = 60.0
+
+
+async def supervised(
+    name: str,
+    body: Callable[[], Awaitable[None]],
+    *,
+    backoff: Sequence[float] = BACKOFF_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Run `body()` until it returns or this task is cancelled, restarting it after crashes."""
+    failures = 0
+    while True:
+        started = clock()
+        try:
+            await body()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if clock() - started > STABLE_AFTER_S:
+                failures = 0
+            delay = backoff[min(failures, len(backoff) - 1)]
+            failures += 1
+            log.exception("background loop %s crashed (restart %d in %g s)", name, failures, delay)
+            await sleep(delay)
+
+
+def spawn_supervised(name: str, body: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+    """`supervised` as a named task."""
+    return asyncio.create_task(supervised(name, body), name=name)

@@ -1,0 +1,42 @@
+"""Background loops restart after a crash, with the traceback logged, and stop on cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from mesh_llm.supervise import supervised
+
+
+async def test_a_crashing_loop_body_is_logged_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    runs = 0
+
+    async def body() -> None:
+        nonlocal runs
+        runs += 1
+        if runs < 3:
+            raise OverflowError("cannot convert float infinity to integer")
+
+    with caplog.at_level(logging.ERROR, logger="mesh_llm.supervise"):
+        await asyncio.wait_for(supervised("advertise", body, backoff=(0.0,)), 5)
+    assert runs == 3
+    crashes = [r for r in caplog.records if "advertise crashed" in r.getMessage()]
+    assert len(crashes) == 2 and all(r.exc_info and r.exc_info[0] is OverflowError for r in crashes)
+
+
+async def test_backoff_grows_and_cancel_stops_the_loop() -> None:
+    delays: list[float] = []
+
+    async def body() -> None:
+        raise RuntimeError("boom")
+
+    async def sleep(delay: float) -> None:
+        delays.append(delay)
+        if len(delays) == 4:
+            raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await supervised("gossip", body, backoff=(0.5, 1.0, 2.0), sleep=sleep)
+    assert delays == [0.5, 1.0, 2.0, 2.0]
