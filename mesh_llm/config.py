@@ -62,6 +62,7 @@ class NodeConfig:
     device: str | None = None
     backend: BackendConfig = field(default_factory=BackendConfig)
     allow_download: bool = True
+    allow_hosts: tuple[str, ...] = ()  # extra Host names the API and console answer for
 
     @property
     def idle(self) -> bool:
@@ -95,6 +96,7 @@ def build_config(
     parallel: int = 4,
     max_queue: int = 64,
     max_body_mb: float = 8,
+    allow_hosts: list[str] | None = None,
 ) -> NodeConfig:
     """Validate flag values and build the node's configuration."""
     models = list(models or [])
@@ -139,6 +141,7 @@ def build_config(
             n_threads=threads,
         ),
         allow_download=not client,
+        allow_hosts=tuple(h.strip() for h in allow_hosts or [] if h.strip()),
     )
 
 

@@ -21,8 +21,10 @@ from typing import Any
 import uvicorn
 
 from mesh_llm import __version__
-from mesh_llm.api.console import ChangeFeed, create_console_app
+from mesh_llm.api.console import ChangeFeed, console_policy, create_console_app
 from mesh_llm.api.control import control_router
+from mesh_llm.api.guard import AccessPolicy, allowed_hosts, guarded
+from mesh_llm.api.limits import limited_protocol
 from mesh_llm.api.proxy import Proxy
 from mesh_llm.api.routing import Endpoint, model_key
 from mesh_llm.config import HttpConfig, NodeConfig
@@ -336,6 +338,8 @@ class Node:
         config = uvicorn.Config(
             app, log_level="warning", lifespan="off", timeout_graceful_shutdown=graceful_s, access_log=False
         )
+        config.load()
+        config.http_protocol_class = limited_protocol(config.http_protocol_class)
         server = _EmbeddedServer(config)
         task = asyncio.create_task(server.serve(sockets=[sock]))
         self._http.append((server, task))
@@ -352,7 +356,7 @@ class Node:
             self.console_port = sock.getsockname()[1]
             app = create_console_app(self.status, self.feed, api_key=self.config.api_key)
             app.include_router(control_router(self.drop, self.split.preview, self.config.api_key))
-            await self._serve_http(app, sock, graceful_s=1)
+            await self._serve_http(guarded(app, console_policy(self.config.api_key, self._hosts())), sock, 1)
         if not self.config.idle:
             sock = bind_tcp(self.config.api, "API")
             self.api_port = sock.getsockname()[1]
@@ -362,7 +366,14 @@ class Node:
                 request_timeout_s=self.config.backend.request_timeout_s,
                 max_body_bytes=self.config.backend.max_body_bytes,
             )
-            await self._serve_http(self._proxy.app, sock, graceful_s=5)
+            # The proxy checks the key itself (OpenAI-shaped 401s); the guard checks the Host.
+            policy = AccessPolicy(None, self._hosts(), json_only=False)
+            await self._serve_http(guarded(self._proxy.app, policy), sock, graceful_s=5)
+
+    def _hosts(self) -> frozenset[str]:
+        """Host names the API and console answer for (DNS rebinding defence)."""
+        bound = [c.host for c in (self.config.api, self.config.console) if c is not None]
+        return allowed_hosts(bound, self.config.allow_hosts)
 
     def local_files(self) -> dict[str, Path]:
         """GGUF files offered from `<state-dir>/models/` (name = file stem), for splits and standbys."""

@@ -16,6 +16,7 @@ import httpx
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts" / "console"  # the browser tests' screenshots
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

@@ -43,6 +43,9 @@ function setConnection(state) {
     const since = page.updatedAt ? ` · last update ${duration((Date.now() - page.updatedAt) / 1000)} ago` : "";
     badge.textContent = `reconnecting…${since}`;
     badge.title = "The connection to this node was lost; retrying. What you see may be out of date.";
+  } else if (state === "locked") {
+    badge.textContent = "locked";
+    badge.title = "This node needs its API key";
   } else {
     badge.textContent = "connecting…";
   }
@@ -93,16 +96,44 @@ function wireIdleCommands() {
   }
 }
 
+/** A node started with --api-key answers 401 until the page has its session cookie. */
+function showLogin() {
+  setConnection("locked");
+  document.getElementById("login").hidden = false;
+  const form = document.getElementById("login-form");
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const key = document.getElementById("login-key").value;
+    const res = await fetch("/api/login", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ key }),
+    }).catch(() => null);
+    if (res && res.ok) {
+      location.reload();
+    } else {
+      document.getElementById("login-error").textContent = res ? "That is not this node's API key." : "The node did not answer.";
+    }
+  });
+}
+
 wireIdleCommands();
 setConnection("connecting");
 // A first paint without waiting for the stream; the stream's data wins if it came first.
 fetch("/api/status")
-  .then((r) => (r.ok ? r.json() : null))
-  .then((status) => {
-    if (!page.status) accept(status);
+  .then((r) => {
+    if (r.status === 401) {
+      showLogin();
+      return "locked";
+    }
+    return r.ok ? r.json() : null;
   })
-  .catch(() => {});
-connect();
+  .then((status) => {
+    if (status === "locked") return;
+    if (!page.status) accept(status);
+    connect();
+  })
+  .catch(() => connect());
 setInterval(() => {
   updateTicking(document);
   if (page.connection === "reconnecting") setConnection("reconnecting");

@@ -46,6 +46,9 @@ function tile(name, label, value, ...sub) {
 }
 
 function inviteTile(view) {
+  if (view.inviteTokenHidden) {
+    return tile("invite", "Invite token", h("span", { class: "muted" }, "Hidden"), view.inviteTokenHidden);
+  }
   if (!view.inviteToken) {
     return tile(
       "invite",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 
 from mesh_llm.api import errors as api_errors
+from mesh_llm.api.guard import SESSION_COOKIE, AccessPolicy, session_value
 
 KEEPALIVE_S = 15.0
 _LOOPBACK = {"127.0.0.1", "::1"}
@@ -93,8 +95,8 @@ class ChatRelay:
 
     The API on :9337 is another origin and sends no CORS headers, so the page talks to the console
     and the console relays, passing status, headers that matter and SSE bytes through unchanged.
-    The node's API key is added only for loopback callers: with `--listen-all` a remote browser
-    must send the key itself, so the console never becomes a way around it.
+    The console's guard admits only callers who hold the node's API key (when one is set), so
+    the relay adds that key: the console is never a way around it.
     """
 
     def __init__(self, status: Callable[[], dict[str, Any]], api_key: str | None) -> None:
@@ -119,12 +121,10 @@ class ChatRelay:
         return None
 
     def _headers(self, request: Request) -> dict[str, str]:
+        # The console's guard let this request in only with the key (bearer or session), so
+        # the caller holds it: pass it on to the API.
         headers = {"content-type": "application/json"}
-        given = request.headers.get("authorization")
-        client = request.client.host if request.client else ""
-        if given:
-            headers["authorization"] = given
-        elif self._api_key is not None and client in _LOOPBACK:
+        if self._api_key is not None:
             headers["authorization"] = f"Bearer {self._api_key}"
         return headers
 
@@ -192,30 +192,74 @@ class ChatRelay:
             await close()
 
 
+TOKEN_HIDDEN = (
+    "hidden: this console has no API key and the caller is not on this machine "
+    "(start the node with --api-key, or run `mesh-llm status` on it)"
+)
+
+
+def console_policy(api_key: str | None, hosts: frozenset[str]) -> AccessPolicy:
+    """The console's access rules: everything but the page and its assets needs the key."""
+    return AccessPolicy(
+        api_key,
+        hosts,
+        public=("/", "/favicon.ico"),
+        public_prefixes=("/static/",),
+        extra_open=frozenset({"/api/login"}),
+    )
+
+
 def create_console_app(
     status: Callable[[], dict[str, Any]], feed: ChangeFeed, api_key: str | None = None
 ) -> FastAPI:
     """Build the console app around a status source and its change feed.
 
-    `api_key` is the node's own API key, if any; the chat relay adds it for loopback callers.
+    Wrap it with `guard.guarded(app, console_policy(...))`: then every caller that reaches a
+    route here has the key when one is set. The invite token (and so the mesh secret) goes to
+    such callers, or, without a key, to callers on this machine only. The chat relay adds the
+    node's key for callers who proved they hold it.
     """
     app = FastAPI(title="mesh-llm console", openapi_url=None, docs_url=None, redoc_url=None)
     static = assets_dir()
     relay = ChatRelay(status, api_key)
+
+    def status_for(request: Request) -> dict[str, Any]:
+        current = status()
+        client = request.client.host if request.client else ""
+        if api_key is None and client not in _LOOPBACK and current.get("invite_token"):
+            current = {**current, "invite_token": None, "invite_token_hidden": TOKEN_HIDDEN}
+        return current
+
+    @app.post("/api/login")
+    async def login(request: Request) -> JSONResponse:
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, RecursionError):
+            body = None
+        key = body.get("key") if isinstance(body, dict) else None
+        if api_key is None:
+            return JSONResponse({"ok": True, "auth": False})
+        if not isinstance(key, str) or not hmac.compare_digest(key.encode(), api_key.encode()):
+            return _error(api_errors.unauthorized())
+        response = JSONResponse({"ok": True, "auth": True})
+        response.set_cookie(
+            SESSION_COOKIE, session_value(api_key), httponly=True, samesite="strict", path="/"
+        )
+        return response
 
     @app.post("/api/chat")
     async def chat(request: Request) -> Response:
         return await relay(request)
 
     @app.get("/api/status")
-    async def get_status() -> JSONResponse:
-        return JSONResponse(status())
+    async def get_status(request: Request) -> JSONResponse:
+        return JSONResponse(status_for(request))
 
     @app.get("/api/events")
-    async def events() -> StreamingResponse:
+    async def events(request: Request) -> StreamingResponse:
         async def stream() -> AsyncIterator[bytes]:
             seen = feed.version
-            yield f"event: status\ndata: {json.dumps(status())}\n\n".encode()
+            yield f"event: status\ndata: {json.dumps(status_for(request))}\n\n".encode()
             while not feed.closed:
                 current = await feed.wait(seen, KEEPALIVE_S)
                 if feed.closed:
@@ -224,7 +268,7 @@ def create_console_app(
                     yield b": keep-alive\n\n"
                     continue
                 seen = current
-                yield f"event: status\ndata: {json.dumps(status())}\n\n".encode()
+                yield f"event: status\ndata: {json.dumps(status_for(request))}\n\n".encode()
 
         return StreamingResponse(
             stream(),

@@ -66,6 +66,10 @@ def node_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-console", action="store_true", help="do not serve the web console")
     p.add_argument(
+        "--allow-host", action="append", default=[], metavar="NAME",
+        help="another Host name the API and console answer for (a DNS name of this machine); repeatable",
+    )  # fmt: skip
+    p.add_argument(
         "--listen-all", action="store_true", help="bind the API and console on 0.0.0.0 instead of 127.0.0.1"
     )
     p.add_argument(
@@ -141,6 +145,7 @@ def run_node(argv: Sequence[str]) -> int:
             parallel=args.parallel,
             max_queue=args.max_queue,
             max_body_mb=args.max_body,
+            allow_hosts=args.allow_host,
         )
         from mesh_llm.models.resolve import validate_spec
 
@@ -220,21 +225,27 @@ def cmd_status(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     import json
 
-    import httpx
-
     from mesh_llm.cli.render import status_view
 
-    try:
-        r = httpx.get(f"http://127.0.0.1:{args.console}/api/status", timeout=5.0)
-        r.raise_for_status()
-    except httpx.HTTPError as exc:
-        console.print(f"[red]error:[/] no mesh-llm node answered on console port {args.console} ({exc})")
+    code, body = _control("GET", "/api/status", args.console)
+    if code != 200:
+        if code:
+            console.print(f"[red]error:[/] {_message(body)}")
         return 1
     if args.json:
-        print(json.dumps(r.json(), indent=2))
+        print(json.dumps(body, indent=2))
     else:
-        Console().print(status_view(r.json()))
+        Console().print(status_view(body))
     return 0
+
+
+def _message(body: dict[str, object]) -> str:
+    """The text of an error answer: OpenAI-shaped, FastAPI's detail, or the raw body."""
+    error = body.get("error")
+    if isinstance(error, dict) and error.get("message"):
+        hint = " (set MESH_LLM_API_KEY to the node's API key)" if error.get("code") == "invalid_api_key" else ""
+        return f"{error['message']}{hint}"
+    return str(body.get("detail", body))
 
 
 def _control(method: str, path: str, port: int, **kwargs: object) -> tuple[int, dict[str, object]]:
@@ -263,7 +274,7 @@ def cmd_drop(argv: Sequence[str]) -> int:
         Console().print(f"dropped {body['dropped']}: this node no longer serves it")
         return 0
     if code:
-        console.print(f"[red]error:[/] {body.get('detail', body)}")
+        console.print(f"[red]error:[/] {_message(body)}")
     return 1
 
 
@@ -277,7 +288,7 @@ def cmd_plan(argv: Sequence[str]) -> int:
     code, body = _control("GET", "/api/plan", args.console, params={"model": args.model})
     if code != 200:
         if code:
-            console.print(f"[red]error:[/] {body.get('detail', body)}")
+            console.print(f"[red]error:[/] {_message(body)}")
         return 1
     from mesh_llm.cli.render import plan_table
 

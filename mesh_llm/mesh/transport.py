@@ -58,6 +58,7 @@ import inspect
 import ipaddress
 import logging
 import os
+import re
 import socket
 import ssl
 import struct
@@ -231,14 +232,24 @@ class _Hello:
         }
 
 
+_HEX = re.compile(r"[0-9a-f]*")
+
+
+def strict_hex(value: object, size: int) -> bytes | None:
+    """Exactly `size` bytes written as 2*size lowercase hex digits, or None.
+
+    `bytes.fromhex` skips whitespace, so a 31-byte nonce padded with spaces would pass it.
+    """
+    if not isinstance(value, str) or len(value) != 2 * size or not _HEX.fullmatch(value):
+        return None
+    return bytes.fromhex(value)
+
+
 def _hex_field(msg: Mapping[str, Any], name: str, size: int) -> bytes:
-    value = msg.get(name)
-    if not isinstance(value, str) or len(value) != 2 * size:
+    value = strict_hex(msg.get(name), size)
+    if value is None:
         raise AuthenticationError(f"peer's hello has no valid {name!r}")
-    try:
-        return bytes.fromhex(value)
-    except ValueError as exc:
-        raise AuthenticationError(f"peer's hello has no valid {name!r}") from exc
+    return value
 
 
 def _parse_hello(msg: Mapping[str, Any]) -> _Hello:
@@ -288,9 +299,8 @@ def _proof_is_valid(
     mac, sig = msg.get("mac"), msg.get("sig")
     if msg.get(TYPE_FIELD) != "_auth" or not isinstance(mac, str) or not isinstance(sig, str):
         return False
-    try:
-        mac_bytes, sig_bytes = bytes.fromhex(mac), bytes.fromhex(sig)
-    except ValueError:
+    mac_bytes, sig_bytes = strict_hex(mac, hashlib.sha256().digest_size), strict_hex(sig, 64)
+    if mac_bytes is None or sig_bytes is None:
         return False
     data = role + transcript
     expected = hmac.new(secret, data, hashlib.sha256).digest()

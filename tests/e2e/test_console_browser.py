@@ -5,36 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
-from tests.harness import REPO, NodeProcess
-
-ARTIFACTS = REPO / "test-artifacts" / "console"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    pg = context.new_page()
-    yield pg
-    context.close()
+from tests.harness import ARTIFACTS, NodeProcess
 
 
 def shot(page: Page, name: str) -> None:
@@ -68,7 +43,9 @@ def test_two_node_mesh_live_view_chat_and_a_node_leaving(tmp_path: Path, page: P
         page.fill("#prompt", "Write a short poem about the sea.")
         page.click("#send")
         answer = page.locator(".msg.assistant .msg-text").last
-        expect(page.locator(".msg.assistant").last).to_have_attribute("data-state", "streaming", timeout=20_000)
+        expect(page.locator(".msg.assistant").last).to_have_attribute(
+            "data-state", "streaming", timeout=20_000
+        )
         first = len(answer.inner_text())
         time.sleep(0.4)
         assert len(answer.inner_text()) > first, "the answer should grow while it streams"
@@ -141,7 +118,9 @@ def test_split_model_shows_each_nodes_layer_range(tmp_path: Path, page: Page) ->
     try:
         token = a.wait_serving()["invite_token"]
         nodes.append(NodeProcess(["--join", token], tmp_path / "b").start())
-        a.wait_for(lambda s: any(m.get("mode") == "split" and m["ready"] for m in s["models"]), 60, "the split")
+        a.wait_for(
+            lambda s: any(m.get("mode") == "split" and m["ready"] for m in s["models"]), 60, "the split"
+        )
         page.goto(a.console)
         topology = page.locator("#topology")
         expect(topology).to_contain_text("L0\u201314", timeout=10_000)  # en dash, as the page writes it

@@ -1,0 +1,161 @@
+"""Who may talk to the node's HTTP servers, checked once in front of each app (ASGI).
+
+* **Host**: the `Host` header must name this node (localhost, 127.0.0.1, [::1], an address it
+  listens on, or an `--allow-host` name). A DNS-rebinding page reaches us under its own name,
+  so it is refused before any route runs.
+* **Key**: with an API key set, every route but the console's static assets needs it, from
+  every address: `Authorization: Bearer KEY`, or the console's session cookie, which the page
+  gets by posting the key to `/api/login` (HMAC of the key: nothing to store, and a rotated
+  key ends every session).
+* **Same origin for changes**: a POST must be `application/json` (other sites' pages cannot
+  send that without a CORS preflight, which we never answer) and may not carry a foreign
+  `Origin`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from mesh_llm.api.auth import bearer_matches
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SESSION_COOKIE = "mesh_llm_session"
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def session_value(api_key: str) -> str:
+    """The console session cookie for `api_key`."""
+    return hmac.new(api_key.encode(), b"mesh-llm console session", hashlib.sha256).hexdigest()
+
+
+def host_name(header: str) -> str:
+    """The host part of a Host header, lowercased, brackets and port removed."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    if header.count(":") == 1:
+        return header.split(":", 1)[0]
+    return header
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """What one HTTP server accepts. `public` lists paths that need no key (static assets)."""
+
+    api_key: str | None = None
+    allowed_hosts: frozenset[str] = LOOPBACK_NAMES
+    public: tuple[str, ...] = ()
+    public_prefixes: tuple[str, ...] = ()
+    extra_open: frozenset[str] = field(default_factory=frozenset)  # paths that check the key themselves
+    json_only: bool = True  # POSTs must be same-origin application/json (the console); not the API
+
+    def host_allowed(self, header: str) -> bool:
+        name = host_name(header)
+        if name in self.allowed_hosts:
+            return True
+        try:  # any literal address that is loopback (127.0.0.2 ...) is this machine too
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
+
+    def authenticated(self, headers: dict[str, str]) -> bool:
+        """Whether the request carries the key (always true when no key is set)."""
+        if self.api_key is None:
+            return True
+        if bearer_matches(headers.get("authorization", ""), self.api_key):
+            return True
+        return hmac.compare_digest(
+            _cookie(headers.get("cookie", ""), SESSION_COOKIE), session_value(self.api_key)
+        )
+
+    def needs_key(self, path: str) -> bool:
+        return not (path in self.public or path.startswith(self.public_prefixes) or path in self.extra_open)
+
+
+def allowed_hosts(bound: Iterable[str], extra: Iterable[str] = ()) -> frozenset[str]:
+    """Loopback names, the addresses we listen on (every local address for 0.0.0.0/::), and extras."""
+    names = set(LOOPBACK_NAMES)
+    for host in bound:
+        if host in ("0.0.0.0", "::", ""):
+            names |= _local_addresses()
+        else:
+            names.add(host.lower())
+    names |= {host_name(h) for h in extra if h.strip()}
+    return frozenset(names)
+
+
+def _local_addresses() -> set[str]:
+    import psutil
+
+    return {a.address.split("%")[0].lower() for addrs in psutil.net_if_addrs().values() for a in addrs
+            if a.family.name in ("AF_INET", "AF_INET6")}  # fmt: skip
+
+
+def _cookie(header: str, name: str) -> str:
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return ""
+
+
+def _header_map(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+async def _refuse(
+    send: Send, status: int, message: str, code: str, extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def guarded(app: ASGIApp, policy: AccessPolicy) -> ASGIApp:
+    """Wrap an ASGI app with the policy's Host, key and same-origin checks."""
+
+    async def guard(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        headers = _header_map(scope)
+        if not policy.host_allowed(headers.get("host", "")):
+            await _refuse(
+                send, 421, "This server does not answer for that host name (Host header).", "host_not_allowed"
+            )
+            return
+        if policy.json_only and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            if not headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
+                await _refuse(
+                    send, 415, "Send requests with a body as application/json.", "unsupported_media_type"
+                )
+                return
+            origin = headers.get("origin")
+            if origin is not None and (
+                origin == "null" or urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
+            ):
+                await _refuse(send, 403, "Cross-origin requests are refused.", "forbidden_origin")
+                return
+        if policy.needs_key(scope["path"]) and not policy.authenticated(headers):
+            await _refuse(
+                send, 401, "Missing or wrong API key. Send it as 'Authorization: Bearer <key>'.", "invalid_api_key",
+                ((b"www-authenticate", b"Bearer"),),
+            )  # fmt: skip
+            return
+        await app(scope, receive, send)
+
+    return guard
