@@ -76,8 +76,16 @@ class NodeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
+    @property
+    def api_key(self) -> str | None:
+        """The key the node was started with (--api-key or MESH_LLM_API_KEY), if any."""
+        if "--api-key" in self.args:
+            return self.args[self.args.index("--api-key") + 1]
+        return (self.env or {}).get("MESH_LLM_API_KEY")
+
     def status(self) -> dict[str, Any]:
-        r = httpx.get(f"{self.console}/api/status", timeout=5)
+        headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        r = httpx.get(f"{self.console}/api/status", timeout=5, headers=headers)
         r.raise_for_status()
         return dict(r.json())
 

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mesh_llm.api import errors as api_errors
 from mesh_llm.api.auth import bearer_matches
-from mesh_llm.api.routing import Endpoint, choose
+from mesh_llm.api.routing import Endpoint, choose, model_key
 from mesh_llm.errors import BackendUnavailable, MeshError, NoHealthyHost
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ class Proxy:
         @router.get("/models/{model_id:path}")
         async def get_model(model_id: str) -> dict[str, Any]:
             for card in self._view.model_cards():
-                if card["id"].lower() == model_id.lower():
+                if model_key(card["id"]) == model_key(model_id):
                     return card
             raise ApiErrorResponse(
                 api_errors.ApiError(

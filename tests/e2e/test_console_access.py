@@ -35,18 +35,7 @@ def _get(node: NodeProcess, path: str, **kw: object) -> httpx.Response:
 
 
 def _wait_serving(node: NodeProcess) -> dict:  # type: ignore[type-arg]
-    import time
-
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            r = _get(node, "/api/status", headers={"authorization": f"Bearer {KEY}"})
-            if r.status_code == 200 and r.json()["state"] == "serving":
-                return dict(r.json())
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(node.log())
+    return node.wait_serving()  # the harness sends the node's key
 
 
 def test_without_the_key_the_console_answers_401_and_gives_no_token(keyed: NodeProcess) -> None:

@@ -277,6 +277,49 @@ def test_logit_bias_bans_a_token(client: openai.OpenAI) -> None:
     assert top and first in top[0]
 
 
+def test_completion_logprobs_have_text_offsets(client: openai.OpenAI) -> None:
+    r = client.completions.create(
+        model=MODEL, prompt="The capital of France is", max_tokens=4, temperature=0, logprobs=1
+    )
+    lp = r.choices[0].logprobs
+    assert lp is not None and lp.tokens and lp.text_offset
+    assert lp.text_offset[0] == 0 and lp.text_offset[1] == len(lp.tokens[0])
+
+
+def test_a_grammar_with_min_tokens_ends_when_the_grammar_is_complete(
+    node: NodeProcess, client: openai.OpenAI
+) -> None:
+    pid = node.status()["models"][0]["pid"]
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Answer true or false."}],  # type: ignore[arg-type]
+        max_tokens=30, temperature=0, extra_body={"min_tokens": 20},
+        response_format={"type": "json_schema", "json_schema": {"name": "b", "schema": {"type": "boolean"}}},  # type: ignore[typeddict-item]
+    )  # fmt: skip
+    assert isinstance(json.loads(r.choices[0].message.content or ""), bool)
+    assert node.status()["models"][0]["pid"] == pid  # the model server did not crash
+
+
+def test_schemas_the_grammar_cannot_express_are_400s_naming_the_field(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model=MODEL, messages=CHAT, max_tokens=4,  # type: ignore[arg-type]
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"enum": []}}},  # type: ignore[typeddict-item]
+        )  # fmt: skip
+    assert isinstance(info.value.body, dict) and info.value.body["param"].startswith("response_format")
+    bad_tool = {
+        "type": "function",
+        "function": {
+            "name": "f",
+            "parameters": {"type": "object", "properties": {"a": {"enum": []}}, "required": ["a"]},
+        },
+    }
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model=MODEL, messages=CHAT, tools=[bad_tool], tool_choice="required", max_tokens=4
+        )  # type: ignore[arg-type, list-item]
+    assert isinstance(info.value.body, dict) and info.value.body["param"] == "tools"
+
+
 def test_logprobs_and_top_logprobs(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(
         model=MODEL,
@@ -304,6 +347,7 @@ def test_n_gives_n_choices_and_too_many_is_a_400(client: openai.OpenAI) -> None:
 
 def test_models_by_id(client: openai.OpenAI) -> None:
     assert client.models.retrieve(MODEL).id == MODEL
+    assert client.models.retrieve("smollm2_135m").id == MODEL  # case and -/_ ignored, as in routing
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
 

@@ -133,8 +133,10 @@ def test_drop_stops_a_model_and_plan_shows_the_split_the_mesh_would_use(tmp_path
         assert ids == ["SmolLM2-135M"]
         r = run_cli("drop", "Gemma-3-270M", "--console", str(a.console_port))
         assert r.returncode == 1 and "does not serve" in r.stderr
-        # A malformed control request is refused with a clear 400.
-        assert httpx.post(f"{a.console}/api/drop", content=b"nope").status_code == 400
+        # A malformed control request is refused with a clear 400; one that is not JSON with a 415.
+        json_type = {"content-type": "application/json"}
+        assert httpx.post(f"{a.console}/api/drop", content=b"nope", headers=json_type).status_code == 400
+        assert httpx.post(f"{a.console}/api/drop", content=b"nope").status_code == 415
     finally:
         for node in nodes:
             node.stop()

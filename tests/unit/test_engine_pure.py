@@ -4,7 +4,6 @@ grammar fixes, and routing by free slots."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 from hypothesis import given
@@ -12,7 +11,7 @@ from hypothesis import strategies as st
 
 from mesh_llm.api.routing import Endpoint, choose
 from mesh_llm.models.kv import kv_bytes_per_token, kv_cache_bytes
-from mesh_llm.serving.engine._openai import RequestError, parse_options, prompt_text
+from mesh_llm.serving.engine._openai import BAN, RequestError, parse_options, prompt_text
 from mesh_llm.serving.engine._text import TextStream, common_prefix
 
 
@@ -69,7 +68,7 @@ def test_options_take_openai_fields_and_max_completion_tokens_wins() -> None:
     )  # fmt: skip
     assert o.max_tokens == 7 and o.temperature == 0 and o.stops == ("x",) and o.seed == 3 and o.n == 2
     assert o.include_usage and o.logprobs == 2 and o.response_format.kind == "json_object"
-    assert o.logit_bias == ((5, -math.inf), (6, 3.0))
+    assert o.logit_bias == ((5, BAN), (6, 3.0))
 
 
 @pytest.mark.parametrize(
@@ -81,6 +80,7 @@ def test_options_take_openai_fields_and_max_completion_tokens_wins() -> None:
         ({"top_p": 2}, "top_p"),
         ({"n": 50}, "n"),
         ({"stop": [1]}, "stop"),
+        ({"stop": ["x" * 300]}, "stop"),
         ({"logit_bias": {"99": 1}}, "logit_bias"),
         ({"top_logprobs": 3}, "top_logprobs"),
         ({"response_format": {"type": "xml"}}, "response_format"),

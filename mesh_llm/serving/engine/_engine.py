@@ -174,7 +174,6 @@ class Engine:
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._rng = random.Random()
         self._generated_times: collections.deque[float] = collections.deque()
         self._generated_total = 0
         self._prompt_total = 0
@@ -205,6 +204,11 @@ class Engine:
                 )
             self._queue.append(job)
             self._cond.notify_all()
+
+    def make_sampler(self, spec: SamplerSpec) -> Sampler:
+        """A sampler chain for one job; thread-safe, so callers can build it off the decode loop."""
+        seed = spec.seed if spec.seed is not None else random.getrandbits(32)
+        return Sampler(self.model, spec, seed)
 
     def wake(self) -> None:
         """Make an idle loop look at cancellations now."""
@@ -263,6 +267,9 @@ class Engine:
         if any(j.cancelled for j in self._queue):
             for job in [j for j in self._queue if j.cancelled]:
                 self._queue.remove(job)
+                if job.sampler is not None:
+                    job.sampler.close()
+                    job.sampler = None
                 job.emit(Finished(FinishReason.CANCELLED, len(job.prompt), 0, 0))
         for s in self._slots:
             if s.job is not None and s.job.cancelled:
@@ -288,12 +295,12 @@ class Engine:
         job.slot = slot.seq
         job.n_done = reuse
         job.reused = reuse
-        try:
-            seed = job.sampling.seed if job.sampling.seed is not None else self._rng.getrandbits(32)
-            job.sampler = Sampler(self.model, job.sampling, seed)
-        except BackendError as exc:
-            job.emit(Finished(FinishReason.ERROR, len(job.prompt), 0, 0, str(exc)))
-            return
+        if job.sampler is None:  # callers build it beforehand (a big grammar takes a while)
+            try:
+                job.sampler = self.make_sampler(job.sampling)
+            except BackendError as exc:
+                job.emit(Finished(FinishReason.ERROR, len(job.prompt), 0, 0, str(exc)))
+                return
         job.text = TextStream(job.stops)
         slot.job = job
         self._prompt_total += len(job.prompt)

@@ -35,7 +35,7 @@ from mesh_llm.serving.engine._engine import (
     QueueFull,
     TokenLogprob,
 )
-from mesh_llm.serving.engine._llama import Model, SamplerSpec
+from mesh_llm.serving.engine._llama import Model, SamplerSpec, grammar_is_valid
 from mesh_llm.serving.engine._openai import Options, RequestError, parse_options, prompt_text
 
 log = logging.getLogger(__name__)
@@ -82,14 +82,28 @@ def _ranges_as_enums(schema: Any) -> Any:
     return out
 
 
-def _json_grammar(schema: dict[str, Any]) -> str:
+MAX_GRAMMAR_CHARS = 64 * 1024  # the grammar is applied to every token of the batch's other slots too
+
+
+def _json_grammar(schema: dict[str, Any], param: str = "response_format.json_schema.schema") -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
         grammar = str(json_schema_to_gbnf(json.dumps(_ranges_as_enums(schema))))
     except Exception as exc:  # the converter raises bare exceptions on schemas it cannot express
-        raise RequestError(f"the JSON schema cannot be enforced: {exc}", param="response_format") from exc
-    return grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
+        detail = str(exc) if isinstance(exc, ValueError | TypeError) and str(exc) else type(exc).__name__
+        raise RequestError(
+            f"this JSON schema cannot be turned into a grammar ({detail}); "
+            "supported: type, properties, required, items, enum, const, anyOf/oneOf, string lengths, local $defs",
+            param=param,
+        ) from exc
+    grammar = grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
+    if len(grammar) > MAX_GRAMMAR_CHARS:
+        raise RequestError(
+            f"this JSON schema makes a grammar of {len(grammar)} characters; the limit is {MAX_GRAMMAR_CHARS}",
+            param=param,
+        )
+    return grammar
 
 
 def _any_json_grammar() -> str:
@@ -204,24 +218,41 @@ class ModelApp:
             ban_eog=options.min_tokens > 0,
         )
 
-    def _start(self, prepared: _Prepared) -> list[tuple[Job, _Channel]]:
+    async def _start(self, prepared: _Prepared) -> list[tuple[Job, _Channel]]:
         """Submit one job per choice; all or none (a full queue cancels the ones queued)."""
+        capacity = self.engine.config.n_slots + self.engine.config.max_queue
+        if prepared.options.n > capacity:
+            raise RequestError(
+                f"n={prepared.options.n} is more choices than this server can hold at once ({capacity})",
+                param="n",
+            )
         loop = asyncio.get_running_loop()
         started: list[tuple[Job, _Channel]] = []
         for i in range(prepared.options.n):
             channel = _Channel(loop)
+            spec = self._spec(prepared.options, prepared.grammar, i)
+            try:
+                # Off the decode loop and the event loop: parsing a big grammar takes a while.
+                sampler = await asyncio.to_thread(self.engine.make_sampler, spec)
+            except BackendError as exc:
+                for j, _ in started:
+                    j.cancel()
+                self.engine.wake()
+                raise RequestError(f"cannot sample this request: {exc}") from exc
             job = Job(
                 prompt=prepared.tokens,
                 max_tokens=prepared.max_tokens,
-                sampling=self._spec(prepared.options, prepared.grammar, i),
+                sampling=spec,
                 emit=channel.emit,
                 stops=prepared.options.stops,
                 logprobs=prepared.options.logprobs,
                 min_tokens=prepared.options.min_tokens,
+                sampler=sampler,
             )
             try:
                 self.engine.submit(job)
             except QueueFull as exc:
+                sampler.close()
                 for j, _ in started:
                     j.cancel()
                 self.engine.wake()
@@ -234,6 +265,25 @@ class ModelApp:
         return started
 
     # ---- preparing requests -----------------------------------------------------------------
+
+    async def _format_grammar(self, options: Options) -> str | None:
+        if options.response_format.kind == "json_object":
+            return _any_json_grammar()
+        if options.response_format.kind == "json_schema":
+            assert options.response_format.schema is not None
+            return await self._grammar(options.response_format.schema, "response_format.json_schema.schema")
+        return None
+
+    async def _grammar(self, schema: dict[str, Any], param: str) -> str:
+        """Schema -> checked GBNF, in a worker thread (big schemas take a while)."""
+
+        def build() -> str:
+            grammar = _json_grammar(schema, param)
+            if not grammar_is_valid(self.model, grammar):
+                raise RequestError("llama.cpp cannot use the grammar this schema makes (an empty enum?)", param=param)
+            return grammar
+
+        return await asyncio.to_thread(build)
 
     async def _prepare_chat(self, body: dict[str, Any]) -> _Prepared:
         options = parse_options(body, chat=True, n_vocab=self.model.n_vocab)
@@ -277,12 +327,7 @@ class ModelApp:
     async def _prepare_completion(self, body: dict[str, Any]) -> _Prepared:
         options = parse_options(body, chat=False, n_vocab=self.model.n_vocab)
         text = prompt_text(body)
-        grammar = None
-        if options.response_format.kind == "json_object":
-            grammar = _any_json_grammar()
-        elif options.response_format.kind == "json_schema":
-            assert options.response_format.schema is not None
-            grammar = _json_grammar(options.response_format.schema)
+        grammar = await self._format_grammar(options)
         max_tokens = options.max_tokens if options.max_tokens is not None else 16  # OpenAI's default here
         tokens = await self._prepare_tokens(text, chat=False)
         options = _replace_max(options, max_tokens)
@@ -368,8 +413,8 @@ class ModelApp:
     async def _respond(
         self, request: Request, body: dict[str, Any], prepared: _Prepared, *, chat: bool
     ) -> Response:
-        model_name = str(body.get("model") or self.info.alias)
-        jobs = self._start(prepared)
+        model_name = self.info.alias
+        jobs = await self._start(prepared)
         meta = _Meta(("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], int(time.time()), model_name)
         if prepared.options.stream:
             return StreamingResponse(
@@ -420,7 +465,7 @@ class ModelApp:
             else:
                 choice = {"index": i, "text": text, "finish_reason": reason}
                 choice["logprobs"] = (
-                    _completion_logprobs(lps) if prepared.options.logprobs is not None else None
+                    _completion_logprobs(lps, 0) if prepared.options.logprobs is not None else None
                 )
             choices.append(choice)
         first = results[0][1]
@@ -546,6 +591,7 @@ class _ChoiceStream:
         self.sent = 0  # characters of self.text already streamed as content
         self.held_lps: list[TokenLogprob] = []
         self.called = False
+        self.offset = 0  # characters of completion text before the next logprobs entry
 
     def _wrap(self, text: str, lps: list[TokenLogprob]) -> tuple[dict[str, Any] | str, Any]:
         if self.chat:
@@ -555,7 +601,10 @@ class _ChoiceStream:
                 else None
             )
             return {"content": text}, out_lps
-        out = _completion_logprobs(lps) if self.prepared.options.logprobs is not None else None
+        out = None
+        if self.prepared.options.logprobs is not None:
+            out = _completion_logprobs(lps, self.offset)
+            self.offset += sum(len(lp.token) for lp in lps)
         return text, out
 
     def on_delta(self, event: Delta) -> list[tuple[dict[str, Any] | str, Any]]:
@@ -657,12 +706,16 @@ def _chat_logprob(lp: TokenLogprob) -> dict[str, Any]:
     }
 
 
-def _completion_logprobs(lps: list[TokenLogprob]) -> dict[str, Any]:
+def _completion_logprobs(lps: list[TokenLogprob], start: int) -> dict[str, Any]:
+    offsets = []
+    for lp in lps:
+        offsets.append(start)
+        start += len(lp.token)
     return {
         "tokens": [lp.token for lp in lps],
         "token_logprobs": [lp.logprob for lp in lps],
         "top_logprobs": [{t: v for t, v, _ in lp.top} for lp in lps],
-        "text_offset": [],
+        "text_offset": offsets,
     }
 
 

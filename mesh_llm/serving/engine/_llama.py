@@ -196,6 +196,22 @@ class Batch:
         C.llama_batch_free(self.raw)
 
 
+# A ban is a huge but finite penalty, not -inf: if a grammar allows only banned tokens (a
+# complete JSON value allows only end-of-generation, say), one of them must still be chosen.
+# With every candidate at -inf the grammar would be handed a token it forbids, and llama.cpp
+# aborts the whole process on that.
+BANNED = -1e30
+
+
+def grammar_is_valid(model: Model, grammar: str) -> bool:
+    """Whether llama.cpp accepts a GBNF grammar (built and freed at once; safe in any thread)."""
+    ptr = C.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+    if not ptr:
+        return False
+    C.llama_sampler_free(ptr)
+    return True
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """What one request asks of the sampler, validated upstream (see _openai)."""
@@ -225,7 +241,7 @@ class Sampler:
         self._eog_banned = False
         if spec.ban_eog and model.eog_tokens:
             # First in the chain, so allow_eog can take it out by index 0 once min_tokens is reached.
-            add(chain, self._bias(model, [(t, float("-inf")) for t in model.eog_tokens]))
+            add(chain, self._bias(model, [(t, BANNED) for t in model.eog_tokens]))
             self._eog_banned = True
         if spec.logit_bias:
             add(chain, self._bias(model, spec.logit_bias))

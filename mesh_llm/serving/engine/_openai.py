@@ -15,6 +15,8 @@ from typing import Any
 
 MAX_N = 8
 MAX_STOPS = 16
+MAX_STOP_CHARS = 256
+BAN = -1e30  # huge but finite: a grammar may leave only banned tokens, and one must be chosen
 MAX_TOP_LOGPROBS = 20
 
 
@@ -102,10 +104,12 @@ def _stops(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        return (value,) if value else ()
+        value = [value]
     if isinstance(value, list) and all(isinstance(s, str) for s in value):
         if len(value) > MAX_STOPS:
             raise RequestError(f"'stop' takes at most {MAX_STOPS} strings", param="stop")
+        if any(len(s) > MAX_STOP_CHARS for s in value):
+            raise RequestError(f"each 'stop' string may be at most {MAX_STOP_CHARS} characters", param="stop")
         return tuple(s for s in value if s)
     raise RequestError("'stop' must be a string or an array of strings", param="stop")
 
@@ -127,8 +131,8 @@ def _logit_bias(value: Any, n_vocab: int) -> tuple[tuple[int, float], ...]:
             raise RequestError(
                 f"'logit_bias' values must be numbers in [-100, 100], not {bias!r}", param="logit_bias"
             )
-        # OpenAI's -100 means "never": make it so rather than merely unlikely.
-        out.append((token, -math.inf if bias <= -100 else float(bias)))
+        # OpenAI's -100 means "never": make it so rather than merely unlikely (see BAN).
+        out.append((token, BAN if bias <= -100 else float(bias)))
     return tuple(out)
 
 
