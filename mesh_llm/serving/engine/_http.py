@@ -308,16 +308,11 @@ class ModelApp:
             text = self.template.render(messages, tools=render_tools or None)
         except ChatError as exc:
             raise RequestError(str(exc), param="messages") from exc
-        grammar = None
         if choice.mode in ("required", "named"):
-            grammar = _json_grammar(
-                _tools.forced_call_schema(tools, choice.name if choice.mode == "named" else None)
-            )
-        elif options.response_format.kind == "json_object":
-            grammar = _any_json_grammar()
-        elif options.response_format.kind == "json_schema":
-            assert options.response_format.schema is not None
-            grammar = _json_grammar(options.response_format.schema)
+            forced = _tools.forced_call_schema(tools, choice.name if choice.mode == "named" else None)
+            grammar: str | None = await self._grammar(forced, "tools")
+        else:
+            grammar = await self._format_grammar(options)
         tokens = await self._prepare_tokens(text, chat=True)
         return _Prepared(
             tokens, options, self._max_tokens(options, len(tokens)), grammar, tools,
