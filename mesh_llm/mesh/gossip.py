@@ -174,8 +174,41 @@ _RECORD_KEYS: Final = frozenset(
         "console_port",
         "demand",
         "client",
+        "sig",
     }
 )
+_SIG_HEX: Final = 128  # an ed25519 signature, hex
+_RECORD_LABEL: Final = b"mesh-llm record v1\0"
+_BYE_LABEL: Final = b"mesh-llm bye v1\0"
+
+Signer: TypeAlias = Callable[[bytes], bytes]
+"""Signs bytes with this node's key."""
+Verifier: TypeAlias = Callable[[str, bytes, bytes], bool]
+"""(node id, data, signature) -> whether that node's key signed the data."""
+
+
+def record_signing_bytes(signed: Mapping[str, Any]) -> bytes:
+    """What an owner signs: its record's wire form without the heartbeat (relays refresh it) and
+    without the signature, as canonical JSON."""
+    body = json.dumps(
+        dict(signed), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    return _RECORD_LABEL + body.encode()
+
+
+def bye_signing_bytes(node_id: str, incarnation: int) -> bytes:
+    """What a leaving node signs, so that anyone may relay its goodbye and nobody can forge one."""
+    return _BYE_LABEL + f"{node_id}:{incarnation}".encode()
+
+
+def _sig_bytes(value: object) -> bytes | None:
+    if (
+        not isinstance(value, str)
+        or len(value) != _SIG_HEX
+        or not all(c in "0123456789abcdef" for c in value)
+    ):
+        return None
+    return bytes.fromhex(value)
 
 
 @dataclass(frozen=True)
@@ -197,7 +230,9 @@ class ModelAd:
             object.__setattr__(self, "layers", tuple(self.layers))
 
     def __hash__(self) -> int:
-        return hash((self.name, self.ready, self.role, self.layers, self.port, self.in_flight, self.free_slots))
+        return hash(
+            (self.name, self.ready, self.role, self.layers, self.port, self.in_flight, self.free_slots)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Encode as a JSON-able dict (unknown fields from `extra` included)."""
@@ -268,6 +303,10 @@ class NodeRecord:
     demand: Mapping[str, int] = field(default_factory=dict)  # model name -> request counter
     client: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)  # fields from newer versions, kept as-is
+    # The owner's signature over `signed`: the record exactly as the owner encoded it, minus its
+    # heartbeat. Relays pass that form on unchanged, so the signature checks wherever it goes.
+    signature: str = field(default="", compare=False)
+    signed: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Freeze containers: records are shared with callers and must never change under the engine.
@@ -286,7 +325,18 @@ class NodeRecord:
         return (self.incarnation, self.version)
 
     def to_dict(self) -> dict[str, Any]:
-        """Encode as a JSON-able dict (unknown fields from `extra` included)."""
+        """Encode as a JSON-able dict (unknown fields from `extra` included): the owner's signed
+        form when there is one, with the current heartbeat and the signature."""
+        if self.signed is not None:
+            out = {**self.signed, "heartbeat": self.heartbeat}
+        else:
+            out = self.unsigned_dict()
+        if self.signature:
+            out["sig"] = self.signature
+        return out
+
+    def unsigned_dict(self) -> dict[str, Any]:
+        """The record's fields as this version encodes them (what an owner signs, plus heartbeat)."""
         return {
             **self.extra,
             "node_id": self.node_id,
@@ -353,7 +403,23 @@ class NodeRecord:
             demand=demand,
             client=client,
             extra={k: v for k, v in d.items() if k not in _RECORD_KEYS},
+            signature=_as_str(_field(d, "sig", what, ""), f"{what}.sig", _SIG_HEX),
+            signed=MappingProxyType({k: v for k, v in d.items() if k not in ("heartbeat", "sig")}),
         )
+
+    def signed_by_owner(self, verify: Verifier) -> bool:
+        """Whether the record carries its owner's valid signature."""
+        sig = _sig_bytes(self.signature)
+        body = (
+            self.signed
+            if self.signed is not None
+            else {k: v for k, v in self.unsigned_dict().items() if k != "heartbeat"}
+        )
+        try:
+            data = record_signing_bytes(body)
+        except (TypeError, ValueError):
+            return False
+        return sig is not None and verify(self.node_id, data, sig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,6 +662,7 @@ class _Grave:
     incarnation: int
     heartbeat: int | None
     until: float
+    sig: str = ""  # the leaving node's signature of its goodbye, relayed with the grave
 
     def buries(self, incarnation: int, heartbeat: int) -> bool:
         if incarnation != self.incarnation:
@@ -611,10 +678,22 @@ class GossipEngine:
     (`next_event`). Call `tick` at `get_timer()` (or simply every push interval).
     """
 
-    def __init__(self, self_record: NodeRecord, config: GossipConfig | None = None) -> None:
+    def __init__(
+        self,
+        self_record: NodeRecord,
+        config: GossipConfig | None = None,
+        *,
+        signer: Signer | None = None,
+        verifier: Verifier | None = None,
+    ) -> None:
+        """With `verifier`, only records and relayed goodbyes signed by their own node count;
+        with `signer`, this node signs its own. (Tests of pure protocol logic may omit both.)"""
         self._config = config or GossipConfig()
         self._id = self_record.node_id
-        self._self = _checked_own(self_record)
+        self._signer = signer
+        self._verifier = verifier
+        self._refused: set[tuple[str, int, int]] = set()
+        self._self = self._sign(_checked_own(self_record))
         self._heartbeat = self_record.heartbeat
         self._state = EngineState.RUNNING
         self._records: dict[str, NodeRecord] = {}  # live peers, as last received (stale heartbeat)
@@ -719,7 +798,8 @@ class GossipEngine:
         if self._state is EngineState.LEFT:
             logger.debug("update_self after leave ignored")
             return []
-        self._self = _checked_own(replace(self._self, version=self._self.version + 1, **changes))
+        fresh = replace(self._self, version=self._self.version + 1, signature="", signed=None, **changes)
+        self._self = self._sign(_checked_own(fresh))
         if not self._links:
             return []
         msg = {"t": MessageType.RECORDS.value, "records": [self._own_item()]}
@@ -792,7 +872,10 @@ class GossipEngine:
         if self._state is EngineState.LEFT:
             return []
         self._set_state(EngineState.LEFT)
-        bye = {"t": MessageType.BYE.value, "inc": self._self.incarnation}
+        inc = self._self.incarnation
+        bye: dict[str, Any] = {"t": MessageType.BYE.value, "inc": inc}
+        if self._signer is not None:
+            bye["sig"] = self._signer(bye_signing_bytes(self._id, inc)).hex()
         return [(peer, bye) for peer in sorted(self._links)]
 
     # ---- message handlers -------------------------------------------------------------------
@@ -823,9 +906,11 @@ class GossipEngine:
         ask = _field(msg, "ask", "digest", False)
         if not isinstance(ask, bool):
             raise MalformedFrame("digest.ask: expected a boolean")
-        for node_id, inc, ttl_s in gone:
+        for node_id, inc, ttl_s, sig in gone:
+            if not self._bye_is_genuine(node_id, inc, sig):
+                continue  # anyone could claim that a live node left: only its own word counts
             # Carry the remaining lifetime, never more than ours, so graves cannot circulate forever.
-            self._apply_goodbye(node_id, inc, now, min(ttl_s, self._config.tombstone_s))
+            self._apply_goodbye(node_id, inc, now, min(ttl_s, self._config.tombstone_s), sig)
 
         # Anti-entropy is pull-only: we fetch what the digest shows we lack, and the sender catches
         # up from the digests it receives (ours, if it asked). Pulls are de-duplicated; pushes from
@@ -868,9 +953,27 @@ class GossipEngine:
         return []
 
     def _on_bye(self, peer_id: str, msg: Mapping[str, Any], now: float) -> list[Outgoing]:
+        # Straight from the leaving node over its authenticated link; the signature, when valid,
+        # lets us relay the goodbye to nodes that have no link to it.
         inc = _as_int(_field(msg, "inc", "bye"), "bye.inc")
-        self._apply_goodbye(peer_id, inc, now, self._config.tombstone_s)
+        sig = _field(msg, "sig", "bye", "")
+        sig = sig if isinstance(sig, str) and self._bye_is_genuine(peer_id, inc, sig) else ""
+        self._apply_goodbye(peer_id, inc, now, self._config.tombstone_s, sig)
         return []
+
+    def _bye_is_genuine(self, node_id: str, inc: int, sig: str) -> bool:
+        if self._verifier is None:
+            return True
+        raw = _sig_bytes(sig)
+        return raw is not None and self._verifier(node_id, bye_signing_bytes(node_id, inc), raw)
+
+    def _sign(self, record: NodeRecord) -> NodeRecord:
+        if self._signer is None:
+            return record
+        body = {k: v for k, v in record.unsigned_dict().items() if k != "heartbeat"}
+        return replace(
+            record, signed=MappingProxyType(body), signature=self._signer(record_signing_bytes(body)).hex()
+        )
 
     # ---- merge rules ------------------------------------------------------------------------
 
@@ -906,6 +1009,15 @@ class GossipEngine:
         direct = node_id == peer_id
         if node_id == self._id:
             return
+        if self._verifier is not None and not record.signed_by_owner(self._verifier):
+            key = (node_id, record.incarnation, record.version)
+            if key not in self._refused and len(self._refused) < MAX_TABLE_ENTRIES:
+                self._refused.add(key)
+                logger.warning(
+                    "ignoring a record of %s (v%d) from %s: not signed by that node",
+                    node_id[:16], record.version, peer_id[:16],
+                )  # fmt: skip
+            return
         grave = self._graves.get(node_id)
         if grave is not None and grave.buries(record.incarnation, record.heartbeat):
             return
@@ -933,7 +1045,7 @@ class GossipEngine:
                 self._records[node_id] = record
                 self._events.append(PeerUpdated(record))
 
-    def _apply_goodbye(self, node_id: str, inc: int, now: float, ttl_s: float) -> None:
+    def _apply_goodbye(self, node_id: str, inc: int, now: float, ttl_s: float, sig: str = "") -> None:
         if node_id == self._id:
             return
         record = self._records.get(node_id)
@@ -942,7 +1054,7 @@ class GossipEngine:
         existing = self._graves.get(node_id)
         if existing is not None and (existing.incarnation, existing.heartbeat is None) >= (inc, True):
             return  # already buried; keeping the old deadline stops graves circulating forever
-        self._bury(node_id, _Grave(inc, None, now + ttl_s))
+        self._bury(node_id, _Grave(inc, None, now + ttl_s, sig))
         if record is not None:
             del self._records[node_id]
             self._detector.forget(node_id)
@@ -970,7 +1082,9 @@ class GossipEngine:
             record = records[node_id]
             entries.append([node_id, record.incarnation, record.version, heartbeat, age_ms])
         gone = [
-            [n, g.incarnation, _ms(g.until - now)] for n, g in self._graves.items() if g.heartbeat is None
+            [n, g.incarnation, _ms(g.until - now), *([g.sig] if g.sig else [])]
+            for n, g in self._graves.items()
+            if g.heartbeat is None and (g.sig or self._verifier is None)
         ]
         return {"t": MessageType.DIGEST.value, "entries": entries, "gone": gone, "ask": ask}
 
@@ -1045,9 +1159,10 @@ def _digest_entry(value: object, i: int) -> tuple[str, int, int, int, float]:
     )
 
 
-def _gone_entry(value: object, i: int) -> tuple[str, int, float]:
+def _gone_entry(value: object, i: int) -> tuple[str, int, float, str]:
     what = f"digest.gone[{i}]"
-    g = _as_list(value, what, 3)
-    if len(g) != 3:
-        raise MalformedFrame(f"{what}: expected [id, inc, ttl_ms]")
-    return (_node_id(g[0], what), _as_int(g[1], what), _as_int(g[2], what) / 1000)
+    g = _as_list(value, what, 4)
+    if len(g) not in (3, 4):
+        raise MalformedFrame(f"{what}: expected [id, inc, ttl_ms, sig?]")
+    sig = _as_str(g[3], what, _SIG_HEX) if len(g) == 4 else ""
+    return (_node_id(g[0], what), _as_int(g[1], what), _as_int(g[2], what) / 1000, sig)

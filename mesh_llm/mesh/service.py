@@ -147,7 +147,10 @@ class MeshService:
         self.credentials = credentials
         self.settings = settings
         self.tokens = list(tokens)
-        self.engine = GossipEngine(self_record, settings.gossip)
+        # Records and relayed goodbyes count only when signed by the node they are about.
+        self.engine = GossipEngine(
+            self_record, settings.gossip, signer=identity.sign, verifier=NodeIdentity.verify
+        )
         self.transport = MeshTransport(identity, credentials, host="::", port=settings.bind_port)
         self._reuse_port = last_port(settings.state_dir) if settings.bind_port == 0 else 0
         self.http_counters: TunnelCounters | None = None
