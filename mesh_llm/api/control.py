@@ -38,7 +38,7 @@ def control_router(
         _local_and_allowed(request, api_key)
         try:
             body = await request.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise HTTPException(400, 'body must be JSON: {"model": NAME}') from exc
         model = body.get("model") if isinstance(body, dict) else None
         if not isinstance(model, str) or not model:

@@ -80,9 +80,15 @@ def _decode_at(buffer: bytes | bytearray, offset: int, max_frame: int) -> tuple[
     return _decode_payload(bytes(buffer[start:end])), end - offset
 
 
+def _no_constants(name: str) -> Any:
+    # JSON has no NaN or Infinity; Python's decoder accepts them, and int(inf) raises
+    # OverflowError wherever a peer's number is used. Refuse them at the door.
+    raise ValueError(f"{name} is not JSON")
+
+
 def _decode_payload(payload: bytes) -> dict[str, Any]:
     try:
-        msg = json.loads(payload.decode("utf-8"))
+        msg = json.loads(payload.decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError and integers too long to convert; RecursionError
         # covers absurdly nested arrays.

@@ -169,3 +169,12 @@ def test_pure_modules_import_no_io_libraries() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_nan_and_infinity_are_not_json() -> None:
+    from mesh_llm.errors import MalformedFrame
+    from mesh_llm.mesh.wire import _decode_payload
+
+    for text in (b'{"t": "x", "epoch": Infinity}', b'{"t": "x", "v": NaN}', b'{"t": "x", "v": -Infinity}'):
+        with pytest.raises(MalformedFrame):
+            _decode_payload(text)
