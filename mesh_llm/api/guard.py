@@ -60,6 +60,7 @@ class AccessPolicy:
     public_prefixes: tuple[str, ...] = ()
     extra_open: frozenset[str] = field(default_factory=frozenset)  # paths that check the key themselves
     json_only: bool = True  # POSTs must be same-origin application/json (the console); not the API
+    max_body: int | None = 1024 * 1024  # bodies read here first, up to this (413 beyond); None: the app's job
 
     def host_allowed(self, header: str) -> bool:
         name = host_name(header)
@@ -125,6 +126,36 @@ async def _refuse(
     await send({"type": "http.response.body", "body": body})
 
 
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None once it passes `limit` bytes (or the client left)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # then whatever comes next: the disconnect
+
+    return replay
+
+
 def guarded(app: ASGIApp, policy: AccessPolicy) -> ASGIApp:
     """Wrap an ASGI app with the policy's Host, key and same-origin checks."""
 
@@ -156,6 +187,17 @@ def guarded(app: ASGIApp, policy: AccessPolicy) -> ASGIApp:
                 ((b"www-authenticate", b"Bearer"),),
             )  # fmt: skip
             return
+        if policy.max_body is not None and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            body = await _read_body(receive, policy.max_body)
+            if body is None:
+                await _refuse(
+                    send,
+                    413,
+                    f"The request body is over the limit of {policy.max_body} bytes.",
+                    "request_too_large",
+                )
+                return
+            receive = _replay(body, receive)
         await app(scope, receive, send)
 
     return guard

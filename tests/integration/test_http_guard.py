@@ -13,6 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from mesh_llm.api.console import ChangeFeed, console_policy, create_console_app
+from mesh_llm.api.control import control_router
 from mesh_llm.api.guard import LOOPBACK_NAMES, SESSION_COOKIE, AccessPolicy, guarded, host_name
 from mesh_llm.api.limits import limited_protocol
 
@@ -23,8 +24,17 @@ def _status() -> dict[str, Any]:
     return {"state": "serving", "invite_token": TOKEN, "api": {}}
 
 
+async def _drop(model: str) -> bool:
+    return model == "m"
+
+
+def _plan(model: str) -> dict[str, Any]:
+    return {"model": model, "mode": "solo"}
+
+
 def _console(key: str | None) -> Any:
     app = create_console_app(_status, ChangeFeed(), api_key=key)
+    app.include_router(control_router(_drop, _plan, key))
     return guarded(app, console_policy(key, LOOPBACK_NAMES))
 
 
@@ -42,6 +52,8 @@ async def test_console_routes_need_the_key_when_one_is_set(
     headers = {"authorization": auth} if auth else {}
     async with _client(_console(key)) as c:
         assert (await c.get("/api/status", headers=headers)).status_code == status
+        assert (await c.get("/api/plan?model=m", headers=headers)).status_code == status
+        assert (await c.post("/api/drop", json={"model": "m"}, headers=headers)).status_code == status
         r = await c.post("/api/chat", json={"model": "m", "messages": []}, headers=headers)
         assert (r.status_code == 401) == (status == 401)
         # The page itself and its assets are open: the page is where the key is entered.
@@ -91,6 +103,16 @@ async def test_state_changes_must_be_same_origin_json() -> None:
         assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_origin"
         r = await c.post("/api/chat", json={}, headers={"origin": "null"})
         assert r.status_code == 403
+
+
+async def test_console_bodies_over_the_limit_are_413s() -> None:
+    async with _client(_console(None)) as c:
+        r = await c.post(
+            "/api/chat", content=b"[" * (2 * 1024 * 1024), headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        r = await c.post("/api/drop", content=b"[" * 50_000, headers={"content-type": "application/json"})
+        assert r.status_code == 400  # deep nesting: a clear 400, not a 500
 
 
 def test_host_names_parse() -> None:
