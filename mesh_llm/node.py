@@ -146,7 +146,13 @@ class Node:
                     state = "ready" if ready else ("loading" if not ad.ready else "unreachable")
                     out.append(
                         Endpoint(
-                            ad.name, node_id, ready, ad.in_flight, local=False, state=state, free_slots=ad.free_slots
+                            ad.name,
+                            node_id,
+                            ready,
+                            ad.in_flight,
+                            local=False,
+                            state=state,
+                            free_slots=ad.free_slots,
                         )
                     )
                 hosted = {ad.name for ad in view.record.models if ad.role == "host"}
@@ -335,9 +341,12 @@ class Node:
         self._stop.set()
 
     async def _serve_http(self, app: Any, sock: socket.socket, graceful_s: int) -> _EmbeddedServer:
+        # No WebSockets: nothing here speaks them, and an upgraded connection would leave the
+        # per-client connection count and the guard behind.
         config = uvicorn.Config(
-            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=graceful_s, access_log=False
-        )
+            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=graceful_s, access_log=False,
+            ws="none",
+        )  # fmt: skip
         config.load()
         config.http_protocol_class = limited_protocol(config.http_protocol_class)
         server = _EmbeddedServer(config)
@@ -367,7 +376,7 @@ class Node:
                 max_body_bytes=self.config.backend.max_body_bytes,
             )
             # The proxy checks the key itself (OpenAI-shaped 401s); the guard checks the Host.
-            policy = AccessPolicy(None, self._hosts(), json_only=False)
+            policy = AccessPolicy(None, self._hosts(), json_only=False, max_body=None)
             await self._serve_http(guarded(self._proxy.app, policy), sock, graceful_s=5)
 
     def _hosts(self) -> frozenset[str]:

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mesh_llm.config import BackendConfig
-from mesh_llm.errors import MeshError
+from mesh_llm.errors import MeshError, ModelError
 from mesh_llm.mesh.gossip import ModelAd
 from mesh_llm.mesh.service import RPC_STREAM
 from mesh_llm.mesh.tunnel import TcpTunnel, open_tcp_tunnel
+from mesh_llm.models.catalog import find_entry
 from mesh_llm.models.kv import kv_cache_bytes
 from mesh_llm.models.resolve import ResolvedModel, resolve
 from mesh_llm.planning.planner import (
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FIT_FACTOR = 1.1
+MAX_DUTIES = 4  # split models one node holds layers for at once: bounds what members can ask of it
 REMEMBER_S = 600.0  # a split model seen this recently is taken over when its host is gone
 JOIN_GRACE_S = 3.0  # a node coordinates nothing until gossip has shown it the whole mesh
 
@@ -277,6 +279,12 @@ class SplitManager:
         if model is not None:
             return model
         path = self.node.local_files().get(name)
+        if path is None and find_entry(name) is None:
+            # `name` may come from a peer's gossip: resolve it only as a file in our models
+            # folder or a catalog name, never as a path of its own.
+            raise ModelError(
+                f"{name} is neither in {self.node.config.state_dir / 'models'} nor in the catalog"
+            )
         spec = str(path) if path else name
         return await asyncio.to_thread(resolve, spec, allow_download=False, progress=False)
 
@@ -455,7 +463,10 @@ class SplitManager:
                 # Only the host this node's own election picks may put it to work: any other
                 # member could otherwise make it start RPC workers (and spend memory) at will.
                 if elect_host(self._election_nodes(model), claims.get(model, [])) != peer_id:
-                    _warn_refused(peer_id, model)
+                    _warn_refused(peer_id, model, "this node elects another host for it")
+                    continue
+                if model not in wanted and len(wanted) >= MAX_DUTIES:
+                    _warn_refused(peer_id, model, f"this node already holds layers for {MAX_DUTIES} models")
                     continue
                 wanted[model] = (peer_id, claim.epoch, mine[0])
         return wanted

@@ -16,10 +16,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 
 from mesh_llm.api import errors as api_errors
-from mesh_llm.api.guard import SESSION_COOKIE, AccessPolicy, session_value
+from mesh_llm.api.guard import SESSION_COOKIE, AccessPolicy, is_loopback, session_value
 
 KEEPALIVE_S = 15.0
-_LOOPBACK = {"127.0.0.1", "::1"}
 
 
 class ChangeFeed:
@@ -226,7 +225,7 @@ def create_console_app(
     def status_for(request: Request) -> dict[str, Any]:
         current = status()
         client = request.client.host if request.client else ""
-        if api_key is None and client not in _LOOPBACK and current.get("invite_token"):
+        if api_key is None and not is_loopback(client) and current.get("invite_token"):
             current = {**current, "invite_token": None, "invite_token_hidden": TOKEN_HIDDEN}
         return current
 

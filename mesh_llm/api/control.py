@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 
 from mesh_llm.api.auth import bearer_matches
+from mesh_llm.api.guard import is_loopback
 from mesh_llm.errors import MeshError
 
 
 def _local_and_allowed(request: Request, api_key: str | None) -> None:
     """Control changes the node: only this machine may ask, and with the API key when one is set."""
     host = request.client.host if request.client else ""
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback(host):
         raise HTTPException(403, "control requests are only accepted from this machine")
     if api_key is not None and not bearer_matches(request.headers.get("authorization", ""), api_key):
         raise HTTPException(401, "missing or wrong API key")

@@ -66,10 +66,7 @@ class AccessPolicy:
         name = host_name(header)
         if name in self.allowed_hosts:
             return True
-        try:  # any literal address that is loopback (127.0.0.2 ...) is this machine too
-            return ipaddress.ip_address(name).is_loopback
-        except ValueError:
-            return False
+        return is_loopback(name)
 
     def authenticated(self, headers: dict[str, str]) -> bool:
         """Whether the request carries the key (always true when no key is set)."""
@@ -83,6 +80,16 @@ class AccessPolicy:
 
     def needs_key(self, path: str) -> bool:
         return not (path in self.public or path.startswith(self.public_prefixes) or path in self.extra_open)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a literal address is this machine: 127.0.0.0/8, ::1, and ::ffff:127.x (dual-stack)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def allowed_hosts(bound: Iterable[str], extra: Iterable[str] = ()) -> frozenset[str]:
@@ -160,8 +167,12 @@ def guarded(app: ASGIApp, policy: AccessPolicy) -> ASGIApp:
     """Wrap an ASGI app with the policy's Host, key and same-origin checks."""
 
     async def guard(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # websockets: nothing here speaks them
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
             return
         headers = _header_map(scope)
         if not policy.host_allowed(headers.get("host", "")):

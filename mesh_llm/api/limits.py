@@ -65,7 +65,8 @@ def limited_protocol(
             )
 
         def _expire(self, waiting_after: Any) -> None:
-            if self.cycle is waiting_after and not self.transport.is_closing():
+            running = waiting_after is not None and not getattr(waiting_after, "response_complete", True)
+            if self.cycle is waiting_after and not running and not self.transport.is_closing():
                 self.transport.close()
 
     Limited.__name__ = f"Limited{base.__name__}"

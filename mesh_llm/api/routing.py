@@ -50,6 +50,4 @@ def choose(model: str, endpoints: Iterable[Endpoint], rotation: int = 0) -> list
         hosted = any(e.node_id for e in matching)
         raise NoHealthyHost(matching[0].model, f"its servers are {states}" if hosted else states)
     n = len(ready)
-    return sorted(
-        ready, key=lambda e: (e.free_slots == 0, e.in_flight, (ready.index(e) - rotation) % n)
-    )
+    return sorted(ready, key=lambda e: (e.free_slots == 0, e.in_flight, (ready.index(e) - rotation) % n))

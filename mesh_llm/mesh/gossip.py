@@ -178,6 +178,7 @@ _RECORD_KEYS: Final = frozenset(
     }
 )
 _SIG_HEX: Final = 128  # an ed25519 signature, hex
+_UNKNOWN_GRAVE_CHECKS: Final = 16  # goodbyes of unknown nodes whose signature one digest may cost
 _RECORD_LABEL: Final = b"mesh-llm record v1\0"
 _BYE_LABEL: Final = b"mesh-llm bye v1\0"
 
@@ -593,6 +594,12 @@ class FailureDetector:
             return True
         if direct:
             live.direct_at = now
+            if heartbeat < live.heartbeat:
+                # The node itself outranks any relay: a member that relayed an inflated counter
+                # would otherwise make the node's own beats look old and get it declared dead.
+                live.heartbeat = heartbeat
+                live.heard_at = now
+                return True
         if heartbeat < live.heartbeat:
             return False  # old news, the usual case for relayed sightings
         if heartbeat > live.heartbeat:
@@ -906,7 +913,17 @@ class GossipEngine:
         ask = _field(msg, "ask", "digest", False)
         if not isinstance(ask, bool):
             raise MalformedFrame("digest.ask: expected a boolean")
+        unknown_checks = _UNKNOWN_GRAVE_CHECKS
         for node_id, inc, ttl_s, sig in gone:
+            grave = self._graves.get(node_id)
+            if grave is not None and grave.heartbeat is None and grave.incarnation >= inc:
+                continue  # already buried: no need to check the signature again
+            if node_id not in self._records:
+                # Graves of nodes we never knew only guard against stale gossip: check a few per
+                # digest, so a flood of fake ones costs bounded CPU.
+                unknown_checks -= 1
+                if unknown_checks < 0:
+                    continue
             if not self._bye_is_genuine(node_id, inc, sig):
                 continue  # anyone could claim that a live node left: only its own word counts
             # Carry the remaining lifetime, never more than ours, so graves cannot circulate forever.
@@ -1008,6 +1025,13 @@ class GossipEngine:
         node_id = record.node_id
         direct = node_id == peer_id
         if node_id == self._id:
+            return
+        current = self._records.get(node_id)
+        if current is not None and record.key <= current.key:
+            # No news but maybe a heartbeat (as unsigned as a digest's). Signatures cost CPU:
+            # only records we would take are checked.
+            if record.incarnation == current.incarnation:
+                self._detector.observe(node_id, record.heartbeat, now, age_s, direct)
             return
         if self._verifier is not None and not record.signed_by_owner(self._verifier):
             key = (node_id, record.incarnation, record.version)

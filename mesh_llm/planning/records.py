@@ -56,7 +56,7 @@ class PeerClaim:
 
 def is_model_name(value: object) -> bool:
     """Whether `value` is a model name a peer may gossip (never '..', '/', or a path)."""
-    return isinstance(value, str) and bool(MODEL_NAME.match(value)) and ".." not in value
+    return isinstance(value, str) and bool(MODEL_NAME.fullmatch(value)) and ".." not in value
 
 
 def model_dir_name(model: str) -> str:

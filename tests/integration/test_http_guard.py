@@ -115,6 +115,13 @@ async def test_console_bodies_over_the_limit_are_413s() -> None:
         assert r.status_code == 400  # deep nesting: a clear 400, not a 500
 
 
+def test_dual_stack_loopback_counts_as_this_machine() -> None:
+    from mesh_llm.api.guard import is_loopback
+
+    assert is_loopback("::ffff:127.0.0.1") and is_loopback("127.0.0.9") and is_loopback("::1")
+    assert not is_loopback("::ffff:192.0.2.1") and not is_loopback("192.0.2.1") and not is_loopback("x")
+
+
 def test_host_names_parse() -> None:
     assert (
         host_name("LocalHost:3131") == "localhost"

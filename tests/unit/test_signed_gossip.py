@@ -111,3 +111,20 @@ def test_any_tampering_with_a_signed_record_is_refused_or_harmless(changes: dict
         assert type(exc).__name__ == "MalformedFrame"
     after = engines[b].peers()[a].record
     assert after.unsigned_dict() == before.unsigned_dict() or after.signed_by_owner(NodeIdentity.verify)
+
+
+def test_an_inflated_heartbeat_from_an_insider_cannot_get_a_live_node_declared_dead() -> None:
+    engines, a, b, m = _mesh()  # A-B and M-B linked: B hears A directly, M only via B
+    rec = engines[b].peers()[a].record
+    inflate = {
+        "t": "digest",
+        "entries": [[a, rec.incarnation, rec.version, 2**63 - 1, 0]],
+        "gone": [],
+        "ask": False,
+    }
+    engines[b].receive(m, inflate, 0.5)  # once: later beats from A itself look old next to it
+    for t in range(1, 21):  # 20 s of A's ordinary direct heartbeats
+        now = float(t)
+        for node_id in (a, b):
+            _deliver(engines[node_id].tick(now), engines, node_id, now)
+    assert a in engines[b].peers() and engines[b].peers()[a].status.value == "alive"

@@ -91,6 +91,12 @@ def test_wants_and_declines_drop_names_that_are_not_model_names() -> None:
     assert peer_declined({"declined": ["/tmp", "..", "Qwen2.5-3B", 7]}) == frozenset({"Qwen2.5-3B"})
 
 
+def test_names_with_newlines_or_control_characters_are_not_model_names() -> None:
+    for bad in ("abc\n", "a\nb", "a\x00", "a b", "", "-x", "a/b", "a\\b"):
+        assert not is_model_name(bad), repr(bad)
+    assert is_model_name("Qwen2.5-32B") and is_model_name("SmolLM2-135M")
+
+
 def test_model_directories_are_hashes_of_the_name() -> None:
     assert model_dir_name("/etc") != "/etc" and "/" not in model_dir_name("../../etc")
     assert len(model_dir_name("m")) == 24 and model_dir_name("m") == model_dir_name("m")
