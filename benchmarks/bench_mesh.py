@@ -69,7 +69,10 @@ def main() -> None:
     print(f"{'host :9337 (A)':<22}{h_tps:>14.1f}{h_ttft:>10.1f}")
     print(f"{'client :9337 (C->A)':<22}{c_tps:>14.1f}{c_ttft:>10.1f}")
     print(f"client/host tokens/s: {c_tps / h_tps * 100:.1f}%   added TTFT: {c_ttft - h_ttft:+.2f} ms")
-    print("kill -9 of A -> removed from view: " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(removal.items())))
+    print(
+        "kill -9 of A -> removed from view: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(removal.items()))
+    )
 
 
 if __name__ == "__main__":

@@ -159,7 +159,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 mesh_load = next(m for m in ready["models"] if m["local"])["load_s"]
                 async with (
                     serving(tmp / "solo", model, args.threads) as (solo, solo_load),
-                    serving(tmp / "split", model, args.threads, [worker.endpoint], split) as (tcp, split_load),
+                    serving(tmp / "split", model, args.threads, [worker.endpoint], split) as (
+                        tcp,
+                        split_load,
+                    ),
                 ):
                     urls = {"solo": solo.base_url, "split-tcp": tcp.base_url, "split-mesh": host.api}
                     s = await speeds(urls, args.rounds, args.tokens)

@@ -130,12 +130,10 @@ class _Known:
 _refused: set[tuple[str, str]] = set()
 
 
-def _warn_refused(peer_id: str, model: str) -> None:
+def _warn_refused(peer_id: str, model: str, why: str) -> None:
     if (peer_id, model) not in _refused:  # reconcile runs every second: say it once
         _refused.add((peer_id, model))
-        log.warning(
-            "ignoring %s's split plan for %s: this node elects another host for it", peer_id[:8], model
-        )
+        log.warning("ignoring %s's split plan for %s: %s", peer_id[:8], model, why)
 
 
 @dataclass
@@ -294,7 +292,7 @@ class SplitManager:
         if node.mesh is not None:
             for peer_id, view in node.mesh.peers().items():
                 rec = view.record
-                rtt = node.mesh.rtt_ms(peer_id)
+                rtt = node.mesh.rtt_min_ms(peer_id)  # a stalled second must not drop a worker
                 if rec.client or rtt is None or not view.connected:
                     continue
                 has = model in rec.on_disk and model not in peer_declined(rec.extra)
@@ -320,7 +318,7 @@ class SplitManager:
             host = elect_host(self._election_nodes(model.name), claims) or self.node.node_id
             if host != self.node.node_id and self.node.mesh is not None:
                 # RTTs are measured from the host: ours to it stands in for theirs to us.
-                to_host = self.node.mesh.rtt_ms(host)
+                to_host = self.node.mesh.rtt_min_ms(host)
                 nodes = [
                     replace(n, rtt_ms=None if n.node_id == host else n.rtt_ms)
                     if n.node_id != self.node.node_id

@@ -128,6 +128,7 @@ def _peer_rows(node: Node) -> list[dict[str, Any]]:
     for node_id, view in sorted(node.mesh.peers().items()):
         rec = view.record
         rtt = node.mesh.rtt_ms(node_id)
+        rtt_min = node.mesh.rtt_min_ms(node_id)
         rows.append(
             {
                 "node_id": node_id,
@@ -140,6 +141,7 @@ def _peer_rows(node: Node) -> list[dict[str, Any]]:
                 "on_disk": list(rec.on_disk),
                 "capacity_bytes": rec.capacity_bytes,
                 "rtt_ms": round(rtt, 2) if rtt is not None else None,
+                "rtt_min_ms": round(rtt_min, 2) if rtt_min is not None else None,
                 "version": rec.software,
                 "last_seen_s": round(max(0.0, now - view.last_seen), 1),
                 "addresses": list(rec.addresses),

@@ -93,10 +93,18 @@ def node_parser() -> argparse.ArgumentParser:
         help="where keys, logs and state live (default ~/.mesh-llm)",
     )
     p.add_argument(
-        "--ctx-size", type=int, default=4096, metavar="N", help="context window per request slot (default 4096)"
+        "--ctx-size",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="context window per request slot (default 4096)",
     )
     p.add_argument(
-        "--parallel", type=int, default=4, metavar="N", help="requests each model decodes together (default 4)"
+        "--parallel",
+        type=int,
+        default=4,
+        metavar="N",
+        help="requests each model decodes together (default 4)",
     )
     p.add_argument(
         "--max-queue", type=int, default=64, metavar="N",
@@ -243,7 +251,9 @@ def _message(body: dict[str, object]) -> str:
     """The text of an error answer: OpenAI-shaped, FastAPI's detail, or the raw body."""
     error = body.get("error")
     if isinstance(error, dict) and error.get("message"):
-        hint = " (set MESH_LLM_API_KEY to the node's API key)" if error.get("code") == "invalid_api_key" else ""
+        hint = (
+            " (set MESH_LLM_API_KEY to the node's API key)" if error.get("code") == "invalid_api_key" else ""
+        )
         return f"{error['message']}{hint}"
     return str(body.get("detail", body))
 

@@ -220,6 +220,11 @@ class MeshService:
         link = self.transport.link(node_id)
         return link.rtt_ms if link is not None and link.is_open else None
 
+    def rtt_min_ms(self, node_id: str) -> float | None:
+        """The smallest round trip to a linked peer over the last 30 s: what decisions use."""
+        link = self.transport.link(node_id)
+        return link.rtt_min_ms if link is not None and link.is_open else None
+
     def advertise(self, **fields: Any) -> None:
         """Publish changed fields of this node's record (no-op when nothing changed)."""
         current = self.engine.self_record
@@ -274,7 +279,7 @@ class MeshService:
 
     def _on_connected(self, link: PeerLink) -> None:
         self._lost.pop(link.node_id, None)
-        log.info("linked to peer %s at %s (%.1f ms)", link.short_id, link.remote_address, link.rtt_ms)
+        log.info("linked to peer %s at %s", link.short_id, link.remote_address)
         self._send(self.engine.peer_connected(link.node_id, self._now()))
         self._on_change()
 

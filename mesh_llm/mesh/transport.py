@@ -86,6 +86,7 @@ from mesh_llm.errors import (
     WireError,
 )
 from mesh_llm.mesh.identity import NodeIdentity, is_node_id
+from mesh_llm.mesh.rtt import RttEstimator
 from mesh_llm.mesh.token import MESH_ID_BYTES, MeshCredentials, format_address, parse_address
 from mesh_llm.mesh.wire import DEFAULT_MAX_FRAME, TYPE_FIELD, FrameDecoder, encode_frame, try_decode_frame
 
@@ -243,6 +244,10 @@ def strict_hex(value: object, size: int) -> bytes | None:
     if not isinstance(value, str) or len(value) != 2 * size or not _HEX.fullmatch(value):
         return None
     return bytes.fromhex(value)
+
+
+def _ms_text(ms: float | None) -> str:
+    return "unmeasured" if ms is None else f"{ms:.2f} ms"
 
 
 def _hex_field(msg: Mapping[str, Any], name: str, size: int) -> bytes:
@@ -761,7 +766,8 @@ class _Connection(QuicConnectionProtocol):
         self._streams: dict[int, _Stream] = {}
         self._opening: dict[int, bytearray] = {}
         self._highest_remote_stream = -1
-        self._rtt: float | None = None
+        self._rtt = RttEstimator()
+        self._arrival = 0.0  # when the datagram being processed arrived
         self._ping_seq = 0
         self._pings: dict[int, float] = {}
         self._probes: dict[int, asyncio.Future[None]] = {}
@@ -837,6 +843,7 @@ class _Connection(QuicConnectionProtocol):
         self.link = link
         self.state = _State.READY
         self._keepalive = self._loop.create_task(self._keep_alive(), name=f"keepalive {link.short_id}")
+        self._send_ping()  # a first RTT sample within one round trip, not one keepalive later
         pending, self._inbox = self._inbox, deque()
         for msg in pending:
             self._on_control_message(msg)
@@ -905,22 +912,17 @@ class _Connection(QuicConnectionProtocol):
     # --- RTT and liveness -------------------------------------------------------------------
 
     @property
-    def rtt(self) -> float | None:
+    def rtt(self) -> RttEstimator:
         return self._rtt
-
-    def sample_rtt(self, seconds: float) -> None:
-        if self._rtt is None:
-            self._rtt = seconds
-        else:
-            self._rtt += self._config.rtt_smoothing * (seconds - self._rtt)
 
     def _send_ping(self) -> int:
         self._ping_seq += 1
-        self._pings[self._ping_seq] = self._loop.time()
-        while len(self._pings) > _MAX_OUTSTANDING_PINGS:
+        while len(self._pings) >= _MAX_OUTSTANDING_PINGS:
             del self._pings[next(iter(self._pings))]
         with contextlib.suppress(TransportError):
             self.send_control({TYPE_FIELD: "_ping", "n": self._ping_seq})
+            self.transmit()  # out now, and stamped as it leaves: queueing is not network time
+        self._pings[self._ping_seq] = self._loop.time()
         return self._ping_seq
 
     async def probe(self, timeout: float) -> bool:
@@ -949,6 +951,7 @@ class _Connection(QuicConnectionProtocol):
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         """Feed a datagram (and, on a dialer's socket, the rest of its burst) to QUIC."""
         now = self._loop.time()
+        self._arrival = now
         self._quic.receive_datagram(cast(bytes, data), addr, now=now)
         if self._sock is not None:
             _drain_socket(
@@ -1159,11 +1162,16 @@ class _Connection(QuicConnectionProtocol):
                     stream.writer._credit(limit)
         elif kind == "_ping":
             with contextlib.suppress(TransportError):
-                self.send_control({TYPE_FIELD: "_pong", "n": msg.get("n")})
+                # Say how long the ping waited here, so the sender can take it out of the RTT.
+                held = max(0.0, self._loop.time() - self._arrival)
+                self.send_control({TYPE_FIELD: "_pong", "n": msg.get("n"), "h": round(held, 6)})
+                self.transmit()
         elif kind == "_pong":
-            seq = msg.get("n")
+            seq, held = msg.get("n"), msg.get("h", 0.0)
             if isinstance(seq, int) and (sent := self._pings.pop(seq, None)) is not None:
-                self.sample_rtt(self._loop.time() - sent)
+                held = float(held) if isinstance(held, int | float) and 0 <= held < 10 else 0.0
+                # Timed at the pong datagram's arrival, not when this burst got processed.
+                self._rtt.sample(self._arrival - sent - held, self._loop.time())
                 _wake(self._probes.get(seq))
         elif kind.startswith("_"):
             log.debug("ignoring unknown transport message %r from %s", kind, self._who())
@@ -1198,10 +1206,16 @@ class PeerLink:
         return self._conn.state is _State.READY
 
     @property
-    def rtt_ms(self) -> float:
-        """Smoothed round-trip time to the peer in milliseconds (EWMA of ping round trips)."""
-        rtt = self._conn.rtt
-        return 0.0 if rtt is None else rtt * 1000.0
+    def rtt_ms(self) -> float | None:
+        """Smoothed round-trip time to the peer in ms (EWMA of pings), for display; None until measured."""
+        rtt = self._conn.rtt.smoothed
+        return None if rtt is None else rtt * 1000.0
+
+    @property
+    def rtt_min_ms(self) -> float | None:
+        """The smallest round trip of the last 30 s in ms, for decisions; None until measured."""
+        rtt = self._conn.rtt.minimum(asyncio.get_running_loop().time())
+        return None if rtt is None else rtt * 1000.0
 
     @property
     def close_reason(self) -> str:
@@ -1240,7 +1254,7 @@ class PeerLink:
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
-        return f"PeerLink({self.short_id} at {self.remote_address}, {state}, rtt={self.rtt_ms:.2f} ms)"
+        return f"PeerLink({self.short_id} at {self.remote_address}, {state}, rtt={_ms_text(self.rtt_ms)})"
 
 
 # --- the endpoint -----------------------------------------------------------------------------
@@ -1634,7 +1648,6 @@ class MeshTransport:
 
     async def _authenticate_outgoing(self, conn: _Connection, dial: _Dial) -> PeerLink:
         """Run the dialer's half of mesh authentication on a fresh connection."""
-        loop = asyncio.get_running_loop()
         where = conn.remote_address
         ours = _Hello(
             self.credentials.mesh_id, self.node_id, os.urandom(_NONCE_BYTES), self.config.stream_window
@@ -1642,9 +1655,7 @@ class MeshTransport:
         theirs: _Hello | None = None
         try:
             conn.send_control(ours.message())
-            sent_at = loop.time()
             msg = await conn.next_auth_message(dial.deadline)
-            conn.sample_rtt(loop.time() - sent_at)
             try:
                 theirs = _parse_hello(msg)
             except AuthenticationError as exc:
@@ -1764,9 +1775,7 @@ class MeshTransport:
                 self.credentials.mesh_id, self.node_id, os.urandom(_NONCE_BYTES), self.config.stream_window
             )
             conn.send_control(ours.message())
-            sent_at = loop.time()
             proof = await conn.next_auth_message(deadline)
-            conn.sample_rtt(loop.time() - sent_at)
             transcript = _transcript(self.credentials.mesh_id, self._certificate_hash, theirs, ours)
             if not _proof_is_valid(_CLIENT_ROLE, self.credentials.secret, theirs.node_id, transcript, proof):
                 log.warning("refused %s: it did not prove the mesh secret and node key it claims", where)
@@ -1828,11 +1837,10 @@ class MeshTransport:
             old._conn.close_with(CloseCode.DUPLICATE, "replaced by a newer connection", tell_peer="replaced")
         conn.become_ready(link)
         log.info(
-            "linked with %s at %s (%s, rtt %.2f ms)",
+            "linked with %s at %s (%s)",
             link.short_id,
             link.remote_address,
             "dialed" if conn.dialer else "accepted",
-            link.rtt_ms,
         )
         self._notify(self.on_peer_connected, link)
         for waiter in self._link_waiters.pop(hello.node_id, []):

@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     app = ModelApp(engine, model, template, info).app
 
     sock = socket.socket(fileno=args.fd)
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30, limit_concurrency=1000)
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="off", timeout_keep_alive=30, limit_concurrency=1000
+    )
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
     return 0

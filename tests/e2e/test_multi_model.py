@@ -127,7 +127,9 @@ def test_drop_stops_a_model_and_plan_shows_the_split_the_mesh_would_use(tmp_path
 
         r = run_cli("drop", "Gemma-3-270M", "--console", str(a.console_port))
         assert r.returncode == 0 and "dropped Gemma-3-270M" in r.stdout, r.stderr
-        s = a.wait_for(lambda s: [m["name"] for m in s["models"] if m["local"]] == ["SmolLM2-135M"], 20, "the drop")
+        s = a.wait_for(
+            lambda s: [m["name"] for m in s["models"] if m["local"]] == ["SmolLM2-135M"], 20, "the drop"
+        )
         assert s["declined"] == ["Gemma-3-270M"]
         ids = [m["id"] for m in httpx.get(f"{b.api}/v1/models").json()["data"]]
         assert ids == ["SmolLM2-135M"]

@@ -119,7 +119,9 @@ def test_model_too_big_for_any_node_waits_then_splits_over_three(
         assert r.status_code == 503 and "waiting for capacity" in r.json()["error"]["message"]
         token = s["invite_token"]
         for name in ("b", "c"):
-            nodes.append(NodeProcess(["--join", token, "--max-vram", "0.04", *SMALL_KV], tmp_path / name).start())
+            nodes.append(
+                NodeProcess(["--join", token, "--max-vram", "0.04", *SMALL_KV], tmp_path / name).start()
+            )
         # All three offer the same: the host is the one with the smallest node id, A or not.
         s = a.wait_for(serving_split(3), 90, "a three-node split")
         ((host, members),) = split_hosts(s)

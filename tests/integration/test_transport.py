@@ -146,7 +146,8 @@ async def test_two_nodes_authenticate_and_exchange_messages(make_node: NodeFacto
     assert await asyncio.wait_for(b.messages.get(), 2) == (a.id, {"t": "hello", "n": 1})
     back.send({"t": "welcome", "peers": []})
     assert await asyncio.wait_for(a.messages.get(), 2) == (b.id, {"t": "welcome", "peers": []})
-    assert 0 < link.rtt_ms < 200
+    await eventually(lambda: link.rtt_ms is not None)  # measured by the first ping, size load-dependent
+    assert link.rtt_ms is not None and link.rtt_ms > 0
 
 
 async def test_messages_arrive_in_order(make_node: NodeFactory) -> None:
@@ -635,13 +636,13 @@ async def test_restarted_peer_replaces_its_stale_link_before_the_idle_timeout(
         await process.wait()
 
 
-async def test_rtt_is_smoothed_from_keepalive_pings(make_node: NodeFactory) -> None:
+async def test_rtt_is_measured_by_pings_with_a_windowed_minimum(make_node: NodeFactory) -> None:
     a, b = await make_node(), await make_node()
     link = await a.dial(b)
-    first = link.rtt_ms
-    await asyncio.sleep(0.6)
-    assert 0 < link.rtt_ms < 200 and link.rtt_ms != first
-    assert await link.ping(1.0)
+    await eventually(lambda: link.rtt_ms is not None)
+    assert await link.ping(1.0) and await link.ping(1.0)
+    smoothed, minimum = link.rtt_ms, link.rtt_min_ms
+    assert smoothed is not None and minimum is not None and 0 < minimum <= smoothed * 8
 
 
 async def test_close_leaves_no_tasks_behind(make_node: NodeFactory) -> None:

@@ -41,7 +41,9 @@ def test_utf8_split_across_tokens_is_joined() -> None:
 
 
 @given(st.text(max_size=40), st.lists(st.text(min_size=1, max_size=4), max_size=3), st.integers(1, 5))
-def test_streamed_text_is_cut_before_the_first_stop_to_complete(text: str, stops: list[str], size: int) -> None:
+def test_streamed_text_is_cut_before_the_first_stop_to_complete(
+    text: str, stops: list[str], size: int
+) -> None:
     data = text.encode()
     s = TextStream(stops)
     out = _feed_all(s, [data[i : i + size] for i in range(0, len(data), size)])

@@ -580,7 +580,11 @@ def test_pinned_host_hosts_even_with_less_capacity_and_splits_from_there() -> No
     assert isinstance(plan, Split) and plan.host == "small"
     assert [s.node_id for s in plan.shards] == ["small", "big"]
     assert sum(s.end_layer - s.start_layer for s in plan.shards) == 10
-    solo = plan_model([PlanNode("small", 500, None, True), PlanNode("big", 900, 5.0, True)], facts, PlanConfig(pinned_host="small"))
+    solo = plan_model(
+        [PlanNode("small", 500, None, True), PlanNode("big", 900, 5.0, True)],
+        facts,
+        PlanConfig(pinned_host="small"),
+    )
     assert isinstance(solo, Solo) and solo.host == "small"
 
 

@@ -280,7 +280,9 @@ class ModelApp:
         def build() -> str:
             grammar = _json_grammar(schema, param)
             if not grammar_is_valid(self.model, grammar):
-                raise RequestError("llama.cpp cannot use the grammar this schema makes (an empty enum?)", param=param)
+                raise RequestError(
+                    "llama.cpp cannot use the grammar this schema makes (an empty enum?)", param=param
+                )
             return grammar
 
         return await asyncio.to_thread(build)

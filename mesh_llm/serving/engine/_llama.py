@@ -53,7 +53,9 @@ class Model:
         self.n_layer: int = C.llama_model_n_layer(ptr)
         self.n_ctx_train: int = C.llama_model_n_ctx_train(ptr)
         self.add_bos: bool = bool(C.llama_vocab_get_add_bos(self.vocab))
-        self.eog_tokens: tuple[int, ...] = tuple(t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, t))
+        self.eog_tokens: tuple[int, ...] = tuple(
+            t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, t)
+        )
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._piece_lock = threading.Lock()
 
