@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from mesh_llm.api import errors as api_errors
 from mesh_llm.api.guard import SESSION_COOKIE, AccessPolicy, is_loopback, session_value
 
 KEEPALIVE_S = 15.0
+LOGIN_ATTEMPTS = 5  # wrong keys per client address per window before /api/login answers 429
+LOGIN_WINDOW_S = 60.0
 
 
 class ChangeFeed:
@@ -229,6 +232,8 @@ def create_console_app(
             current = {**current, "invite_token": None, "invite_token_hidden": TOKEN_HIDDEN}
         return current
 
+    failures: dict[str, list[float]] = {}  # client address -> times of recent wrong keys
+
     @app.post("/api/login")
     async def login(request: Request) -> JSONResponse:
         try:
@@ -238,8 +243,23 @@ def create_console_app(
         key = body.get("key") if isinstance(body, dict) else None
         if api_key is None:
             return JSONResponse({"ok": True, "auth": False})
+        client = request.client.host if request.client else ""
+        now = time.monotonic()
+        recent = [t for t in failures.get(client, []) if now - t < LOGIN_WINDOW_S]
+        if len(recent) >= LOGIN_ATTEMPTS:  # no online guessing of the key
+            failures[client] = recent
+            return _error(
+                api_errors.ApiError(
+                    429, "Too many wrong keys; wait a minute.", code="rate_limited",
+                    headers={"Retry-After": str(int(LOGIN_WINDOW_S))},
+                )
+            )  # fmt: skip
         if not isinstance(key, str) or not hmac.compare_digest(key.encode(), api_key.encode()):
+            failures[client] = [*recent, now]
+            if len(failures) > 1024:  # bounded memory under many addresses
+                failures.pop(next(iter(failures)))
             return _error(api_errors.unauthorized())
+        failures.pop(client, None)
         response = JSONResponse({"ok": True, "auth": True})
         response.set_cookie(
             SESSION_COOKIE, session_value(api_key), httponly=True, samesite="strict", path="/"

@@ -70,6 +70,15 @@ async def test_a_session_cookie_from_login_opens_the_console() -> None:
         assert status.status_code == 200 and status.json()["invite_token"] == TOKEN
 
 
+async def test_guessing_the_key_is_rate_limited() -> None:
+    async with _client(_console("k")) as c:
+        codes = [(await c.post("/api/login", json={"key": f"guess{i}"})).status_code for i in range(7)]
+        assert codes == [401] * 5 + [429] * 2
+        assert (
+            await c.post("/api/login", json={"key": "k"})
+        ).status_code == 429  # even the right one, for a while
+
+
 async def test_the_token_is_hidden_from_other_machines_when_no_key_is_set() -> None:
     async with _client(_console(None), address="192.0.2.7", host="127.0.0.1:3131") as c:
         body = (await c.get("/api/status")).json()
