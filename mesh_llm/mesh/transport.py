@@ -915,6 +915,10 @@ class _Connection(QuicConnectionProtocol):
     def rtt(self) -> RttEstimator:
         return self._rtt
 
+    def now(self) -> float:
+        """This connection's clock (the event loop's), which RTT samples are timed on."""
+        return self._loop.time()
+
     def _send_ping(self) -> int:
         self._ping_seq += 1
         while len(self._pings) >= _MAX_OUTSTANDING_PINGS:
@@ -1214,7 +1218,7 @@ class PeerLink:
     @property
     def rtt_min_ms(self) -> float | None:
         """The smallest round trip of the last 30 s in ms, for decisions; None until measured."""
-        rtt = self._conn.rtt.minimum(asyncio.get_running_loop().time())
+        rtt = self._conn.rtt.minimum(self._conn.now())
         return None if rtt is None else rtt * 1000.0
 
     @property
