@@ -34,12 +34,8 @@ def _get(node: NodeProcess, path: str, **kw: object) -> httpx.Response:
     return httpx.get(f"{node.console}{path}", timeout=10, **kw)  # type: ignore[arg-type]
 
 
-def _wait_serving(node: NodeProcess) -> dict:  # type: ignore[type-arg]
-    return node.wait_serving()  # the harness sends the node's key
-
-
 def test_without_the_key_the_console_answers_401_and_gives_no_token(keyed: NodeProcess) -> None:
-    status = _wait_serving(keyed)
+    status = keyed.wait_serving()  # the harness sends the key
     assert status["invite_token"]
     for path in ("/api/status", "/api/events", "/api/plan?model=SmolLM2-135M"):
         r = _get(keyed, path)
@@ -54,7 +50,7 @@ def test_without_the_key_the_console_answers_401_and_gives_no_token(keyed: NodeP
 
 
 def test_the_cli_passes_the_key_from_the_environment(keyed: NodeProcess) -> None:
-    _wait_serving(keyed)
+    keyed.wait_serving()  # the harness sends the key
     cmd = [sys.executable, "-m", "mesh_llm", "status", "--console", str(keyed.console_port), "--json"]
     env = {**os.environ, "COLUMNS": "200"}
     denied = subprocess.run(
@@ -72,7 +68,7 @@ def test_the_cli_passes_the_key_from_the_environment(keyed: NodeProcess) -> None
 
 
 def test_a_rebinding_host_header_is_refused_on_the_api_and_the_console(keyed: NodeProcess) -> None:
-    _wait_serving(keyed)
+    keyed.wait_serving()  # the harness sends the key
     headers = {"host": "attacker.example", "authorization": f"Bearer {KEY}"}
     assert _get(keyed, "/api/status", headers=headers).status_code == 421
     assert httpx.get(f"{keyed.api}/v1/models", headers=headers, timeout=10).status_code == 421
@@ -85,7 +81,7 @@ def test_a_rebinding_host_header_is_refused_on_the_api_and_the_console(keyed: No
 
 
 def test_the_page_asks_for_the_key_and_then_shows_the_mesh(keyed: NodeProcess, page: Page) -> None:
-    _wait_serving(keyed)
+    keyed.wait_serving()  # the harness sends the key
     page.goto(keyed.console)
     expect(page.locator("#login")).to_be_visible(timeout=10_000)
     expect(page.locator("#connection")).to_have_text("locked")

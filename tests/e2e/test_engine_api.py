@@ -22,6 +22,14 @@ from tests.tool_gguf import write_tool_capable_gguf
 MODEL = "SmolLM2-135M"
 CHAT = [{"role": "user", "content": "Name three colors."}]
 NO_EOS = {"0": -100, "2": -100}  # <|endoftext|> and <|im_end|>: generate to max_tokens
+# A stream that keeps a slot busy until the client leaves (or 900 tokens).
+LONG_STREAM = {
+    "model": MODEL,
+    "prompt": "Count: 1, 2, 3,",
+    "max_tokens": 900,
+    "stream": True,
+    "logit_bias": NO_EOS,
+}
 WEATHER = {
     "type": "function",
     "function": {
@@ -144,13 +152,7 @@ def test_a_second_turn_prefills_only_its_new_tokens(node: NodeProcess, client: o
 
 
 def test_a_client_that_leaves_a_stream_frees_its_slot(node: NodeProcess) -> None:
-    body = {
-        "model": MODEL,
-        "prompt": "Count: 1, 2, 3,",
-        "max_tokens": 900,
-        "stream": True,
-        "logit_bias": NO_EOS,
-    }
+    body = LONG_STREAM
     with httpx.stream("POST", f"{node.api}/v1/completions", json=body, timeout=60) as r:
         lines = r.iter_lines()
         got = [next(lines) for _ in range(4)]
@@ -163,7 +165,7 @@ def test_a_client_that_leaves_a_stream_frees_its_slot(node: NodeProcess) -> None
 
 
 def test_a_client_that_leaves_a_plain_request_frees_its_slot(node: NodeProcess) -> None:
-    body = {"model": MODEL, "prompt": "Count: 1, 2, 3,", "max_tokens": 900, "logit_bias": NO_EOS}
+    body = {**LONG_STREAM, "stream": False}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{node.api}/v1/completions", json=body, timeout=httpx.Timeout(60, read=1.0))
     _wait_idle(node)
@@ -596,13 +598,7 @@ def one_slot_node(tmp_path: Path) -> Iterator[NodeProcess]:
 def test_a_full_queue_answers_503_with_retry_after_and_a_failure_mid_stream_ends_cleanly(
     one_slot_node: NodeProcess,
 ) -> None:
-    body = {
-        "model": MODEL,
-        "prompt": "Count: 1, 2, 3,",
-        "max_tokens": 900,
-        "stream": True,
-        "logit_bias": NO_EOS,
-    }
+    body = LONG_STREAM
     url = f"{one_slot_node.api}/v1/completions"
     with httpx.stream("POST", url, json=body, timeout=60) as running:
         lines = running.iter_lines()

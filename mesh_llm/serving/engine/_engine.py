@@ -246,22 +246,20 @@ class Engine:
                     self._step()
         except Exception:  # a bug here would silently hang every request: fail them loudly
             log.exception("engine loop crashed")
-            with self._cond:
-                for s in self._slots:
-                    if s.job is not None:
-                        self._finish(s, FinishReason.ERROR, "the engine crashed")
-                while self._queue:
-                    job = self._queue.popleft()
-                    job.emit(Finished(FinishReason.ERROR, len(job.prompt), 0, 0, "the engine crashed"))
+            self._fail_all("the engine crashed", "the engine crashed")
             raise
         finally:
-            with self._cond:
-                for s in self._slots:
-                    if s.job is not None:
-                        self._finish(s, FinishReason.ERROR, "the model server is shutting down")
-                while self._queue:
-                    job = self._queue.popleft()
-                    job.emit(Finished(FinishReason.ERROR, len(job.prompt), 0, 0, "shutting down"))
+            self._fail_all("the model server is shutting down", "shutting down")
+
+    def _fail_all(self, running: str, queued: str) -> None:
+        """End every running and queued job with an error (the loop is ending)."""
+        with self._cond:
+            for s in self._slots:
+                if s.job is not None:
+                    self._finish(s, FinishReason.ERROR, running)
+            while self._queue:
+                job = self._queue.popleft()
+                job.emit(Finished(FinishReason.ERROR, len(job.prompt), 0, 0, queued))
 
     def _drop_cancelled(self) -> None:
         if any(j.cancelled for j in self._queue):

@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -327,7 +327,7 @@ class ModelApp:
         grammar = await self._format_grammar(options)
         max_tokens = options.max_tokens if options.max_tokens is not None else 16  # OpenAI's default here
         tokens = await self._prepare_tokens(text, chat=False)
-        options = _replace_max(options, max_tokens)
+        options = replace(options, max_tokens=max_tokens)
         return _Prepared(tokens, options, self._max_tokens(options, len(tokens)), grammar, [], None)
 
     # ---- the app --------------------------------------------------------------------------
@@ -617,7 +617,7 @@ class _ChoiceStream:
         if cut < 0 and _tools.may_become_tool_call(unsent):
             cut = 0
         if cut < 0:
-            cut = len(unsent) - _marker_tail(unsent)
+            cut = len(unsent) - _tools.marker_tail(unsent, _tools.HOLD_MARKERS)
         if cut <= 0:
             return []
         piece = unsent[:cut]
@@ -644,26 +644,6 @@ class _ChoiceStream:
 
     def finish_reason(self, event: Finished) -> str:
         return "tool_calls" if self.called else _reason(event)
-
-
-_MARKERS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>")
-
-
-def _marker_tail(text: str) -> int:
-    """Characters at the end of text that could begin a tool-call marker."""
-    best = 0
-    for m in _MARKERS:
-        for k in range(min(len(m) - 1, len(text)), best, -1):
-            if text.endswith(m[:k]):
-                best = k
-                break
-    return best
-
-
-def _replace_max(options: Options, max_tokens: int) -> Options:
-    from dataclasses import replace
-
-    return replace(options, max_tokens=max_tokens)
 
 
 def _getter_route(getter: Callable[[], Any]) -> Callable[[], Any]:

@@ -9,6 +9,7 @@ a step decodes, and tokenizing in a worker thread never waits for the decode loo
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,11 +54,13 @@ class Model:
         self.n_layer: int = C.llama_model_n_layer(ptr)
         self.n_ctx_train: int = C.llama_model_n_ctx_train(ptr)
         self.add_bos: bool = bool(C.llama_vocab_get_add_bos(self.vocab))
-        self.eog_tokens: tuple[int, ...] = tuple(
-            t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, t)
-        )
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._piece_lock = threading.Lock()
+
+    @functools.cached_property
+    def eog_tokens(self) -> tuple[int, ...]:
+        """Every end-of-generation token (a scan of the vocabulary, done when min_tokens needs it)."""
+        return tuple(t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, t))
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         """Text to token ids; safe to call from any thread while the engine decodes."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from random import Random
 from typing import Any, Literal
@@ -42,6 +42,8 @@ PYTHON_TAG = "<|python_tag|>"
 CALL_MARKERS = (HERMES_OPEN, MISTRAL_CALLS, PYTHON_TAG, "{", "[", "```json")
 # Markers that may follow ordinary content in the same answer.
 _INLINE_MARKERS = (HERMES_OPEN, MISTRAL_CALLS)
+# What a stream holds back at its end under tool_choice auto: the start of any of these.
+HOLD_MARKERS = (HERMES_OPEN, MISTRAL_CALLS, PYTHON_TAG)
 
 _FENCE = re.compile(r"^```(?:json)?\s*\n(.*?)\n?```$", re.DOTALL)
 _DECODER = json.JSONDecoder()
@@ -428,8 +430,15 @@ def streamable_prefix(text: str) -> int:
     cut = content_before_call(text)
     if cut >= 0:
         return cut
-    for i in range(max(0, len(text) - max(len(m) for m in _INLINE_MARKERS) + 1), len(text)):
-        tail = text[i:]
-        if any(marker.startswith(tail) for marker in _INLINE_MARKERS):
-            return i
-    return len(text)
+    return len(text) - marker_tail(text, _INLINE_MARKERS)
+
+
+def marker_tail(text: str, markers: Sequence[str]) -> int:
+    """How many characters at the end of `text` could be the start of one of `markers`."""
+    best = 0
+    for marker in markers:
+        for k in range(min(len(marker) - 1, len(text)), best, -1):
+            if text.endswith(marker[:k]):
+                best = k
+                break
+    return best
