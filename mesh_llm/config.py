@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mesh_llm.errors import ConfigError
+from mesh_llm.mesh.transport import DEFAULT_ENGINE, ENGINES
 
 DEFAULT_API_PORT = 9337
 DEFAULT_CONSOLE_PORT = 3131
@@ -63,6 +64,7 @@ class NodeConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     allow_download: bool = True
     allow_hosts: tuple[str, ...] = ()  # extra Host names the API and console answer for
+    quic_engine: str = DEFAULT_ENGINE  # the QUIC library under the mesh transport
 
     @property
     def idle(self) -> bool:
@@ -97,6 +99,7 @@ def build_config(
     max_queue: int = 64,
     max_body_mb: float = 8,
     allow_hosts: list[str] | None = None,
+    quic: str = DEFAULT_ENGINE,
 ) -> NodeConfig:
     """Validate flag values and build the node's configuration."""
     models = list(models or [])
@@ -142,7 +145,14 @@ def build_config(
         ),
         allow_download=not client,
         allow_hosts=tuple(h.strip() for h in allow_hosts or [] if h.strip()),
+        quic_engine=_quic_engine(quic),
     )
+
+
+def _quic_engine(name: str) -> str:
+    if name not in ENGINES:
+        raise ConfigError(f"--quic must be one of {', '.join(ENGINES)}, not {name!r}")
+    return name
 
 
 def api_key_from_env(environ: os._Environ[str] | dict[str, str]) -> str | None:

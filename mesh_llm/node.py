@@ -38,6 +38,7 @@ from mesh_llm.mesh.service import (
     load_or_create_credentials,
     record_for,
 )
+from mesh_llm.mesh.transport import TransportConfig
 from mesh_llm.models.catalog import CATALOG, find_entry
 from mesh_llm.models.resolve import ResolvedModel, on_disk_names, resolve
 from mesh_llm.planning.demand import DemandTable, StandbyInfo, choose_standby_work
@@ -450,7 +451,12 @@ class Node:
 
     async def _start_mesh(self) -> None:
         credentials = load_or_create_credentials(self.config.state_dir, self.tokens)
-        settings = MeshSettings(self.config.state_dir, self.config.bind_port, self.config.join)
+        settings = MeshSettings(
+            self.config.state_dir,
+            self.config.bind_port,
+            self.config.join,
+            transport=TransportConfig(quic_engine=self.config.quic_engine),
+        )
         self.mesh = MeshService(
             self.identity,
             credentials,

@@ -232,4 +232,5 @@ def build_status(node: Node) -> dict[str, Any]:
         "invite_token": node.mesh.invite_token if node.mesh is not None else None,
         "mesh_id": node.mesh.credentials.mesh_id_hex if node.mesh is not None else None,
         "mesh_port": node.mesh.transport.port if node.mesh is not None else None,
+        "quic": node.mesh.transport.engine if node.mesh is not None else None,
     }

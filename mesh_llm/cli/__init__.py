@@ -15,6 +15,7 @@ from rich.logging import RichHandler
 from mesh_llm import __version__
 from mesh_llm.config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, api_key_from_env, build_config
 from mesh_llm.errors import MeshError
+from mesh_llm.mesh.transport import DEFAULT_ENGINE, ENGINES
 
 console = Console(stderr=True)
 
@@ -83,6 +84,12 @@ def node_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--bind-port", type=int, default=0, metavar="PORT", help="UDP port for mesh traffic (default: any)"
+    )
+    p.add_argument(
+        "--quic",
+        choices=ENGINES,
+        default=os.environ.get("MESH_LLM_QUIC") or DEFAULT_ENGINE,
+        help=f"QUIC library under the mesh (default {DEFAULT_ENGINE}, or $MESH_LLM_QUIC); nodes on either interoperate",
     )
     p.add_argument("--split", action="store_true", help="split models across nodes even when they fit on one")
     p.add_argument("--device", default=None, help="device to run models on (default: best available)")
@@ -154,6 +161,7 @@ def run_node(argv: Sequence[str]) -> int:
             max_queue=args.max_queue,
             max_body_mb=args.max_body,
             allow_hosts=args.allow_host,
+            quic=args.quic,
         )
         from mesh_llm.models.resolve import validate_spec
 

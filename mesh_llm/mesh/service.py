@@ -34,7 +34,7 @@ from mesh_llm.mesh.gossip import (
 )
 from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.token import InviteToken, MeshCredentials, format_address, new_mesh
-from mesh_llm.mesh.transport import MeshTransport, PeerLink
+from mesh_llm.mesh.transport import MeshTransport, PeerLink, TransportConfig
 from mesh_llm.mesh.tunnel import TcpTunnel, TunnelCounters, open_tcp_tunnel, serve_tcp_streams
 from mesh_llm.supervise import supervised
 
@@ -56,6 +56,7 @@ class MeshSettings:
     bind_port: int = 0
     join: tuple[str, ...] = ()
     gossip: GossipConfig = field(default_factory=GossipConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
 
 
 def load_identity(state_dir: Path) -> NodeIdentity:
@@ -151,7 +152,9 @@ class MeshService:
         self.engine = GossipEngine(
             self_record, settings.gossip, signer=identity.sign, verifier=NodeIdentity.verify
         )
-        self.transport = MeshTransport(identity, credentials, host="::", port=settings.bind_port)
+        self.transport = MeshTransport(
+            identity, credentials, host="::", port=settings.bind_port, config=settings.transport
+        )
         self._reuse_port = last_port(settings.state_dir) if settings.bind_port == 0 else 0
         self.http_counters: TunnelCounters | None = None
         self._http_target = http_target
@@ -173,7 +176,13 @@ class MeshService:
         if self._reuse_port:
             # Come back on last run's port so peers redialling us (and tokens handed out) find us.
             try:
-                t = MeshTransport(self.identity, self.credentials, host="::", port=self._reuse_port)
+                t = MeshTransport(
+                    self.identity,
+                    self.credentials,
+                    host="::",
+                    port=self._reuse_port,
+                    config=self.transport.config,
+                )
                 await t.start()
                 self.transport = t
             except (TransportError, ConfigError):

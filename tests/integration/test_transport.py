@@ -1,12 +1,14 @@
-"""The QUIC layer with real aioquic on loopback: authentication, links, streams, tunnels.
+"""The QUIC layer on loopback, on each QUIC engine: authentication, links, streams, tunnels.
 
+Every test runs once per engine (qh3, aioquic), and nodes on different engines interoperate.
 Every transport binds port 0; peers that must die like a real process run in a subprocess
-that is killed with SIGKILL.
+that is killed with SIGKILL. Raw, unauthenticated clients speak plain qh3.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import socket
@@ -18,17 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aioquic.asyncio import connect
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.quic import events
-from aioquic.quic.configuration import QuicConfiguration
+from qh3.asyncio import connect
+from qh3.asyncio.protocol import QuicConnectionProtocol
+from qh3.quic import events
+from qh3.quic.configuration import QuicConfiguration
+from qh3.tls import SignatureAlgorithm
 
 from mesh_llm.errors import AuthenticationError, ConfigError, MalformedFrame, PeerUnreachable, TransportError
-from mesh_llm.mesh import transport as transport_module
 from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.token import MeshCredentials, new_mesh
 from mesh_llm.mesh.transport import (
     ALPN,
+    ENGINES,
     CloseCode,
     MeshStreamReader,
     MeshStreamWriter,
@@ -87,8 +90,13 @@ class Node:
 NodeFactory = Callable[..., Awaitable[Node]]
 
 
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-async def make_node() -> AsyncIterator[NodeFactory]:
+async def make_node(engine: str) -> AsyncIterator[NodeFactory]:
     nodes: list[Node] = []
 
     async def factory(
@@ -96,7 +104,9 @@ async def make_node() -> AsyncIterator[NodeFactory]:
         identity: NodeIdentity | None = None,
         config: TransportConfig = FAST,
         host: str = "::",
+        quic_engine: str | None = None,
     ) -> Node:
+        config = dataclasses.replace(config, quic_engine=quic_engine or engine)
         transport = MeshTransport(
             identity or NodeIdentity.generate(), credentials or shared_mesh, host=host, config=config
         )
@@ -148,6 +158,29 @@ async def test_two_nodes_authenticate_and_exchange_messages(make_node: NodeFacto
     assert await asyncio.wait_for(a.messages.get(), 2) == (b.id, {"t": "welcome", "peers": []})
     await eventually(lambda: link.rtt_ms is not None)  # measured by the first ping, size load-dependent
     assert link.rtt_ms is not None and link.rtt_ms > 0
+
+
+async def test_nodes_on_different_quic_engines_interoperate(make_node: NodeFactory, engine: str) -> None:
+    other = next(name for name in ENGINES if name != engine)
+    a, b = await make_node(), await make_node(quic_engine=other)
+    assert a.transport.engine.split()[0] == engine and b.transport.engine.split()[0] == other
+    b.transport.on_stream("echo", echo_handler)
+    a.transport.on_stream("echo", echo_handler)
+    link = await a.dial(b)  # a's engine dials, b's listens
+    payload = os.urandom(300_000)
+    reader, writer = await link.open_stream("echo")
+    writer.write(payload)
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 10) == payload
+    link.close("turn around")
+    await eventually(lambda: a.id not in b.transport.links)
+    back = await b.dial(a)  # and the other way round
+    reader, writer = await back.open_stream("echo")
+    writer.write(payload)
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 10) == payload
+    back.send({"t": "hello"})
+    assert await asyncio.wait_for(a.messages.get(), 2) == (b.id, {"t": "hello"})
 
 
 async def test_messages_arrive_in_order(make_node: NodeFactory) -> None:
@@ -283,6 +316,12 @@ async def test_reaching_the_wrong_node_id_is_refused(make_node: NodeFactory) -> 
     assert b.connected == []
 
 
+def _raw_client_configuration() -> QuicConfiguration:
+    configuration = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
+    configuration.signature_algorithms = [SignatureAlgorithm.ED25519]  # node certificates are ed25519
+    return configuration
+
+
 class _RecordingProtocol(QuicConnectionProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -313,7 +352,7 @@ async def test_unauthenticated_peer_cannot_open_streams_and_times_out(make_node:
         handled.append(peer)
 
     b.transport.on_stream("echo", record)
-    configuration = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
+    configuration = _raw_client_configuration()
     async with connect(
         "127.0.0.1", b.transport.port, configuration=configuration, create_protocol=_RecordingProtocol
     ) as client:
@@ -331,7 +370,7 @@ async def test_unauthenticated_peer_cannot_open_streams_and_times_out(make_node:
 
 async def test_garbage_on_the_control_stream_closes_the_connection(make_node: NodeFactory) -> None:
     b = await make_node()
-    configuration = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
+    configuration = _raw_client_configuration()
     async with connect(
         "127.0.0.1", b.transport.port, configuration=configuration, create_protocol=_RecordingProtocol
     ) as client:
@@ -341,26 +380,6 @@ async def test_garbage_on_the_control_stream_closes_the_connection(make_node: No
         await asyncio.wait_for(client.wait_closed(), 3)
         assert client.terminated is not None and client.terminated.error_code == CloseCode.PROTOCOL_ERROR
         assert 0 not in client.received, "nothing was said before the bad frame was rejected"
-
-
-def test_proofs_are_bound_to_role_certificate_and_nonces() -> None:
-    identity, secret = NodeIdentity.generate(), os.urandom(32)
-    hello_a = transport_module._Hello(b"m" * 16, identity.node_id, b"a" * 32, 1 << 20)
-    hello_b = transport_module._Hello(b"m" * 16, NodeIdentity.generate().node_id, b"b" * 32, 1 << 20)
-    transcript = transport_module._transcript(b"m" * 16, b"c" * 32, hello_a, hello_b)
-    proof = transport_module._make_proof(b"client", secret, identity, transcript)
-    assert transport_module._proof_is_valid(b"client", secret, identity.node_id, transcript, proof)
-    other_cert = transport_module._transcript(b"m" * 16, b"d" * 32, hello_a, hello_b)
-    other_nonce = transport_module._transcript(
-        b"m" * 16, b"c" * 32, hello_a, transport_module._Hello(b"m" * 16, hello_b.node_id, b"x" * 32, 1 << 20)
-    )
-    assert not transport_module._proof_is_valid(b"client", secret, identity.node_id, other_cert, proof)
-    assert not transport_module._proof_is_valid(b"client", secret, identity.node_id, other_nonce, proof)
-    assert not transport_module._proof_is_valid(b"server", secret, identity.node_id, transcript, proof)
-    assert not transport_module._proof_is_valid(
-        b"client", os.urandom(32), identity.node_id, transcript, proof
-    )
-    assert not transport_module._proof_is_valid(b"client", secret, hello_b.node_id, transcript, proof)
 
 
 # --- streams ----------------------------------------------------------------------------------
@@ -549,8 +568,8 @@ from mesh_llm.mesh.token import MeshCredentials
 from mesh_llm.mesh.transport import MeshTransport, TransportConfig
 
 async def main():
-    key, mesh_id, secret, address, node_id = sys.argv[1:6]
-    config = TransportConfig(idle_timeout=2.0, keepalive_interval=0.25)
+    key, mesh_id, secret, address, node_id, engine = sys.argv[1:7]
+    config = TransportConfig(idle_timeout=2.0, keepalive_interval=0.25, quic_engine=engine)
     credentials = MeshCredentials(bytes.fromhex(mesh_id), bytes.fromhex(secret))
     transport = MeshTransport(NodeIdentity.load_or_create(key), credentials, host="127.0.0.1", config=config)
     await transport.start()
@@ -573,6 +592,7 @@ async def _spawn_peer(key: Path, node: Node) -> asyncio.subprocess.Process:
         credentials.secret.hex(),
         node.addr(),
         node.id,
+        node.transport.engine.split()[0],
         stdout=asyncio.subprocess.PIPE,
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},

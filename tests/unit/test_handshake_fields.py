@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh_llm.errors import AuthenticationError
-from mesh_llm.mesh.transport import _parse_hello, strict_hex
+from mesh_llm.mesh.token import MESH_ID_BYTES
+from mesh_llm.mesh.transport._handshake import AUTH_VERSION, NONCE_BYTES, BadHello, parse_hello, strict_hex
 
 GOOD = {"t": "_hello", "v": 1, "mesh": "ab" * 16, "node": "cd" * 32, "nonce": "ef" * 32, "win": 1 << 20}
 
@@ -21,14 +21,10 @@ def test_strict_hex_takes_exactly_the_size_in_lowercase_hex() -> None:
 
 
 def test_a_nonce_padded_with_spaces_is_refused() -> None:
-    from mesh_llm.mesh import transport
-
-    nonce_hex = 2 * transport._NONCE_BYTES
+    nonce_hex = 2 * NONCE_BYTES
     padded = "ab" * (nonce_hex // 2 - 1) + "a "  # fromhex would skip the space: one byte short
-    with pytest.raises(AuthenticationError):
-        _parse_hello(
-            {**GOOD, "v": transport._AUTH_VERSION, "nonce": padded, "mesh": "ab" * transport.MESH_ID_BYTES}
-        )
+    with pytest.raises(BadHello):
+        parse_hello({**GOOD, "v": AUTH_VERSION, "nonce": padded, "mesh": "ab" * MESH_ID_BYTES})
 
 
 @given(
@@ -38,6 +34,6 @@ def test_a_nonce_padded_with_spaces_is_refused() -> None:
 )
 def test_any_hello_parses_or_raises_authentication_error(fields: dict[str, Any]) -> None:
     try:
-        _parse_hello({**GOOD, **fields})
-    except AuthenticationError:
+        parse_hello({**GOOD, **fields})
+    except BadHello:
         pass

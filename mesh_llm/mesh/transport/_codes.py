@@ -1,0 +1,37 @@
+"""The application error codes of mesh connections and streams."""
+
+from __future__ import annotations
+
+import enum
+
+
+class CloseCode(enum.IntEnum):
+    """Application error codes a mesh connection is closed with (RFC 9000 CONNECTION_CLOSE)."""
+
+    GOODBYE = 0x0
+    AUTH_FAILED = 0x4D01
+    WRONG_MESH = 0x4D02
+    AUTH_TIMEOUT = 0x4D03
+    DUPLICATE = 0x4D04
+    PROTOCOL_ERROR = 0x4D05
+    SHUTDOWN = 0x4D06
+
+
+class StreamCode(enum.IntEnum):
+    """Application error codes a single stream is reset or stopped with."""
+
+    CANCELLED = 0x10
+    UNKNOWN_KIND = 0x11
+    REFUSED = 0x12
+    FLOW_CONTROL = 0x13
+    NOT_AUTHENTICATED = 0x14
+    PROTOCOL_ERROR = 0x15
+    HANDLER_FAILED = 0x16
+
+
+def code_name(enum_type: type[enum.IntEnum], code: int) -> str:
+    """'auth failed' for CloseCode.AUTH_FAILED; 'code 0x1234' for a code we do not know."""
+    try:
+        return enum_type(code).name.lower().replace("_", " ")
+    except ValueError:
+        return f"code {code:#x}"
