@@ -41,11 +41,11 @@ LONG = " ".join(["The quick brown fox jumps over the lazy dog while the old keep
 @contextlib.asynccontextmanager
 async def serving(
     log_dir: Path, model: Path, threads: int, endpoints: Sequence[str] = (), split: Sequence[int] = (),
-    output_on_host: bool = True,
+    output_on_host: bool = True, n_ctx: int = 2048,
 ) -> AsyncIterator[tuple[ModelServer, float]]:  # fmt: skip
     size = await asyncio.to_thread(os.path.getsize, model)
     server = ModelServer(
-        ResolvedModel("m", model, size), BackendConfig(n_ctx=2048, n_threads=threads), log_dir,
+        ResolvedModel("m", model, size), BackendConfig(n_ctx=n_ctx, n_threads=threads), log_dir,
         rpc_endpoints=endpoints, layer_split=split, output_on_host=output_on_host,
     )  # fmt: skip
     t0 = time.perf_counter()

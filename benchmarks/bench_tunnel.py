@@ -17,6 +17,13 @@ median round trip of each path per round, the median over rounds, and the spread
     .venv/bin/python -m benchmarks.bench_tunnel [--rounds 7] [--trips 300] [--bulk-mb 32]
     .venv/bin/python -m benchmarks.bench_tunnel --datagram 1452     # packetize as towards another host
     .venv/bin/python -m benchmarks.bench_tunnel --profile /tmp/prof  # cProfile both mesh nodes
+    sudo .venv/bin/python -m benchmarks.bench_tunnel --netns  # across two network namespaces
+
+Every QUIC engine in --quic (default: qh3 and aioquic) gets its own mesh path, side by side.
+With --netns the worker side (echo server, node B) runs in one network namespace and the host
+side (client, relay, node A) in another, joined by a veth pair with a 1500-byte MTU
+(benchmarks/netns.py): a real non-loopback path, where the mesh picks its datagram size from
+the route's MTU as it would towards another machine on the LAN.
 
 Each round also times moving --bulk-mb megabytes one way through each path (like a split
 host loading a worker's weights).
@@ -89,9 +96,9 @@ def _recv_all(sock: socket.socket, n: int) -> bytes:
     return data
 
 
-def run_echo() -> None:
+def run_echo(bind: str) -> None:
     """A blocking server like ggml-rpc's: one thread per connection, one reply per request."""
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = socket.create_server((bind, 0))
     _announce({"port": listener.getsockname()[1]})
     threading.Thread(target=_wait_for_stdin_close, args=(listener.close,), daemon=True).start()
     with contextlib.suppress(OSError):
@@ -108,11 +115,11 @@ async def _relay_pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     writer.close()
 
 
-async def run_relay(target: int) -> None:
+async def run_relay(peer_host: str, target: int) -> None:
     """A plain asyncio TCP relay: the cost of one Python hop with no QUIC in it."""
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
+        up_reader, up_writer = await asyncio.open_connection(peer_host, target)
         await asyncio.gather(_relay_pump(reader, up_writer), _relay_pump(up_reader, writer))
 
     server = await asyncio.start_server(accept, "127.0.0.1", 0)
@@ -120,23 +127,25 @@ async def run_relay(target: int) -> None:
     await _stdin_closed()
 
 
-async def run_mesh_worker(target: int, datagram_size: int) -> None:
+async def run_mesh_worker(target: int, datagram_size: int, engine: str, bind: str) -> None:
     """Node B: a transport serving tunnel streams to the echo server."""
     from mesh_llm.mesh.tunnel import serve_tcp_streams
 
-    transport = await _start_transport(datagram_size)
+    transport = await _start_transport(datagram_size, engine, bind)
     serve_tcp_streams(transport, KIND, lambda peer, header: target)
     _announce({"port": transport.port, "node_id": transport.node_id})
     await _stdin_closed()
     await transport.close()
 
 
-async def run_mesh_host(worker_port: int, worker_id: str, datagram_size: int) -> None:
+async def run_mesh_host(
+    worker_host: str, worker_port: int, worker_id: str, datagram_size: int, engine: str
+) -> None:
     """Node A: a transport that dials node B and opens a TCP tunnel to it."""
     from mesh_llm.mesh.tunnel import open_tcp_tunnel
 
-    transport = await _start_transport(datagram_size)
-    link = await transport.dial([f"127.0.0.1:{worker_port}"], worker_id)
+    transport = await _start_transport(datagram_size, engine, "0.0.0.0")
+    link = await transport.dial([f"{worker_host}:{worker_port}"], worker_id)
     tunnel = await open_tcp_tunnel(link, KIND)
     _announce({"port": tunnel.port})
     await _stdin_closed()
@@ -144,7 +153,7 @@ async def run_mesh_host(worker_port: int, worker_id: str, datagram_size: int) ->
     await transport.close()
 
 
-async def _start_transport(datagram_size: int) -> Any:
+async def _start_transport(datagram_size: int, engine: str, bind: str) -> Any:
     from mesh_llm.mesh.identity import NodeIdentity
     from mesh_llm.mesh.token import MeshCredentials
     from mesh_llm.mesh.transport import MeshTransport, TransportConfig
@@ -152,10 +161,12 @@ async def _start_transport(datagram_size: int) -> Any:
     # The parent hands both nodes the same (throwaway) mesh credentials on stdin.
     secrets = json.loads(sys.stdin.readline())
     credentials = MeshCredentials(bytes.fromhex(secrets["mesh_id"]), bytes.fromhex(secrets["secret"]))
-    config = TransportConfig()
+    config = TransportConfig(quic_engine=engine)
     if datagram_size:  # e.g. 1452: packetize as towards a peer on another host
-        config = TransportConfig(max_datagram_size=datagram_size, same_host_datagram_size=datagram_size)
-    transport = MeshTransport(NodeIdentity.generate(), credentials, host="127.0.0.1", config=config)
+        config = TransportConfig(
+            quic_engine=engine, max_datagram_size=datagram_size, same_host_datagram_size=datagram_size
+        )
+    transport = MeshTransport(NodeIdentity.generate(), credentials, host=bind, config=config)
     await transport.start()
     return transport
 
@@ -179,13 +190,13 @@ def run_role(args: argparse.Namespace) -> None:
         profiler.enable()
     try:
         if args.role == "echo":
-            run_echo()
+            run_echo(args.bind)
         elif args.role == "relay":
-            asyncio.run(run_relay(args.target))
+            asyncio.run(run_relay(args.peer_host, args.target))
         elif args.role == "mesh-worker":
-            asyncio.run(run_mesh_worker(args.target, args.datagram))
+            asyncio.run(run_mesh_worker(args.target, args.datagram, args.quic, args.bind))
         elif args.role == "mesh-host":
-            asyncio.run(run_mesh_host(args.target, args.node_id, args.datagram))
+            asyncio.run(run_mesh_host(args.peer_host, args.target, args.node_id, args.datagram, args.quic))
     finally:
         if profiler is not None:
             profiler.disable()
@@ -198,8 +209,10 @@ def run_role(args: argparse.Namespace) -> None:
 class Hop:
     """A child process running one role; it prints one JSON line when ready, exits on stdin EOF."""
 
-    def __init__(self, role: str, *extra: str, stdin: str = "", profile: str = "") -> None:
-        cmd = [sys.executable, "-m", "benchmarks.bench_tunnel", "--role", role, *extra]
+    def __init__(
+        self, role: str, *extra: str, stdin: str = "", profile: str = "", prefix: list[str] | None = None
+    ) -> None:
+        cmd = [*(prefix or []), sys.executable, "-m", "benchmarks.bench_tunnel", "--role", role, *extra]
         if profile:
             cmd += ["--profile", profile]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -224,28 +237,51 @@ class Hop:
 
 
 @contextlib.contextmanager
-def hops(profile_dir: str, datagram_size: int) -> Iterator[dict[str, int]]:
-    """Start every hop; yield the port each path's client connects to."""
+def hops(
+    profile_dir: str, datagram_size: int, engines: list[str], in_netns: bool
+) -> Iterator[dict[str, tuple[str, int]]]:
+    """Start every hop; yield the address each path's client connects to.
+
+    In a namespace pair, the echo server and node B run in the worker's namespace and are
+    reached at its address; everything else runs here, in the host's namespace.
+    """
+    from benchmarks.netns import Pair
     from mesh_llm.mesh.token import new_mesh
 
+    pair = Pair()
+    far = pair.prefix(pair.worker_ns) if in_netns else []
+    worker_ip = pair.worker_ip if in_netns else "127.0.0.1"
+    bind = "0.0.0.0" if in_netns else "127.0.0.1"
     mesh = new_mesh()
     secrets = json.dumps({"mesh_id": mesh.mesh_id.hex(), "secret": mesh.secret.hex()}) + "\n"
     started: list[Hop] = []
     try:
-        echo = Hop("echo")
+        echo = Hop("echo", "--bind", bind, prefix=far)
         started.append(echo)
         target = str(echo.info["port"])
-        started.append(relay := Hop("relay", "--target", target))
-        prof = (lambda name: os.path.join(profile_dir, f"{name}.prof")) if profile_dir else (lambda name: "")
+        started.append(relay := Hop("relay", "--target", target, "--peer-host", worker_ip))
+        ports = {
+            "direct": (worker_ip, int(echo.info["port"])),
+            "relay": ("127.0.0.1", int(relay.info["port"])),
+        }
         size = ["--datagram", str(datagram_size)]
-        worker = Hop("mesh-worker", "--target", target, *size, stdin=secrets, profile=prof("worker"))
-        started.append(worker)
-        host = Hop(
-            "mesh-host", "--target", str(worker.info["port"]), "--node-id", worker.info["node_id"], *size,
-            stdin=secrets, profile=prof("host"),
-        )  # fmt: skip
-        started.append(host)
-        yield {"direct": echo.info["port"], "relay": relay.info["port"], "mesh": host.info["port"]}
+        for engine in engines:
+
+            def prof(name: str, engine: str = engine) -> str:
+                return os.path.join(profile_dir, f"{name}-{engine}.prof") if profile_dir else ""
+
+            worker = Hop(
+                "mesh-worker", "--target", target, "--quic", engine, "--bind", bind, *size,
+                stdin=secrets, profile=prof("worker"), prefix=far,
+            )  # fmt: skip
+            started.append(worker)
+            host = Hop(
+                "mesh-host", "--target", str(worker.info["port"]), "--node-id", worker.info["node_id"],
+                "--peer-host", worker_ip, "--quic", engine, *size, stdin=secrets, profile=prof("host"),
+            )  # fmt: skip
+            started.append(host)
+            ports[f"mesh-{engine}"] = ("127.0.0.1", int(host.info["port"]))
+        yield ports
     finally:
         for hop in reversed(started):
             hop.stop()
@@ -289,23 +325,45 @@ def main() -> None:
     ap.add_argument(
         "--datagram", type=int, default=0, help="force the mesh's UDP payload size (1452: as off-host)"
     )
+    ap.add_argument("--quic", default="qh3,aioquic", help="QUIC engines to measure, comma-separated")
+    ap.add_argument("--netns", action="store_true", help="across two network namespaces (needs root)")
     ap.add_argument("--profile", default="", help="directory for cProfile dumps of both mesh nodes")
+    ap.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--role", choices=["echo", "relay", "mesh-worker", "mesh-host"], help=argparse.SUPPRESS)
     ap.add_argument("--target", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--node-id", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--bind", default="127.0.0.1", help=argparse.SUPPRESS)
+    ap.add_argument("--peer-host", default="127.0.0.1", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role:
+        if args.role in ("mesh-worker", "mesh-host") and "," in args.quic:
+            args.quic = args.quic.split(",")[0]
         run_role(args)
         return
+    if args.netns:
+        from benchmarks.netns import veth_pair
+
+        with veth_pair() as pair:
+            argv = [a for a in sys.argv[1:] if a != "--netns"]
+            cmd = [
+                *pair.prefix(pair.host_ns),
+                sys.executable,
+                "-m",
+                "benchmarks.bench_tunnel",
+                *argv,
+                "--in-netns",
+            ]
+            sys.exit(subprocess.run(cmd).returncode)
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
+    engines = [e.strip() for e in args.quic.split(",") if e.strip()]
     request = request_parts()
-    names = ("direct", "relay", "mesh")
+    names = ("direct", "relay", *(f"mesh-{e}" for e in engines))
     rtt: dict[str, list[float]] = {name: [] for name in names}
     mbps: dict[str, list[float]] = {name: [] for name in names}
-    with hops(args.profile, args.datagram) as ports:
-        socks = {name: socket.create_connection(("127.0.0.1", ports[name])) for name in names}
-        bulks = {name: socket.create_connection(("127.0.0.1", ports[name])) for name in names}
+    with hops(args.profile, args.datagram, engines, args.in_netns) as addresses:
+        socks = {name: socket.create_connection(addresses[name]) for name in names}
+        bulks = {name: socket.create_connection(addresses[name]) for name in names}
         try:
             for sock, mode in [(s, b"R") for s in socks.values()] + [(s, b"B") for s in bulks.values()]:
                 _nodelay(sock)
@@ -326,22 +384,21 @@ def main() -> None:
                 sock.close()
             time.sleep(0.2)  # let the tunnels see both EOFs before their processes stop
 
+    where = "two network namespaces over a veth pair (MTU 1500)" if args.in_netns else "loopback"
     print(f"{REQUEST_BYTES} B request in {3 * len(REQUEST_COMMANDS)} sends, {REPLY_TOTAL} B reply; "
-          f"{args.rounds} rounds x {args.trips} round trips per path; mesh datagrams: "
-          f"{args.datagram or 'default'}")  # fmt: skip
+          f"{args.rounds} rounds x {args.trips} round trips per path; {where}; mesh datagrams: "
+          f"{args.datagram or 'chosen per path'}")  # fmt: skip
     print("median over rounds of each round's median round trip [min .. max over rounds]")
     for name in names:
-        line = f"{name:<8}{_spread([v * 1000 for v in rtt[name]], '{:.3f}')} ms"
+        line = f"{name:<13}{_spread([v * 1000 for v in rtt[name]], '{:.3f}')} ms"
         if mbps[name]:
             line += f"   bulk {_spread(mbps[name], '{:.0f}')} MB/s"
         print(line)
     med = {name: statistics.median(v) for name, v in rtt.items()}
-    for name in ("relay", "mesh"):
+    for name in names[1:]:
         ratios = [d / x for d, x in zip(rtt["direct"], rtt[name], strict=True)]
         print(f"direct/{name}: {_spread(ratios, '{:.1%}')}; "
               f"added {(med[name] - med['direct']) * 1000:+.3f} ms per round trip")  # fmt: skip
-    ratios = [r / m for r, m in zip(rtt["relay"], rtt["mesh"], strict=True)]
-    print(f"relay/mesh: {_spread(ratios, '{:.1%}')}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ class NodeProcess:
     api_port: int = field(default_factory=free_port)
     console_port: int = field(default_factory=free_port)
     env: dict[str, str] | None = None
+    prefix: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", NS] (benchmarks)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -59,7 +60,7 @@ class NodeProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.state_dir / "node.log"
         cmd = [
-            sys.executable, "-m", "mesh_llm", *self.args,
+            *self.prefix, sys.executable, "-m", "mesh_llm", *self.args,
             "--port", str(self.api_port), "--console", str(self.console_port), "--state-dir", str(self.state_dir),
         ]  # fmt: skip
         env = {

@@ -106,6 +106,11 @@ class QuicEngine:
         """The DER certificate the peer proved its key with, once the handshake is done."""
         raise NotImplementedError
 
+    def receive(self, quic: Any, datagrams: list[tuple[bytes, Any]], now: float) -> None:
+        """Feed a burst of datagrams (in arrival order) to `quic`."""
+        for data, addr in datagrams:
+            quic.receive_datagram(data, addr, now=now)
+
     def acknowledge_now(self, quic: Any, now: float) -> None:
         """Let the packets about to carry stream data also carry the pending ACK, if any."""
 
@@ -145,6 +150,20 @@ class Qh3Engine(QuicEngine):
         certificate = quic.get_peercert()
         der = certificate.public_bytes() if certificate is not None else None
         return der if isinstance(der, bytes) else None
+
+    def receive(self, quic: Any, datagrams: list[tuple[bytes, Any]], now: float) -> None:
+        # One call into the native core per run of datagrams from one address.
+        i = 0
+        while i < len(datagrams):
+            addr = datagrams[i][1]
+            j = i + 1
+            while j < len(datagrams) and datagrams[j][1] == addr:
+                j += 1
+            if j - i == 1:
+                quic.receive_datagram(datagrams[i][0], addr, now=now)
+            else:
+                quic.receive_many_datagrams([data for data, _ in datagrams[i:j]], addr, now=now)
+            i = j
 
     # qh3's native core decides its ACKs itself and has no delayed-ACK attribute to move.
 

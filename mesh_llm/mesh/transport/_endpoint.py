@@ -201,9 +201,7 @@ class MeshTransport:
             host, default=self.config.max_datagram_size, same_host=self.config.same_host_datagram_size
         )
 
-    def _incoming(
-        self, addr: Any, original_dcid: bytes, sendto: Callable[[bytes, Any], None], on_cid: Any
-    ) -> Connection:
+    def _incoming(self, addr: Any, original_dcid: bytes, send_sock: socket.socket, on_cid: Any) -> Connection:
         """A listener's connection for a new client at `addr`."""
         quic = self._engine.server_connection(
             self._server_credentials,
@@ -216,7 +214,7 @@ class MeshTransport:
             owner=self,
             engine=self._engine,
             dialer=False,
-            sendto=sendto,
+            send_sock=send_sock,
             on_cid=on_cid,
             remote_address=display_address(addr),
         )
@@ -718,16 +716,12 @@ class _Listener(asyncio.DatagramProtocol):
         if conn is None:
             if not is_initial or len(data) < 1200 or self._owner._closed:
                 return
-            conn = self._owner._incoming(addr, cid, self._sendto, self._on_cid)
+            conn = self._owner._incoming(addr, cid, self._sock, self._on_cid)
             conn.connection_made(self._transport)  # type: ignore[arg-type]
             self._on_cid(conn, cid, True)
             self._on_cid(conn, conn.host_cid, True)  # the id it answers from (no event says so)
         conn.datagram_in(data, addr)
         touched[id(conn)] = conn
-
-    def _sendto(self, data: bytes, addr: Any) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.sendto(data, addr)
 
     def _on_cid(self, conn: Connection, cid: bytes, issued: bool) -> None:
         if issued:

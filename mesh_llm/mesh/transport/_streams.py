@@ -226,7 +226,9 @@ class MeshStreamReader:
         finally:
             self._waiter = None
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes, deliver: bool = True) -> None:
+        """Bytes from the peer. With deliver=False a sink gets them at the next `_deliver()`:
+        the connection hands a whole burst over in one go (one write to a tunnel's socket)."""
         if self.finished:
             return
         if not self._credit.arrived(len(data)):
@@ -234,7 +236,8 @@ class MeshStreamReader:
             return
         self._buffer += data
         wake(self._waiter)
-        self._deliver()
+        if deliver:
+            self._deliver()
 
     def _feed_eof(self) -> None:
         if self.finished:
