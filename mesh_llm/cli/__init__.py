@@ -133,7 +133,7 @@ def _setup_logging(verbose: bool) -> None:
         datefmt="[%X]",
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
     )
-    for noisy in ("httpx", "httpcore", "uvicorn.error", "aioquic", "quic"):
+    for noisy in ("httpx", "httpcore", "uvicorn.error", "aioquic", "qh3", "quic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

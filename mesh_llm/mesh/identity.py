@@ -134,7 +134,7 @@ class NodeIdentity:
         return True
 
     def tls_certificate(self) -> tuple[x509.Certificate, ed25519.Ed25519PrivateKey]:
-        """A self-signed certificate for this key, and the key, as aioquic's TLS wants them.
+        """A self-signed certificate for this key, and the key, as the QUIC engines take them.
 
         The subject common name is the node id; peers do not check dates or names, only that
         the certificate's public key is the node id they expect.

@@ -1,4 +1,8 @@
-"""Three real processes on loopback: a host, a joined standby and a client, over authenticated QUIC."""
+"""Three real processes on loopback: a host, a joined standby and a client, over authenticated QUIC.
+
+The host and the standby run the default QUIC engine (qh3), the client runs aioquic: every
+request the client forwards crosses engines.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodePro
         token = a.wait_serving()["invite_token"]
         # B offers too little memory for any model, so it stays a standby and never takes A's model.
         nodes["b"] = NodeProcess(["--join", token, "--max-vram", "0.05"], root / "b").start()
-        nodes["c"] = NodeProcess(["--client", "--join", token], root / "c").start()
+        nodes["c"] = NodeProcess(["--client", "--join", token, "--quic", "aioquic"], root / "c").start()
         for name in ("b", "c"):
             nodes[name].wait_for(sees_ready_model, 30, f"{name} to see A's model")
         a.wait_for(lambda s: len(s["peers"]) == 2, 30, "A to see both peers")
@@ -76,6 +80,16 @@ def test_requests_to_client_and_standby_are_answered_by_the_host(mesh: dict[str,
     assert b.children() == [] and c.children() == []
     assert c.status()["requests_total"] == 2 and b.status()["requests_total"] == 2
     assert a.status()["models"][0]["requests"] == before  # A's own proxy was not involved
+
+
+def test_a_node_on_aioquic_and_nodes_on_qh3_are_one_mesh(mesh: dict[str, NodeProcess]) -> None:
+    a, c = mesh["a"], mesh["c"]
+    assert a.status()["quic"].startswith("qh3 ") and c.status()["quic"].startswith("aioquic ")
+    assert c.status()["node_id"] in peer_ids(a) and a.status()["node_id"] in peer_ids(c)
+    reply = openai.OpenAI(base_url=f"{c.api}/v1", api_key="x").chat.completions.create(
+        model="SmolLM2-135M", messages=CHAT, max_tokens=8
+    )
+    assert reply.choices[0].message.content
 
 
 def test_models_on_the_client_lists_the_mesh_model_and_its_host(mesh: dict[str, NodeProcess]) -> None:

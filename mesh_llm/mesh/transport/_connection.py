@@ -398,7 +398,7 @@ class Connection(asyncio.DatagramProtocol):
             if self.state is State.READY:
                 self._send_ping()
 
-    # --- aioquic events ---------------------------------------------------------------------
+    # --- QUIC events ------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         """A dialer's socket: feed the datagram and the rest of its burst to QUIC."""
