@@ -44,6 +44,8 @@ class BackendConfig:
     restart_backoff_s: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
     stop_timeout_s: float = 5.0
     request_timeout_s: float = 600.0  # upper bound on one proxied request
+    draft: str | None = None  # None: the catalog pairing; "off"; "lookup"; a GGUF path or catalog name
+    draft_max: int = 8  # most draft tokens verified per slot and step
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,9 @@ def build_config(
     max_body_mb: float = 8,
     allow_hosts: list[str] | None = None,
     quic: str = DEFAULT_ENGINE,
+    draft: str | None = None,
+    no_draft: bool = False,
+    draft_max: int = 8,
 ) -> NodeConfig:
     """Validate flag values and build the node's configuration."""
     models = list(models or [])
@@ -111,6 +116,10 @@ def build_config(
         raise ConfigError(f"--max-vram must be a positive number of GB, not {max_vram}")
     if ctx_size < 256:
         raise ConfigError(f"--ctx-size must be at least 256, not {ctx_size}")
+    if draft is not None and no_draft:
+        raise ConfigError("--draft and --no-draft contradict each other: give one")
+    if not 1 <= draft_max <= 32:
+        raise ConfigError(f"--draft-max must be between 1 and 32, not {draft_max}")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, not {threads}")
     if not 1 <= parallel <= 64:
@@ -142,6 +151,8 @@ def build_config(
             max_queue=max_queue,
             max_body_bytes=int(max_body_mb * 1024 * 1024),
             n_threads=threads,
+            draft="off" if no_draft else draft,
+            draft_max=draft_max,
         ),
         allow_download=not client,
         allow_hosts=tuple(h.strip() for h in allow_hosts or [] if h.strip()),

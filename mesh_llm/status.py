@@ -34,6 +34,9 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
                 "host": node.node_id,
                 "local": True,
                 "slots": server.slots,
+                "draft": server.draft,
+                "draft_error": server.draft_error,
+                "speculative": (server.slots or {}).get("speculative"),
                 **split_rows.pop(name, {"mode": "solo"}),
             }
         )

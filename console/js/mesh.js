@@ -185,6 +185,17 @@ function engineView(m) {
     queued: num(sl.queued) ?? 0,
     tokensPerS: num(sl.tokens_per_s) ?? 0,
     cached: arr(sl.slots).filter(isObj).map((x) => num(x.cached_tokens) ?? 0),
+    speculative: specView(sl.speculative),
+  };
+}
+
+/** The drafter of a model server and how well it does, or null without speculative decoding. */
+function specView(sp) {
+  if (!isObj(sp)) return null;
+  return {
+    draft: str(sp.draft),
+    acceptance: num(sp.acceptance),
+    tokensPerStep: num(sp.tokens_per_step),
   };
 }
 

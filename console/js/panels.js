@@ -130,7 +130,17 @@ function slotsTile(view) {
         `${e.name}: ${e.busy}/${e.total} busy · ${e.queued} queued · ${e.tokensPerS.toFixed(1)} tok/s · cached ${e.cached.join("/")}`,
       ),
     ),
+    ...view.engines
+      .filter((e) => e.speculative)
+      .map((e) => h("div", { class: "small", "data-draft": e.name }, draftLine(e))),
   );
+}
+
+function draftLine(e) {
+  const sp = e.speculative;
+  const rate = sp.acceptance === null ? "no drafts yet" : `${Math.round(sp.acceptance * 100)}% accepted`;
+  const per = sp.tokensPerStep === null ? "" : ` · ${sp.tokensPerStep.toFixed(2)} tokens/step`;
+  return `${e.name} drafts with ${sp.draft}: ${rate}${per}`;
 }
 
 function modelsCell(node) {

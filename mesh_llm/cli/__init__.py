@@ -91,6 +91,21 @@ def node_parser() -> argparse.ArgumentParser:
         default=os.environ.get("MESH_LLM_QUIC") or DEFAULT_ENGINE,
         help=f"QUIC library under the mesh (default {DEFAULT_ENGINE}, or $MESH_LLM_QUIC); nodes on either interoperate",
     )
+    p.add_argument(
+        "--draft",
+        default=None,
+        metavar="PATH|NAME|lookup",
+        help="speculative decoding with this draft model, or 'lookup' (prompt lookup, no model); "
+        "default: the catalog's draft when it is on disk",
+    )
+    p.add_argument("--no-draft", action="store_true", help="turn speculative decoding off")
+    p.add_argument(
+        "--draft-max",
+        type=int,
+        default=8,
+        metavar="N",
+        help="most draft tokens verified per step (default 8)",
+    )
     p.add_argument("--split", action="store_true", help="split models across nodes even when they fit on one")
     p.add_argument("--device", default=None, help="device to run models on (default: best available)")
     p.add_argument(
@@ -162,11 +177,17 @@ def run_node(argv: Sequence[str]) -> int:
             max_body_mb=args.max_body,
             allow_hosts=args.allow_host,
             quic=args.quic,
+            draft=args.draft,
+            no_draft=args.no_draft,
+            draft_max=args.draft_max,
         )
+        from mesh_llm.models.draft import OFF, resolve_draft_spec
         from mesh_llm.models.resolve import validate_spec
 
         for spec in config.models:
             validate_spec(spec)
+        if config.backend.draft not in (None, OFF):
+            resolve_draft_spec(config.backend.draft)
     except MeshError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2

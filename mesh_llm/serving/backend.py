@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 
 from mesh_llm.config import BackendConfig
-from mesh_llm.errors import ConfigError
+from mesh_llm.errors import ConfigError, MeshError
+from mesh_llm.models.draft import choose_draft
 from mesh_llm.models.resolve import ResolvedModel
 from mesh_llm.serving.process import log_tail, stop_group
 
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 SLOTS_POLL_S = 0.5
 STABLE_AFTER_S = 60.0  # a server up this long before crashing restarts with the shortest backoff
+
+
+EXIT_BAD_DRAFT = 5  # the model server's exit code for a draft that cannot draft for the model
 
 
 class BackendState(Enum):
@@ -109,6 +113,12 @@ class ModelServer:
         self._stopping = False
         self._ready_at: float | None = None
         self.slots: dict[str, Any] | None = None  # the engine's last /mesh/slots answer
+        self.draft: str | None = None  # what the model server drafts with (see models/draft.py)
+        self.draft_error = ""
+        try:
+            self.draft = choose_draft(model, config.draft)
+        except MeshError as exc:  # an explicit --draft that went missing since start-up
+            self.draft_error = str(exc)
 
     @property
     def name(self) -> str:
@@ -201,6 +211,8 @@ class ModelServer:
         ]
         if self._config.n_threads:
             cmd += ["--n-threads", str(self._config.n_threads)]
+        if self.draft is not None:
+            cmd += ["--draft", self.draft, "--draft-max", str(self._config.draft_max)]
         for endpoint in self.rpc_endpoints:
             cmd += ["--rpc", endpoint]
         if self.layer_split:
@@ -264,6 +276,12 @@ class ModelServer:
         deadline = time.monotonic() + self._config.startup_timeout_s
         while not await self._healthy(client):
             if proc.returncode is not None:
+                if proc.returncode == EXIT_BAD_DRAFT and self.draft is not None:
+                    # The draft cannot draft for this model: serve without it, and say why.
+                    self.draft_error = log_tail(self._log_path)
+                    log.warning("model server %s: draft refused: %s", self.name, self.draft_error)
+                    self.draft = None
+                    return "its draft was refused; starting without it"
                 return f"exited with code {proc.returncode} while loading ({log_tail(self._log_path)})"
             if time.monotonic() > deadline:
                 return f"did not become healthy within {self._config.startup_timeout_s:g} s"

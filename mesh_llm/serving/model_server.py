@@ -13,6 +13,10 @@ the first worker the next W1 layers, and so on. After loading, the placement lla
 made is checked against the split (a mismatch exits), logged, and served at /mesh/placement. A
 worker connection that closes ends the process at once (exit code 4), so its supervisor
 learns of a lost worker within a second instead of at the next request.
+
+`--draft PATH` loads a draft model next to the model, on this process's own devices only (never
+a split's RPC workers, so drafting costs no round trips), and `--draft lookup` drafts by prompt
+lookup; a draft whose vocabulary differs from the model's exits with code 5 and says why.
 """
 
 from __future__ import annotations
@@ -24,8 +28,14 @@ import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from mesh_llm.errors import ConfigError, MeshError
+
+if TYPE_CHECKING:
+    from mesh_llm.serving.engine._draft import Drafter
+    from mesh_llm.serving.engine._engine import EngineConfig
+    from mesh_llm.serving.engine._llama import Model
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -51,6 +61,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a slot")
     p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body in bytes")
     p.add_argument("--n-gpu-layers", type=int, default=0)
+    p.add_argument(
+        "--draft", default=None, metavar="PATH|lookup", help="speculative decoding: a draft GGUF or lookup"
+    )
+    p.add_argument("--draft-max", type=int, default=8, help="most draft tokens verified per step")
     p.add_argument("--parent-pid", type=int, default=0)
     p.add_argument("--verbose", action="store_true")
     p.add_argument(
@@ -67,11 +81,47 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 EXIT_RPC_UNUSABLE = 3  # a worker did not answer, or llama.cpp did not place layers as planned
 EXIT_RPC_LOST = 4  # a worker's connection closed after the model had loaded
+EXIT_BAD_DRAFT = 5  # the draft model cannot draft for this model
 
 
 def _fail(message: str, code: int) -> int:
     print(f"mesh-llm model server: {message}", file=sys.stderr, flush=True)
     return code
+
+
+def _drafter(spec: str | None, model: Model, config: EngineConfig) -> Drafter | None:
+    """The drafter `--draft` asks for, or None."""
+    from pathlib import Path
+
+    from mesh_llm.serving.engine._draft import LOOKUP, LookupDrafter, check_vocab
+    from mesh_llm.serving.engine._drafter import ModelDrafter
+    from mesh_llm.serving.engine._llama import Model
+
+    if spec is None:
+        return None
+    if spec == LOOKUP:
+        return LookupDrafter()
+    path = Path(spec)
+    # Devices are chosen explicitly by a split host's hook; a draft with no offloaded layers
+    # stays on this process's CPU whatever that hook lists.
+    draft = Model(path, n_gpu_layers=0)
+    try:
+        check_vocab(
+            model.vocab_pieces(), draft.vocab_pieces(), model.special_ids(), draft.special_ids(), path.name
+        )
+    except MeshError:
+        draft.close()
+        raise
+    print(f"mesh-llm draft: {path.name} drafts for {model.n_layer}-layer model", file=sys.stderr, flush=True)
+    return ModelDrafter(
+        draft,
+        name=path.stem,
+        n_seq=config.n_slots,
+        n_ctx_seq=config.n_ctx_slot,
+        n_batch=config.prefill_chunk + config.n_slots,
+        n_threads=config.n_threads,
+        n_threads_batch=config.n_threads_batch,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,17 +180,20 @@ def main(argv: list[str] | None = None) -> int:
         rpc.watch_rpc_connections(split.endpoints, lost)
 
     cores = os.cpu_count() or 2
-    engine = Engine(
-        model,
-        EngineConfig(
-            n_slots=args.parallel,
-            n_ctx_slot=args.n_ctx,
-            max_queue=args.max_queue,
-            # llama-cpp-python's defaults: half the cores for one-token steps, all for batches.
-            n_threads=args.n_threads or max(1, cores // 2),
-            n_threads_batch=args.n_threads or cores,
-        ),
+    engine_config = EngineConfig(
+        n_slots=args.parallel,
+        n_ctx_slot=args.n_ctx,
+        max_queue=args.max_queue,
+        # llama-cpp-python's defaults: half the cores for one-token steps, all for batches.
+        n_threads=args.n_threads or max(1, cores // 2),
+        n_threads_batch=args.n_threads or cores,
+        draft_max=args.draft_max,
     )
+    try:
+        drafter = _drafter(args.draft, model, engine_config)
+    except MeshError as exc:
+        return _fail(str(exc), EXIT_BAD_DRAFT)
+    engine = Engine(model, engine_config, drafter)
     source = model.chat_template()
     template = (
         ChatTemplate(source, bos_token=model.special_text("bos"), eos_token=model.special_text("eos"))

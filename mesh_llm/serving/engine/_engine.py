@@ -7,6 +7,11 @@ chunk of some slot's prompt, (4) decodes it, and (5) samples a token for every s
 logits in the batch. A stream therefore never waits for more than one prompt chunk, and a
 new request starts producing tokens while others keep streaming.
 
+With a drafter (see _draft.py), a generating slot's next token goes into the batch followed by
+up to K draft tokens; the slot then samples at each of them in turn and keeps the tokens up to
+the first one its own sample disagrees with, so one step (one round trip on a split model) can
+produce several tokens. The KV of rejected drafts is dropped again.
+
 Results go back through a per-request callback run on the engine thread; the HTTP layer
 forwards them into its event loop. A slot keeps its KV cache after its request ends, so the
 next turn of the same conversation prefills only its new tokens.
@@ -29,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from mesh_llm.errors import BackendError
+from mesh_llm.serving.engine._draft import Drafter, DraftRequest, DraftStats, DraftTuner
 from mesh_llm.serving.engine._llama import Batch, Context, Model, Sampler, SamplerSpec
 from mesh_llm.serving.engine._text import TextStream, common_prefix
 
@@ -43,6 +49,7 @@ class EngineConfig:
     max_queue: int = 64
     n_threads: int = 1
     n_threads_batch: int = 2
+    draft_max: int = 8  # most draft tokens verified per slot and step (with a drafter)
 
 
 class QueueFull(BackendError):
@@ -118,6 +125,7 @@ class _Slot:
     cached: list[int] = field(default_factory=list)  # tokens whose KV is cached, position = index
     job: Job | None = None
     last_used: float = 0.0
+    tuner: DraftTuner | None = None
 
 
 @dataclass(frozen=True)
@@ -135,10 +143,12 @@ class EngineStats:
     generated_total: int
     prompt_total: int
     prefilled_total: int  # prompt tokens actually decoded (prompt_total minus reuse)
+    draft: dict[str, Any] | None = None  # the drafter and its acceptance, when there is one
 
     def as_dict(self) -> dict[str, Any]:
         busy = sum(s.busy for s in self.slots)
         return {
+            "speculative": self.draft,
             "slots_total": len(self.slots),
             "slots_busy": busy,
             "slots_free": len(self.slots) - busy,
@@ -157,20 +167,26 @@ _RATE_WINDOW_S = 5.0
 class Engine:
     """Owns the context and the decode thread. `submit` is thread-safe."""
 
-    def __init__(self, model: Model, config: EngineConfig) -> None:
+    def __init__(self, model: Model, config: EngineConfig, drafter: Drafter | None = None) -> None:
         self.model = model
         self.config = config
+        self.drafter = drafter
+        n_batch = config.prefill_chunk + config.n_slots * (1 + (config.draft_max if drafter else 0))
         self.ctx = Context(
             model,
             n_seq=config.n_slots,
             n_ctx_seq=config.n_ctx_slot,
-            n_batch=config.prefill_chunk + config.n_slots,
+            n_batch=n_batch,
             n_threads=config.n_threads,
             n_threads_batch=config.n_threads_batch,
         )
         self.n_ctx_slot = self.ctx.n_ctx_seq
-        self._batch = Batch(config.prefill_chunk + config.n_slots)
-        self._slots = [_Slot(seq=i) for i in range(config.n_slots)]
+        self._batch = Batch(n_batch)
+        self._slots = [
+            _Slot(seq=i, tuner=DraftTuner(k_max=config.draft_max) if drafter else None)
+            for i in range(config.n_slots)
+        ]
+        self._draft_stats = DraftStats()
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -228,6 +244,7 @@ class Engine:
                 self._generated_total,
                 self._prompt_total,
                 self._prefilled_total,
+                self._draft_stats.as_dict(self.drafter.name) if self.drafter else None,
             )
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -288,6 +305,8 @@ class Engine:
         reuse = min(reuse, len(job.prompt) - 1)  # the last prompt token is decoded for its logits
         if reuse < len(slot.cached) and not self.ctx.drop_from(slot.seq, reuse):
             self.ctx.clear_seq(slot.seq)  # e.g. recurrent models: no partial trimming
+            if self.drafter is not None:
+                self.drafter.forget(slot.seq)
             reuse = 0
         del slot.cached[reuse:]
         job.slot = slot.seq
@@ -303,16 +322,40 @@ class Engine:
         slot.job = job
         self._prompt_total += len(job.prompt)
 
+    def _drafts(self, generating: list[_Slot]) -> dict[int, list[int]]:
+        """Draft tokens per slot for this step (none without a drafter or while it does not pay)."""
+        if self.drafter is None:
+            return {}
+        requests = []
+        for s in generating:
+            job = s.job
+            assert job is not None and job.next_token is not None and s.tuner is not None
+            room = min(job.max_tokens - job.generated - 1, self.n_ctx_slot - len(s.cached) - 2)
+            k = min(s.tuner.next_k(), self.config.draft_max, room)
+            if k > 0:
+                requests.append(DraftRequest(s.seq, [*s.cached, job.next_token], k))
+        if not requests:
+            return {}
+        proposals = self.drafter.propose(requests)
+        return {r.seq: p[: r.k] for r, p in zip(requests, proposals, strict=True) if p}
+
     def _step(self) -> None:
         batch = self._batch
         batch.clear()
-        sample_at: list[tuple[_Slot, int]] = []
-        for s in self._slots:
+        # Per slot: the batch indices to sample at, in order, and the draft tokens behind them.
+        sample_at: list[tuple[_Slot, list[int], list[int]]] = []
+        generating = [s for s in self._slots if s.job is not None and s.job.next_token is not None]
+        drafts = self._drafts(generating)
+        for s in generating:
             job = s.job
-            if job is not None and job.next_token is not None:
-                sample_at.append((s, batch.add(job.next_token, len(s.cached), s.seq, True)))
-                s.cached.append(job.next_token)
-                job.next_token = None
+            assert job is not None and job.next_token is not None
+            draft = drafts.get(s.seq, [])
+            indices = [batch.add(job.next_token, len(s.cached), s.seq, True)]
+            s.cached.append(job.next_token)
+            job.next_token = None
+            for j, token in enumerate(draft):
+                indices.append(batch.add(token, len(s.cached) + j, s.seq, True))
+            sample_at.append((s, indices, draft))
         budget = min(self.config.prefill_chunk, batch.room)
         prefilling = sorted(
             (s for s in self._slots if s.job is not None and s.job.n_done < len(s.job.prompt)),
@@ -329,7 +372,7 @@ class Engine:
                 last = pos == len(job.prompt) - 1
                 index = batch.add(job.prompt[pos], pos, s.seq, last)
                 if last:
-                    sample_at.append((s, index))
+                    sample_at.append((s, [index], []))
             s.cached.extend(job.prompt[job.n_done : job.n_done + take])
             job.n_done += take
             budget -= take
@@ -348,16 +391,44 @@ class Engine:
             return
         now = time.monotonic()
         with self._cond:
-            for s, index in sample_at:
+            for s, indices, draft in sample_at:
                 if s.job is not None:
-                    self._take_token(s, index, now)
+                    self._take_tokens(s, indices, draft, now)
 
-    def _take_token(self, s: _Slot, index: int, now: float) -> None:
+    def _take_tokens(self, s: _Slot, indices: list[int], draft: list[int], now: float) -> None:
+        """Sample at each index in turn while the samples agree with the draft behind them."""
+        accepted = 0
+        for j, index in enumerate(indices):
+            token = self._take_token(s, index, now)
+            if token is None or j >= len(draft) or token != draft[j]:
+                break
+            # The sample is the draft token decoded right after: its KV is already in place.
+            accepted += 1
+            s.cached.append(token)
+            assert s.job is not None
+            s.job.next_token = None
+        if not draft:
+            return
+        self._draft_stats.steps += 1
+        self._draft_stats.drafted += len(draft)
+        self._draft_stats.accepted += accepted
+        if s.tuner is not None:
+            s.tuner.record(len(draft), accepted)
+        if accepted < len(draft) and not self.ctx.drop_from(s.seq, len(s.cached)):
+            # A model whose cache cannot be trimmed: start the slot over, and stop drafting.
+            self.ctx.clear_seq(s.seq)
+            s.cached.clear()
+            if s.job is not None:
+                self._finish(s, FinishReason.ERROR, "this model cannot drop draft tokens from its cache")
+            self.drafter = None
+
+    def _take_token(self, s: _Slot, index: int, now: float) -> int | None:
+        """Sample the slot's next token at batch `index`; the token, or None if the job ended."""
         job = s.job
         assert job is not None and job.sampler is not None and job.text is not None
         if job.cancelled:
             self._finish(s, FinishReason.CANCELLED)
-            return
+            return None
         token = job.sampler.sample(self.ctx, index)
         logprobs = (self._logprobs(index, token, job.logprobs),) if job.logprobs is not None else ()
         if self.model.is_eog(token):
@@ -365,7 +436,7 @@ class Engine:
             if tail or logprobs:
                 job.emit(Delta(tail, logprobs))
             self._finish(s, FinishReason.STOP)
-            return
+            return None
         job.generated += 1
         if job.generated == job.min_tokens:
             job.sampler.allow_eog()
@@ -376,16 +447,17 @@ class Engine:
             if text or logprobs:
                 job.emit(Delta(text, logprobs))
             self._finish(s, FinishReason.STOP)
-            return
+            return None
         if job.generated >= job.max_tokens or len(s.cached) + 1 >= self.n_ctx_slot:
             text += job.text.flush()
             if text or logprobs:
                 job.emit(Delta(text, logprobs))
             self._finish(s, FinishReason.LENGTH)
-            return
+            return None
         if text or logprobs:
             job.emit(Delta(text, logprobs))
         job.next_token = token
+        return token
 
     def _logprobs(self, index: int, token: int, k: int | None) -> TokenLogprob:
         logits = self.ctx.logits(index).astype(np.float64)

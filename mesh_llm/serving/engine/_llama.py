@@ -91,6 +91,14 @@ class Model:
             self._pieces[key] = out
         return out
 
+    def vocab_pieces(self) -> list[bytes]:
+        """Every token's bytes, special ones included (to compare two models' vocabularies)."""
+        return [self.piece(t, special=True) for t in range(self.n_vocab)]
+
+    def special_ids(self) -> tuple[int, int]:
+        """The BOS and EOS token ids (-1 where there is none)."""
+        return int(C.llama_vocab_bos(self.vocab)), int(C.llama_vocab_eos(self.vocab))
+
     def token_text(self, token: int) -> str:
         return self.piece(token, special=True).decode("utf-8", errors="replace")
 
