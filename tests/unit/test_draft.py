@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from mesh_llm.errors import ConfigError
-from mesh_llm.serving.engine._draft import DraftStats, DraftTuner, check_vocab, lookup_draft, vocab_mismatch
+from mesh_llm.serving.engine._draft import (
+    DraftStats,
+    DraftTuner,
+    StepCost,
+    check_vocab,
+    expected_tokens,
+    lookup_draft,
+    vocab_mismatch,
+)
 
 
 def test_lookup_continues_the_latest_earlier_match_of_the_longest_suffix() -> None:
@@ -27,17 +35,42 @@ def test_lookup_stops_at_the_end_of_what_is_known() -> None:
     assert lookup_draft([1, 2, 3, 1, 2], 8) == [3, 1, 2]
 
 
-def test_the_tuner_grows_on_success_shrinks_on_misses_and_rests_when_drafting_does_not_pay() -> None:
-    tuner = DraftTuner(k_max=8, k=2)
-    tuner.record(2, 2)
-    assert tuner.next_k() == 4
-    tuner.record(4, 1)
-    assert tuner.next_k() == 2
+def _cost(fixed: float, per_token: float) -> StepCost:
+    cost = StepCost()
+    for n in (1, 2, 4, 8, 1, 3, 6, 9):
+        cost.record(n, fixed + per_token * n)
+    return cost
+
+
+def test_step_cost_is_fitted_from_steps_of_different_sizes() -> None:
+    fixed, per_token = _cost(0.010, 0.002).line()
+    assert abs(fixed - 0.010) < 1e-6 and abs(per_token - 0.002) < 1e-6
+    same = StepCost()
     for _ in range(5):
-        tuner.record(2, 0)
-    assert tuner.k == 0
-    ks = [tuner.next_k() for _ in range(tuner.probe_after)]
-    assert ks[:-1] == [0] * (tuner.probe_after - 1) and ks[-1] == 1  # then it probes again
+        same.record(1, 0.02)
+    f, p = same.line()  # one size only: the slope is a guess, the sum still matches what was seen
+    assert abs(f + p - 0.02) < 1e-9 and p > 0
+
+
+def test_long_drafts_pay_when_the_step_is_mostly_fixed_cost() -> None:
+    tuner = DraftTuner(k_max=8)
+    for _ in range(6):
+        tuner.record(4, 4)  # everything accepted
+    assert tuner.choose(_cost(0.030, 0.0005), 0.0, 0) == 8  # a split model: a round trip per step
+    assert tuner.choose(_cost(0.0001, 0.010), 0.0, 0) == 0  # every token costs as much as a step
+
+
+def test_a_costly_drafter_or_poor_acceptance_means_not_drafting_then_probing() -> None:
+    tuner = DraftTuner(k_max=8)
+    for _ in range(6):
+        tuner.record(4, 4)
+    assert tuner.choose(_cost(0.010, 0.001), 0.020, 0) == 0  # the draft costs more than the model
+    poor = DraftTuner(k_max=8)
+    for _ in range(10):
+        poor.record(4, 0)
+    ks = [poor.choose(_cost(0.010, 0.002), 0.0, 0) for _ in range(poor.probe_after)]
+    assert ks[:-1] == [0] * (poor.probe_after - 1) and ks[-1] == 1  # then it probes again
+    assert expected_tokens(0.5, 2) == 1.75 and expected_tokens(1.0, 3) == 4.0
 
 
 def test_stats_report_acceptance_and_tokens_per_step() -> None:

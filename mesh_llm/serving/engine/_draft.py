@@ -17,8 +17,8 @@ Two sources:
 - `ModelDrafter`: a small model of the same vocabulary next to the main one, with its own KV
   sequence per slot, drafting for every slot in one batch per draft token.
 
-`DraftTuner` adapts K per slot to its acceptance, down to 0 (no drafting) while it does not pay,
-probing again now and then.
+`DraftTuner` picks K per slot and step from the slot's acceptance and what a step costs on this
+machine (`StepCost`), down to 0 (no drafting) while it does not pay, probing again now and then.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ class DraftRequest:
 
 class Drafter(Protocol):
     name: str
+    # Its own time per draft token when it can tell (a draft model's decode steps), else None:
+    # the engine then times whole proposals.
+    seconds_per_token: float | None
 
     def propose(self, requests: Sequence[DraftRequest]) -> list[list[int]]:
         """Draft tokens for each request, in order (possibly fewer than asked, or none)."""
@@ -80,6 +83,7 @@ class LookupDrafter:
     """Prompt lookup: drafts from the slot's own tokens, with no model at all."""
 
     name = LOOKUP
+    seconds_per_token: float | None = None
 
     def propose(self, requests: Sequence[DraftRequest]) -> list[list[int]]:
         return [lookup_draft(r.context, r.k) for r in requests]
@@ -91,35 +95,102 @@ class LookupDrafter:
         pass
 
 
+class StepCost:
+    """What one decode step costs, as a line: fixed + per_token * tokens in the batch (seconds).
+
+    Fitted by least squares over recent decode steps (older ones fade), so it follows this
+    machine: on a CPU each extra token costs nearly as much as the first; on a GPU, or on a
+    split model whose every step pays a network round trip, the fixed part dominates and long
+    drafts pay. Until steps of different sizes have been seen, the per-token part is guessed.
+    """
+
+    DECAY = 0.97
+    MAX_TOKENS = 64  # larger batches are prompt chunks, whose cost is not the decode line's
+    GUESS = 0.15  # per-token cost as a share of the fixed cost, before there is data
+
+    def __init__(self) -> None:
+        self._w = self._x = self._y = self._xx = self._xy = 0.0
+
+    def record(self, tokens: int, seconds: float) -> None:
+        if tokens > self.MAX_TOKENS or not seconds > 0:
+            return
+        d = self.DECAY
+        self._w = self._w * d + 1
+        self._x = self._x * d + tokens
+        self._y = self._y * d + seconds
+        self._xx = self._xx * d + tokens * tokens
+        self._xy = self._xy * d + tokens * seconds
+
+    def line(self) -> tuple[float, float]:
+        """(fixed, per_token) in seconds; arbitrary but consistent units before any data."""
+        if self._w < 1:
+            return 1.0, self.GUESS
+        mx, my = self._x / self._w, self._y / self._w
+        var = self._xx / self._w - mx * mx
+        if var < 0.25:  # all steps the same size: the slope is unknown
+            fixed = my / (1 + self.GUESS * mx)
+            return fixed, fixed * self.GUESS
+        slope = max((self._xy / self._w - mx * my) / var, 0.0)
+        return max(my - slope * mx, 1e-6), slope
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Tokens a step yields for a slot that drafts `k`, each accepted with probability `alpha`
+    while the ones before it were: the main model's own token plus the accepted drafts."""
+    if alpha >= 1.0:
+        return float(k + 1)
+    return (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
 @dataclass
 class DraftTuner:
-    """How many tokens to draft for one slot next, from how many were accepted so far."""
+    """How many tokens one slot should draft next: the K that maximises tokens per second.
+
+    It keeps the slot's per-token acceptance (recent verifications weigh most) and weighs the
+    tokens K drafts are expected to yield against what K more tokens cost the step (see
+    StepCost) and the drafter's own time per draft token. When no K beats not drafting, it
+    rests, and tries one token again every `probe_after` steps in case the text changed.
+    """
 
     k_max: int = 8
-    k: int = 4
-    min_rate: float = 0.3  # below this acceptance, drafting costs more verify work than it saves
-    probe_after: int = 16  # steps without drafting before trying again with one token
-    rate: float = 1.0
+    probe_after: int = 16
+    k: int = 0  # the last choice
+    _hits: float = 1.2  # an optimistic start: 60 % of 2 pseudo-trials
+    _trials: float = 2.0
     _idle: int = field(default=0, repr=False)
 
-    def next_k(self) -> int:
-        if self.k == 0:
+    @property
+    def alpha(self) -> float:
+        return self._hits / self._trials if self._trials > 0 else 0.0
+
+    def choose(self, cost: StepCost, draft_s_per_token: float, others: int) -> int:
+        """K for this step; `others` is how many other slots generate in the same batch."""
+        fixed, per_token = cost.line()
+        base = others + 1
+        best_k, best = 0, base / (fixed + per_token * base)
+        alpha = self.alpha
+        for k in range(1, self.k_max + 1):
+            rate = (others + expected_tokens(alpha, k)) / (
+                fixed + per_token * (base + k) + draft_s_per_token * k
+            )
+            if rate > best * 1.02:  # a margin: drafting for a hair's gain is noise
+                best_k, best = k, rate
+        if best_k == 0:
             self._idle += 1
             if self._idle >= self.probe_after:
-                self._idle, self.k, self.rate = 0, 1, self.min_rate * 1.5
-        return self.k
+                self._idle, best_k = 0, 1
+        else:
+            self._idle = 0
+        self.k = best_k
+        return best_k
 
     def record(self, drafted: int, accepted: int) -> None:
-        """The main model accepted `accepted` of `drafted` tokens."""
+        """The main model accepted the first `accepted` of `drafted` tokens."""
         if drafted <= 0:
             return
-        self.rate = 0.7 * self.rate + 0.3 * (accepted / drafted)
-        if self.rate < self.min_rate:
-            self.k = 0
-        elif accepted == drafted:
-            self.k = min(self.k_max, self.k * 2)
-        else:
-            self.k = max(1, accepted + 1)
+        trials = accepted + (1 if accepted < drafted else 0)
+        self._hits = self._hits * 0.9 + accepted
+        self._trials = self._trials * 0.9 + trials
 
 
 @dataclass

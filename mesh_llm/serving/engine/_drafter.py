@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from mesh_llm.serving.engine._draft import DraftRequest, softmax_max
@@ -43,12 +44,14 @@ class ModelDrafter:
         self._batch = Batch(n_batch)
         self._cached: dict[int, list[int]] = {seq: [] for seq in range(n_seq)}
         self._p_min = p_min
+        self.seconds_per_token: float | None = 0.0  # time per draft decode, catch-up excluded (EWMA)
 
     def forget(self, seq: int) -> None:
         self.ctx.clear_seq(seq)
         self._cached[seq] = []
 
     def propose(self, requests: Sequence[DraftRequest]) -> list[list[int]]:
+        """Draft for each request; also updates `seconds_per_token` from the draft decodes."""
         out: list[list[int]] = [[] for _ in requests]
         batch = self._batch
         batch.clear()
@@ -78,11 +81,18 @@ class ModelDrafter:
                 index = batch.add(token, keep + j, req.seq, j == len(missing) - 1)
             self._cached[req.seq].extend(missing)
             drafting.append((r, index))
+        first = True
         while drafting:
+            t0 = time.perf_counter()
             if batch.n and self.ctx.decode(batch) != 0:
                 for r, _ in drafting:
                     self.forget(requests[r].seq)
                 return [[] for _ in requests]
+            if not first:  # the first decode carries the catch-up; the rest are pure draft steps
+                self.seconds_per_token = 0.7 * (self.seconds_per_token or 0.0) + 0.3 * (
+                    time.perf_counter() - t0
+                )
+            first = False
             going: list[tuple[int, int]] = []
             next_tokens: list[tuple[int, int]] = []
             for r, index in drafting:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from mesh_llm.errors import BackendError
-from mesh_llm.serving.engine._draft import Drafter, DraftRequest, DraftStats, DraftTuner
+from mesh_llm.serving.engine._draft import Drafter, DraftRequest, DraftStats, DraftTuner, StepCost
 from mesh_llm.serving.engine._llama import Batch, Context, Model, Sampler, SamplerSpec
 from mesh_llm.serving.engine._text import TextStream, common_prefix
 
@@ -187,6 +187,8 @@ class Engine:
             for i in range(config.n_slots)
         ]
         self._draft_stats = DraftStats()
+        self._step_cost = StepCost()
+        self._draft_s_per_token = 0.0  # the drafter's own time per draft token (EWMA)
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -244,8 +246,19 @@ class Engine:
                 self._generated_total,
                 self._prompt_total,
                 self._prefilled_total,
-                self._draft_stats.as_dict(self.drafter.name) if self.drafter else None,
+                self._draft_figures() if self.drafter else None,
             )
+
+    def _draft_figures(self) -> dict[str, Any]:
+        assert self.drafter is not None
+        fixed, per_token = self._step_cost.line()
+        return {
+            **self._draft_stats.as_dict(self.drafter.name),
+            # what the tuner weighs: a decode step's cost line, and the drafter's time per token
+            "step_ms": round(fixed * 1000, 3),
+            "step_ms_per_token": round(per_token * 1000, 3),
+            "draft_ms_per_token": round(self._draft_s_per_token * 1000, 3),
+        }
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -331,12 +344,19 @@ class Engine:
             job = s.job
             assert job is not None and job.next_token is not None and s.tuner is not None
             room = min(job.max_tokens - job.generated - 1, self.n_ctx_slot - len(s.cached) - 2)
-            k = min(s.tuner.next_k(), self.config.draft_max, room)
+            k = min(s.tuner.choose(self._step_cost, self._draft_s_per_token, len(generating) - 1), room)
             if k > 0:
                 requests.append(DraftRequest(s.seq, [*s.cached, job.next_token], k))
         if not requests:
             return {}
+        t0 = time.perf_counter()
         proposals = self.drafter.propose(requests)
+        measured = self.drafter.seconds_per_token
+        if measured is not None:  # a draft model times its own draft steps
+            self._draft_s_per_token = measured
+        else:
+            per_token = (time.perf_counter() - t0) / max(r.k for r in requests)
+            self._draft_s_per_token = 0.8 * self._draft_s_per_token + 0.2 * per_token
         return {r.seq: p[: r.k] for r, p in zip(requests, proposals, strict=True) if p}
 
     def _step(self) -> None:
@@ -379,7 +399,9 @@ class Engine:
             self._prefilled_total += take
         if batch.n == 0:
             return
+        t0 = time.perf_counter()
         rc = self.ctx.decode(batch)
+        self._step_cost.record(batch.n, time.perf_counter() - t0)
         if rc != 0:
             log.error("llama_decode returned %d for a batch of %d tokens", rc, batch.n)
             with self._cond:
