@@ -21,14 +21,14 @@ from typing import Any
 import uvicorn
 
 from mesh_llm import __version__
-from mesh_llm.api.console import ChangeFeed, console_policy, create_console_app
+from mesh_llm.api.console import ChangeFeed, console_policy, create_console_app, status_for_caller
 from mesh_llm.api.control import control_router
 from mesh_llm.api.guard import AccessPolicy, allowed_hosts, guarded
 from mesh_llm.api.limits import limited_protocol
 from mesh_llm.api.proxy import Proxy
 from mesh_llm.api.routing import Endpoint, model_key
 from mesh_llm.config import HttpConfig, NodeConfig
-from mesh_llm.errors import BackendUnavailable, ConfigError, MeshError
+from mesh_llm.errors import BackendUnavailable, ConfigError, MeshError, ModelError
 from mesh_llm.mesh.gossip import ModelAd, PeerStatus
 from mesh_llm.mesh.service import (
     MeshService,
@@ -38,11 +38,13 @@ from mesh_llm.mesh.service import (
     load_or_create_credentials,
     record_for,
 )
+from mesh_llm.metrics import Gauge
 from mesh_llm.models.catalog import CATALOG, find_entry
 from mesh_llm.models.resolve import ResolvedModel, on_disk_names, resolve
 from mesh_llm.planning.demand import DemandTable, StandbyInfo, choose_standby_work
 from mesh_llm.planning.planner import Split, fits
 from mesh_llm.planning.records import peer_claims
+from mesh_llm.runtime import RuntimeFile
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity
 from mesh_llm.split import SplitManager
@@ -55,6 +57,7 @@ ADVERTISE_INTERVAL_S = 1.0
 REACT_DELAY_S = 0.1  # after a peer's record changed, reconcile this soon (bursts coalesce; at most 10 Hz)
 STANDBY_EVAL_S = 2.0  # how often a standby looks for work
 FIT_FACTOR = 1.1  # a model fits a node when size x 1.1 <= capacity (room for the KV cache)
+STOP_GRACE_S = 5.0  # how long SIGTERM lets answers in progress finish before ending them
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -117,6 +120,9 @@ class Node:
         self._on_ready = on_ready
         self._http: list[tuple[_EmbeddedServer, asyncio.Task[None]]] = []  # console first, then API
         self._proxy: Proxy | None = None
+        self._grace_s = STOP_GRACE_S
+        self.runtime = RuntimeFile(config.state_dir)
+        self.fatal: MeshError | None = None  # why the node stopped by itself (run() returns 1)
 
     # ---- ServingView, used by the proxy -------------------------------------------------
 
@@ -291,6 +297,11 @@ class Node:
 
         return finish
 
+    def mesh_problem(self) -> str | None:
+        if self.mesh is None or not self.tokens or self.mesh.peers():
+            return None
+        return self.mesh.join_problem or "still dialling the inviter of its --join token"
+
     # ---- status ------------------------------------------------------------------------
 
     @property
@@ -331,13 +342,70 @@ class Node:
 
         return build_status(self)
 
+    # ---- metrics -----------------------------------------------------------------------
+
+    def metrics_text(self) -> str:
+        """The `/metrics` page (Prometheus text format)."""
+        from mesh_llm.metrics import RequestMetrics, render
+
+        return render(self._proxy.metrics if self._proxy else RequestMetrics(), self.gauges())
+
+    def gauges(self) -> list[Gauge]:
+        """What `/metrics` reads at scrape time: slots, queue, in-flight requests, peers, RTT."""
+        info = Gauge(
+            "mesh_llm_node_info", "This node (always 1).",
+            [({"node_id": self.node_id, "version": __version__, "role": self.role, "state": self.state}, 1)],
+        )  # fmt: skip
+        in_flight = Gauge(
+            "mesh_llm_in_flight_requests", "Requests this node's API is answering now, by model.",
+            [({"model": m}, n) for m, n in sorted(self.in_flight.items())],
+        )  # fmt: skip
+        slots: list[tuple[dict[str, str], float]] = []
+        queued: list[tuple[dict[str, str], float]] = []
+        for name, server in sorted(self.servers.items()):
+            if server.slots is None or not server.ready:
+                continue
+            for state in ("busy", "free"):
+                slots.append(({"model": name, "state": state}, float(server.slots.get(f"slots_{state}", 0))))
+            queued.append(({"model": name}, float(server.slots.get("queued", 0))))
+        peers: Counter[str] = Counter()
+        rtts: list[tuple[dict[str, str], float]] = []
+        if self.mesh is not None:
+            for node_id, view in sorted(self.mesh.peers().items()):
+                peers[view.status.value if view.connected else "relayed"] += 1
+                rtt = self.mesh.rtt_ms(node_id)
+                if rtt is not None:
+                    rtts.append(({"peer": node_id[:8]}, rtt / 1000))
+        return [
+            info,
+            in_flight,
+            Gauge("mesh_llm_slots", "Request slots of this node's model servers, busy or free.", slots),
+            Gauge("mesh_llm_queued_requests", "Requests waiting for a free slot, by model.", queued),
+            Gauge(
+                "mesh_llm_peers", "Peers this node sees, by liveness.",
+                [({"state": s}, float(peers.get(s, 0))) for s in ("alive", "suspect", "relayed")],
+            ),
+            Gauge("mesh_llm_peer_rtt_seconds", "Smoothed round-trip time to each linked peer.", rtts),
+        ]  # fmt: skip
+
     # ---- lifecycle ---------------------------------------------------------------------
 
-    def request_stop(self) -> None:
-        """Begin an orderly shutdown (the signal handlers call this)."""
+    def request_stop(self, sig: int | None = None) -> None:
+        """Begin an orderly shutdown (the signal handlers call this).
+
+        Ctrl-C (SIGINT) ends answers in progress at once; SIGTERM (and a call without a
+        signal) lets them finish for up to STOP_GRACE_S. Either way a stream still running is
+        ended with an SSE error event and ``[DONE]``. A second request exits at once.
+        """
         if self._stop.is_set():
             log.warning("second stop request: exiting without waiting")
             os._exit(130)
+        self._grace_s = 0.0 if sig == signal.SIGINT else STOP_GRACE_S
+        name = signal.Signals(sig).name if sig is not None else "request"
+        log.info(
+            "stopping (%s)%s", name,
+            "; press Ctrl-C again to exit at once" if sig == signal.SIGINT else "",
+        )  # fmt: skip
         self._stop.set()
 
     async def _serve_http(self, app: Any, sock: socket.socket, graceful_s: int) -> _EmbeddedServer:
@@ -363,7 +431,9 @@ class Node:
         if self.config.console is not None:
             sock = bind_tcp(self.config.console, "console")
             self.console_port = sock.getsockname()[1]
-            app = create_console_app(self.status, self.feed, api_key=self.config.api_key)
+            app = create_console_app(
+                self.status, self.feed, api_key=self.config.api_key, metrics=self.metrics_text
+            )
             app.include_router(control_router(self.drop, self.split.preview, self.config.api_key))
             await self._serve_http(guarded(app, console_policy(self.config.api_key, self._hosts())), sock, 1)
         if not self.config.idle:
@@ -374,10 +444,15 @@ class Node:
                 api_key=self.config.api_key,
                 request_timeout_s=self.config.backend.request_timeout_s,
                 max_body_bytes=self.config.backend.max_body_bytes,
+                gauges=self.gauges,
+                status=lambda request: status_for_caller(
+                    self.status(), request.client.host if request.client else "", self.config.api_key
+                ),
             )
             # The proxy checks the key itself (OpenAI-shaped 401s); the guard checks the Host.
             policy = AccessPolicy(None, self._hosts(), json_only=False, max_body=None)
-            await self._serve_http(guarded(self._proxy.app, policy), sock, graceful_s=5)
+            # uvicorn's own deadline comes after the proxy's drain (grace, then ending answers).
+            await self._serve_http(guarded(self._proxy.app, policy), sock, graceful_s=int(STOP_GRACE_S) + 5)
 
     def _hosts(self) -> frozenset[str]:
         """Host names the API and console answer for (DNS rebinding defence)."""
@@ -394,6 +469,13 @@ class Node:
         for spec in self.config.models:
             await self._serve(spec)
         self.feed.bump()
+        failed = [
+            what.removeprefix("failed: ") for what in self.pending.values() if what.startswith("failed")
+        ]
+        if self.config.models and len(failed) == len(self.config.models):
+            # Nothing the user asked for can run: say why and exit rather than serve nothing.
+            self.fatal = ModelError(failed[0] if len(failed) == 1 else "; ".join(failed))
+            self._stop.set()
 
     async def _serve(self, spec: str) -> None:
         """Resolve (downloading if allowed) and start one model server."""
@@ -402,7 +484,7 @@ class Node:
         try:
             model = await asyncio.to_thread(resolve, spec, allow_download=self.config.allow_download)
         except MeshError as exc:
-            self.pending[spec] = f"failed: {exc}"
+            self.pending[spec] = f"failed: cannot serve {spec}: {exc}"
             log.error("cannot serve %s: %s", spec, exc)
             self._changed()
             return
@@ -428,11 +510,15 @@ class Node:
         """Start in order, serve until a stop request, then shut down in order. Returns an exit code."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, self.request_stop, sig)
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         advertiser: asyncio.Task[None] | None = None
         try:
             await self._start_http()
+            self.runtime.write(
+                node_id=self.node_id, api_port=self.api_port, console_port=self.console_port,
+                api_host=self.config.api.host,
+            )  # fmt: skip
             if not self.config.idle:
                 await self._start_mesh()
             advertiser = spawn_supervised("advertise", self._advertise_loop)
@@ -444,9 +530,10 @@ class Node:
             if advertiser is not None:
                 advertiser.cancel()
             await self._shutdown()
+            self.runtime.remove()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-        return 0
+        return 1 if self.fatal is not None else 0
 
     async def _start_mesh(self) -> None:
         credentials = load_or_create_credentials(self.config.state_dir, self.tokens)
@@ -570,7 +657,11 @@ class Node:
         self.feed.bump()
         api = self._http[1:] if self.config.console is not None else self._http
         for server, _ in api:
-            server.should_exit = True
+            server.should_exit = True  # no new connections; idle keep-alive ones close
+        if self._proxy is not None:
+            cut = await self._proxy.drain(self._grace_s)
+            if cut:
+                log.info("ended %d answer(s) in progress: this node is stopping", cut)
         await asyncio.gather(*(t for _, t in api), return_exceptions=True)
         await self.split.stop()
         if self.mesh is not None:

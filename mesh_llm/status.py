@@ -34,7 +34,13 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
                 "host": node.node_id,
                 "local": True,
                 "slots": server.slots,
-                **split_rows.pop(name, {"mode": "solo"}),
+                **split_rows.pop(
+                    name,
+                    {
+                        "mode": "solo",
+                        "load_s": round(server.load_s, 2) if server.load_s is not None else None,
+                    },
+                ),
             }
         )
     for name, extra in sorted(split_rows.items()):  # split models still waiting for their plan
@@ -71,6 +77,7 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
                         "in_flight": ad.in_flight,
                         "requests": node.routed[(ad.name, node_id)],
                         "role": ad.role,
+                        "mode": "solo" if ad.role == "host" and not ad.layers else "split",
                         "layers": list(ad.layers) if ad.layers else None,
                         "slots": None if ad.free_slots is None else {"slots_free": ad.free_slots},
                         **(_claim_fields(claim) if claim else {}),
