@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,8 @@ from mesh_llm.mesh.service import (
 from mesh_llm.metrics import Gauge
 from mesh_llm.models.catalog import CATALOG, find_entry
 from mesh_llm.models.resolve import ResolvedModel, on_disk_names, resolve
-from mesh_llm.planning.demand import DemandTable, StandbyInfo, choose_standby_work
-from mesh_llm.planning.planner import Split, fits
+from mesh_llm.planning.demand import DemandTable, StandbyInfo, assign_standby_work, choose_standby_work
+from mesh_llm.planning.planner import Split
 from mesh_llm.planning.records import peer_claims
 from mesh_llm.runtime import RuntimeFile
 from mesh_llm.serving.backend import BackendState, ModelServer
@@ -55,8 +55,9 @@ log = logging.getLogger(__name__)
 KNOWN_MODEL_MEMORY_S = 600.0  # a model seen in the mesh this recently answers 503, not 404
 ADVERTISE_INTERVAL_S = 1.0
 REACT_DELAY_S = 0.1  # after a peer's record changed, reconcile this soon (bursts coalesce; at most 10 Hz)
-STANDBY_EVAL_S = 2.0  # how often a standby looks for work
-FIT_FACTOR = 1.1  # a model fits a node when size x 1.1 <= capacity (room for the KV cache)
+# How often a standby looks for work: each pass of the advertise loop (a second, or just after a
+# peer's record changed), so a model that lost its last server is picked up within seconds.
+STANDBY_EVAL_S = 0.5
 STOP_GRACE_S = 5.0  # how long SIGTERM lets answers in progress finish before ending them
 
 
@@ -174,19 +175,44 @@ class Node:
         for e in out:
             self.known_models[e.model] = now
         served = {e.model for e in out}
-        for model in self.demand.wanted({m: [m] for m in served}, now):
-            if model not in served and self._standby_could_serve(model):
-                served.add(model)
-                out.append(Endpoint(model, "", False, state="waiting for a standby node to load it"))
+        wanted = set(self.demand.wanted({m: [m] for m in served}, now)) | self.demand.recent(now)
+        if wanted - served:
+            taker = self._standby_assignment({m: [m] for m in served}, now)
+            for model in sorted(wanted - served):
+                if model in taker:
+                    served.add(model)
+                    state = f"standby node {taker[model][:8]} is about to load it"
+                    out.append(Endpoint(model, "", False, state=state))
         for model, seen in list(self.known_models.items()):
             if now - seen > KNOWN_MODEL_MEMORY_S:
                 del self.known_models[model]
             elif model not in served:
                 # Fail clearly rather than with a 404: the model was here and may come back.
-                out.append(
-                    Endpoint(model, "", False, state="offline: no node in the mesh serves it right now")
-                )
+                out.append(Endpoint(model, "", False, state=self._unserved_reason(model)))
         return out
+
+    def _standby_assignment(self, served: dict[str, list[str]], now: float) -> dict[str, str]:
+        """Model -> the standby the mesh-wide rules give it now (what every node computes)."""
+        decisions = assign_standby_work(
+            self._standbys(), served, self.demand.rates(now), self._model_sizes(),
+            recent=self.demand.recent(now),
+        )  # fmt: skip
+        return {d.model: node_id for node_id, d in decisions.items()}
+
+    def _unserved_reason(self, model: str) -> str:
+        """What is happening to a known model nobody serves, and what the user can do."""
+        decliners = sorted(
+            [self.node_id[:8]] * (model in self.declined)
+            + [
+                node_id[:8]
+                for node_id, view in (self.mesh.peers().items() if self.mesh is not None else ())
+                if model in _declined(view.record.extra)
+            ]
+        )
+        why = "no node in the mesh serves it right now and no standby node can take it"
+        if decliners:
+            why += f" (dropped with `mesh-llm drop` on {', '.join(decliners)})"
+        return f"offline: {why}; start a node with `mesh-llm --model {model} --join <token>` to serve it"
 
     def model_cards(self) -> list[dict[str, Any]]:
         by_model: dict[str, list[Endpoint]] = {}
@@ -249,13 +275,19 @@ class Node:
                     self.capacity.offered_bytes,
                     frozenset(self.on_disk),
                     self.config.allow_download,
+                    declined=frozenset(self.declined),
                 )
             )
         if self.mesh is not None:
             for node_id, view in self.mesh.peers().items():
                 rec = view.record
                 if rec.role == "standby" and not rec.client:
-                    out.append(StandbyInfo(node_id, rec.capacity_bytes, frozenset(rec.on_disk), True))
+                    out.append(
+                        StandbyInfo(
+                            node_id, rec.capacity_bytes, frozenset(rec.on_disk), True,
+                            declined=_declined(rec.extra),
+                        )
+                    )  # fmt: skip
         return out
 
     def _local_free_slots(self, server: ModelServer) -> int | None:
@@ -263,12 +295,6 @@ class Node:
         if server.free_slots is None:
             return None
         return max(0, self.config.backend.n_parallel - self.in_flight[server.name])
-
-    def _standby_could_serve(self, model: str) -> bool:
-        size = self._model_sizes().get(model)
-        return size is not None and any(
-            model in s.on_disk and fits(s.capacity_bytes, size, FIT_FACTOR) for s in self._standbys()
-        )
 
     def _served_map(self) -> dict[str, list[str]]:
         served: dict[str, list[str]] = {}
@@ -624,9 +650,10 @@ class Node:
     async def _maybe_pick_up_work(self, now: float) -> None:
         """A standby takes the model the mesh-wide rules give it (identically computed everywhere)."""
         decision = choose_standby_work(
-            self.node_id, self._standbys(), self._served_map(), self.demand.rates(now), self._model_sizes()
-        )
-        if decision is None or decision.model in self.declined:
+            self.node_id, self._standbys(), self._served_map(), self.demand.rates(now), self._model_sizes(),
+            recent=self.demand.recent(now),
+        )  # fmt: skip
+        if decision is None or decision.model in self.declined:  # declined ones are never assigned
             return
         log.info(
             "standby picks up %s (%s, %.1f requests/min mesh-wide%s)",
@@ -673,3 +700,9 @@ class Node:
         for server, _ in self._http:
             server.should_exit = True
         await asyncio.gather(*(t for _, t in self._http), return_exceptions=True)
+
+
+def _declined(extra: Mapping[str, Any]) -> frozenset[str]:
+    """The models a peer's record says its user dropped there (it never takes them again)."""
+    names = extra.get("declined")
+    return frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) else frozenset()
