@@ -72,10 +72,9 @@ def status_view(status: dict[str, Any]) -> Group:
     # The invite token is printed whole below the tables (a table cell would cut it).
 
     models = Table(title="models", title_justify="left", expand=False)
-    models.add_column("model", overflow="fold")
-    for col in ("state", "mode", "host", "layers", "epoch", "load", "requests", "size"):
-        models.add_column(col)
-    models.add_column("note", overflow="fold")
+    # Fold rather than cut: a model name or a layer list is only useful whole.
+    for col in ("model", "state", "mode", "host", "layers", "epoch", "load", "requests", "size", "note"):
+        models.add_column(col, overflow="fold", min_width=8 if col == "host" else None)
     for m in status.get("models", []):
         models.add_row(
             m["name"],
