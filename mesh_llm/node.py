@@ -112,6 +112,7 @@ class Node:
         self.declined: set[str] = set()  # models the user dropped here: never picked up again
         self.on_disk: tuple[str, ...] = ()
         self.standby_state = "idle"
+        self.picking_up: str | None = None  # the model this standby is taking on, until it serves
         self.split = SplitManager(self)
         self.api_port: int | None = None
         self.console_port: int | None = None
@@ -181,6 +182,7 @@ class Node:
             for model in sorted(wanted - served):
                 if model in taker:
                     served.add(model)
+                    self.known_models[model] = now
                     state = f"standby node {taker[model][:8]} is about to load it"
                     out.append(Endpoint(model, "", False, state=state))
         for model, seen in list(self.known_models.items()):
@@ -589,6 +591,10 @@ class Node:
             )
             for name, server in sorted(self.servers.items())
         ) + tuple(self.split.worker_ads())
+        if self.picking_up is not None and self.picking_up not in self.servers:
+            # Resolving (perhaps assembling or downloading) before its server starts: say so, or
+            # the mesh would see the model unserved and this node no longer a standby.
+            models += (ModelAd(self.picking_up, False, "host"),)
         return {
             "role": self.role,
             "capacity_bytes": self.capacity.offered_bytes,
@@ -660,8 +666,13 @@ class Node:
             decision.model, decision.reason.value, decision.rate_rpm, ", downloading" if decision.download else "",
         )  # fmt: skip
         self.standby_state = f"loading {decision.model}"
-        await self._serve(decision.model)
-        self.standby_state = "idle"
+        self.picking_up = decision.model
+        try:
+            await self._serve(decision.model)
+        finally:
+            self.picking_up = None
+            self.standby_state = "idle"
+            self._changed()
 
     async def drop(self, model: str) -> bool:
         """Stop serving `model` here (the user asked); the mesh re-plans without this node."""

@@ -128,6 +128,9 @@ def test_metrics_need_the_key_on_both_ports_and_count_requests(keyed_json_node: 
         assert busy + free == 4  # --parallel's default
         assert samples[f'mesh_llm_queued_requests{{model="{MODEL}"}}'] >= 0
         assert samples['mesh_llm_peers{state="alive"}'] == 0
+    # The API port's status route (for nodes without a console) has the same key rule.
+    assert httpx.get(f"{node.api}/api/status").status_code == 401
+    assert httpx.get(f"{node.api}/api/status", headers=key).json()["state"] == "serving"
 
 
 # ---- the CLI a user runs -----------------------------------------------------------------
@@ -279,8 +282,9 @@ def test_an_unreachable_inviter_is_reported_and_requests_say_why(tmp_path: Path)
 # ---- failover ----------------------------------------------------------------------------
 
 
-def ask(node: NodeProcess) -> httpx.Response:
-    return httpx.post(f"{node.api}/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2},
+def ask(node: NodeProcess, model: str = MODEL) -> httpx.Response:
+    # A text completion: the Gemma 3 270M GGUF is a base model with no chat template.
+    return httpx.post(f"{node.api}/v1/completions", json={"model": model, "prompt": "Hi", "max_tokens": 2},
                       timeout=60)  # fmt: skip
 
 
@@ -318,9 +322,23 @@ def test_a_dropped_model_goes_to_a_standby_with_503s_meanwhile_never_404(tmp_pat
         b_id = b.status()["node_id"]
         assert [m["host"] for m in c.status()["models"] if m["ready"]] == [b_id]
         assert f"standby picks up {MODEL} (unserved" in b.log()
-        assert "standby picks up" not in a.log(), "A declined the model: it must not take it back"
+        assert f"standby picks up {MODEL}" not in a.log(), "A declined the model: it must not take it back"
 
-        # Now B drops it too: nobody may take it. Requests say so, and what to do.
+        # A model nobody has served yet, asked for once: 503 from the first request (A, now a
+        # standby with it on disk, is about to load it), then 200 — never 404.
+        r = ask(c, "Gemma-3-270M")
+        assert r.status_code == 503 and int(r.headers["retry-after"]) > 0, r.text
+        assert f"standby node {a.status()['short_id']} is about to load it" in r.json()["error"]["message"]
+
+        def gemma_answers() -> bool:
+            r = ask(c, "Gemma-3-270M")
+            assert r.status_code in (200, 503), r.text
+            return r.status_code == 200
+
+        wait_until(gemma_answers, 60, "A to serve Gemma-3-270M")
+        assert "standby picks up Gemma-3-270M (unserved" in a.log()
+
+        # Now B drops SmolLM2 too: nobody may take it. Requests say so, and what to do.
         assert cli("drop", MODEL, "--state-dir", str(b.state_dir)).returncode == 0
 
         def offline_message() -> str | None:
