@@ -77,10 +77,11 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
                         "in_flight": ad.in_flight,
                         "requests": node.routed[(ad.name, node_id)],
                         "role": ad.role,
-                        "mode": "solo" if ad.role == "host" and not ad.layers else "split",
                         "layers": list(ad.layers) if ad.layers else None,
                         "slots": None if ad.free_slots is None else {"slots_free": ad.free_slots},
-                        **(_claim_fields(claim) if claim else {}),
+                        # A peer's split host publishes its plan (mode, epoch, shards); a host
+                        # without one serves the model solo. Workers' rows carry their layers.
+                        **(_claim_fields(claim) if claim else {"mode": "solo"} if ad.role == "host" else {}),
                     }
                 )
             for name, claim in sorted(claims.items()):  # split models that peer is still placing

@@ -183,6 +183,7 @@ class Proxy:
         self._stopping = asyncio.Event()  # set when the node ends answers still in progress
         self._idle = asyncio.Event()  # set while no request is being answered
         self._idle.set()
+        self._streams: set[httpx.Response] = set()  # upstream answers being relayed as SSE
         self._max_body = max_body_bytes
         self._api_key = api_key
         self._rotation = itertools.count()
@@ -421,6 +422,9 @@ class Proxy:
             await asyncio.wait_for(self._idle.wait(), grace_s)
         cut = self._active
         self._stopping.set()
+        for response in list(self._streams):  # each relay then ends with the shutdown event
+            with contextlib.suppress(httpx.HTTPError):
+                await response.aclose()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), end_s)
         return cut
@@ -450,33 +454,49 @@ class Proxy:
         self, response: httpx.Response, finish: Callable[[], None], meter: SseMeter, exchange: _Exchange
     ) -> AsyncIterator[bytes]:
         """Pass SSE events through; if the host dies or this node stops mid-stream, end with an
-        error event and ``[DONE]`` (never after a ``[DONE]`` already sent)."""
+        error event and ``[DONE]`` (never after a ``[DONE]`` already sent).
+
+        The upstream is read in this task, so a client that hangs up cancels the read, which
+        closes the upstream and frees the host's slot. To stop, `drain` closes the upstream.
+        """
         loop = asyncio.get_running_loop()
         ended: bytes | None = None
+        self._streams.add(response)
         try:
             try:
-                async for chunk in _until(response.aiter_raw(), self._stopping):
+                async for chunk in response.aiter_raw():
                     out = meter.feed(chunk, loop.time())
                     if out:
                         yield out
+            except (asyncio.CancelledError, GeneratorExit):
+                if not meter.done:
+                    exchange.error = "client_closed_request"  # the client hung up mid-answer
+                raise
             except httpx.HTTPError as exc:
-                log.warning("upstream stream broke: %r", exc)
-                exchange.error = "backend_failed"
-                ended = api_errors.sse_error_event(_BROKEN.format(error=type(exc).__name__))
-            except _Stopping:
-                exchange.error = "node_shutting_down"
-                ended = api_errors.sse_error_event(_SHUTTING_DOWN, "node_shutting_down")
+                if self._stopping.is_set():
+                    exchange.error = "node_shutting_down"
+                    ended = api_errors.sse_error_event(_SHUTTING_DOWN, "node_shutting_down")
+                else:
+                    log.warning("upstream stream broke: %r", exc)
+                    exchange.error = "backend_failed"
+                    ended = api_errors.sse_error_event(_BROKEN.format(error=type(exc).__name__))
             else:
                 tail = meter.flush()
                 if tail:
                     yield tail
                 if not meter.done:  # the upstream closed cleanly but without finishing the answer
-                    exchange.error = "backend_failed"
-                    ended = api_errors.sse_error_event(_BROKEN.format(error="EndOfStream"))
+                    stopping = self._stopping.is_set()
+                    exchange.error = "node_shutting_down" if stopping else "backend_failed"
+                    ended = (
+                        api_errors.sse_error_event(_SHUTTING_DOWN, "node_shutting_down")
+                        if stopping
+                        else api_errors.sse_error_event(_BROKEN.format(error="EndOfStream"))
+                    )
             if ended is not None and not meter.done:
                 yield ended
                 yield api_errors.SSE_DONE + b"\n\n"
         finally:
+            self._streams.discard(response)
             await response.aclose()
             finish()
             exchange.prompt_tokens = meter.prompt_tokens
@@ -496,41 +516,18 @@ _SHUTTING_DOWN = (
 )
 
 
-class _Stopping(Exception):
-    """The node began to stop while an answer was in progress."""
-
-
-async def _until(chunks: AsyncIterator[bytes], stopping: asyncio.Event) -> AsyncIterator[bytes]:
-    """The items of `chunks` until `stopping` is set; then raise _Stopping."""
-    it = chunks.__aiter__()
-    stop = asyncio.ensure_future(stopping.wait())
-    try:
-        while True:
-            step = asyncio.ensure_future(it.__anext__())
-            await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not step.done():
-                step.cancel()
-                with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError, StopAsyncIteration):
-                    await step
-                raise _Stopping
-            try:
-                chunk = step.result()
-            except StopAsyncIteration:
-                return
-            yield chunk
-    finally:
-        stop.cancel()
-
-
 async def _unless_stopped(work: Awaitable[T], stopping: asyncio.Future[Any]) -> T:
     """`work`'s result, or a 503 (with `work` cancelled) once the node begins to stop."""
     task = asyncio.ensure_future(work)
-    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():  # stopping, or we were cancelled (the client left): end `work` too
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError, MeshError):
+                await task
+    if not stopping.done() or not task.cancelled():
         return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError, MeshError):
-        await task
     raise ApiErrorResponse(
         api_errors.ApiError(
             503, _SHUTTING_DOWN.replace("; the answer is incomplete", ""), type="server_error",
