@@ -14,21 +14,21 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from mesh_llm import __version__
-from mesh_llm.api.console import ChangeFeed, console_policy, create_console_app
+from mesh_llm.api.console import ChangeFeed, console_policy, create_console_app, status_for_caller
 from mesh_llm.api.control import control_router
 from mesh_llm.api.guard import AccessPolicy, allowed_hosts, guarded
 from mesh_llm.api.limits import limited_protocol
 from mesh_llm.api.proxy import Proxy
 from mesh_llm.api.routing import Endpoint, model_key
 from mesh_llm.config import HttpConfig, NodeConfig
-from mesh_llm.errors import BackendUnavailable, ConfigError, MeshError
+from mesh_llm.errors import BackendUnavailable, ConfigError, MeshError, ModelError
 from mesh_llm.mesh.gossip import ModelAd, PeerStatus
 from mesh_llm.mesh.service import (
     MeshService,
@@ -39,11 +39,13 @@ from mesh_llm.mesh.service import (
     record_for,
 )
 from mesh_llm.mesh.transport import TransportConfig
+from mesh_llm.metrics import Gauge
 from mesh_llm.models.catalog import CATALOG, find_entry
 from mesh_llm.models.resolve import ResolvedModel, on_disk_names, resolve
-from mesh_llm.planning.demand import DemandTable, StandbyInfo, choose_standby_work
-from mesh_llm.planning.planner import Split, fits
+from mesh_llm.planning.demand import DemandTable, StandbyInfo, assign_standby_work, choose_standby_work
+from mesh_llm.planning.planner import Split
 from mesh_llm.planning.records import peer_claims
+from mesh_llm.runtime import RuntimeFile
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity
 from mesh_llm.split import SplitManager
@@ -54,8 +56,10 @@ log = logging.getLogger(__name__)
 KNOWN_MODEL_MEMORY_S = 600.0  # a model seen in the mesh this recently answers 503, not 404
 ADVERTISE_INTERVAL_S = 1.0
 REACT_DELAY_S = 0.1  # after a peer's record changed, reconcile this soon (bursts coalesce; at most 10 Hz)
-STANDBY_EVAL_S = 2.0  # how often a standby looks for work
-FIT_FACTOR = 1.1  # a model fits a node when size x 1.1 <= capacity (room for the KV cache)
+# How often a standby looks for work: each pass of the advertise loop (a second, or just after a
+# peer's record changed), so a model that lost its last server is picked up within seconds.
+STANDBY_EVAL_S = 0.5
+STOP_GRACE_S = 5.0  # how long SIGTERM lets answers in progress finish before ending them
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -109,6 +113,7 @@ class Node:
         self.declined: set[str] = set()  # models the user dropped here: never picked up again
         self.on_disk: tuple[str, ...] = ()
         self.standby_state = "idle"
+        self.picking_up: str | None = None  # the model this standby is taking on, until it serves
         self.split = SplitManager(self)
         self.api_port: int | None = None
         self.console_port: int | None = None
@@ -118,6 +123,9 @@ class Node:
         self._on_ready = on_ready
         self._http: list[tuple[_EmbeddedServer, asyncio.Task[None]]] = []  # console first, then API
         self._proxy: Proxy | None = None
+        self._grace_s = STOP_GRACE_S
+        self.runtime = RuntimeFile(config.state_dir)
+        self.fatal: MeshError | None = None  # why the node stopped by itself (run() returns 1)
 
     # ---- ServingView, used by the proxy -------------------------------------------------
 
@@ -169,19 +177,45 @@ class Node:
         for e in out:
             self.known_models[e.model] = now
         served = {e.model for e in out}
-        for model in self.demand.wanted({m: [m] for m in served}, now):
-            if model not in served and self._standby_could_serve(model):
-                served.add(model)
-                out.append(Endpoint(model, "", False, state="waiting for a standby node to load it"))
+        wanted = set(self.demand.wanted({m: [m] for m in served}, now)) | self.demand.recent(now)
+        if wanted - served:
+            taker = self._standby_assignment({m: [m] for m in served}, now)
+            for model in sorted(wanted - served):
+                if model in taker:
+                    served.add(model)
+                    self.known_models[model] = now
+                    state = f"standby node {taker[model][:8]} is about to load it"
+                    out.append(Endpoint(model, "", False, state=state))
         for model, seen in list(self.known_models.items()):
             if now - seen > KNOWN_MODEL_MEMORY_S:
                 del self.known_models[model]
             elif model not in served:
                 # Fail clearly rather than with a 404: the model was here and may come back.
-                out.append(
-                    Endpoint(model, "", False, state="offline: no node in the mesh serves it right now")
-                )
+                out.append(Endpoint(model, "", False, state=self._unserved_reason(model)))
         return out
+
+    def _standby_assignment(self, served: dict[str, list[str]], now: float) -> dict[str, str]:
+        """Model -> the standby the mesh-wide rules give it now (what every node computes)."""
+        decisions = assign_standby_work(
+            self._standbys(), served, self.demand.rates(now), self._model_sizes(),
+            recent=self.demand.recent(now),
+        )  # fmt: skip
+        return {d.model: node_id for node_id, d in decisions.items()}
+
+    def _unserved_reason(self, model: str) -> str:
+        """What is happening to a known model nobody serves, and what the user can do."""
+        decliners = sorted(
+            [self.node_id[:8]] * (model in self.declined)
+            + [
+                node_id[:8]
+                for node_id, view in (self.mesh.peers().items() if self.mesh is not None else ())
+                if model in _declined(view.record.extra)
+            ]
+        )
+        why = "no node in the mesh serves it right now and no standby node can take it"
+        if decliners:
+            why += f" (dropped with `mesh-llm drop` on {', '.join(decliners)})"
+        return f"offline: {why}; start a node with `mesh-llm --model {model} --join <token>` to serve it"
 
     def model_cards(self) -> list[dict[str, Any]]:
         by_model: dict[str, list[Endpoint]] = {}
@@ -244,13 +278,19 @@ class Node:
                     self.capacity.offered_bytes,
                     frozenset(self.on_disk),
                     self.config.allow_download,
+                    declined=frozenset(self.declined),
                 )
             )
         if self.mesh is not None:
             for node_id, view in self.mesh.peers().items():
                 rec = view.record
                 if rec.role == "standby" and not rec.client:
-                    out.append(StandbyInfo(node_id, rec.capacity_bytes, frozenset(rec.on_disk), True))
+                    out.append(
+                        StandbyInfo(
+                            node_id, rec.capacity_bytes, frozenset(rec.on_disk), True,
+                            declined=_declined(rec.extra),
+                        )
+                    )  # fmt: skip
         return out
 
     def _local_free_slots(self, server: ModelServer) -> int | None:
@@ -258,12 +298,6 @@ class Node:
         if server.free_slots is None:
             return None
         return max(0, self.config.backend.n_parallel - self.in_flight[server.name])
-
-    def _standby_could_serve(self, model: str) -> bool:
-        size = self._model_sizes().get(model)
-        return size is not None and any(
-            model in s.on_disk and fits(s.capacity_bytes, size, FIT_FACTOR) for s in self._standbys()
-        )
 
     def _served_map(self) -> dict[str, list[str]]:
         served: dict[str, list[str]] = {}
@@ -291,6 +325,11 @@ class Node:
                 self.feed.bump()
 
         return finish
+
+    def mesh_problem(self) -> str | None:
+        if self.mesh is None or not self.tokens or self.mesh.peers():
+            return None
+        return self.mesh.join_problem or "still dialling the inviter of its --join token"
 
     # ---- status ------------------------------------------------------------------------
 
@@ -332,13 +371,70 @@ class Node:
 
         return build_status(self)
 
+    # ---- metrics -----------------------------------------------------------------------
+
+    def metrics_text(self) -> str:
+        """The `/metrics` page (Prometheus text format)."""
+        from mesh_llm.metrics import RequestMetrics, render
+
+        return render(self._proxy.metrics if self._proxy else RequestMetrics(), self.gauges())
+
+    def gauges(self) -> list[Gauge]:
+        """What `/metrics` reads at scrape time: slots, queue, in-flight requests, peers, RTT."""
+        info = Gauge(
+            "mesh_llm_node_info", "This node (always 1).",
+            [({"node_id": self.node_id, "version": __version__, "role": self.role, "state": self.state}, 1)],
+        )  # fmt: skip
+        in_flight = Gauge(
+            "mesh_llm_in_flight_requests", "Requests this node's API is answering now, by model.",
+            [({"model": m}, n) for m, n in sorted(self.in_flight.items())],
+        )  # fmt: skip
+        slots: list[tuple[dict[str, str], float]] = []
+        queued: list[tuple[dict[str, str], float]] = []
+        for name, server in sorted(self.servers.items()):
+            if server.slots is None or not server.ready:
+                continue
+            for state in ("busy", "free"):
+                slots.append(({"model": name, "state": state}, float(server.slots.get(f"slots_{state}", 0))))
+            queued.append(({"model": name}, float(server.slots.get("queued", 0))))
+        peers: Counter[str] = Counter()
+        rtts: list[tuple[dict[str, str], float]] = []
+        if self.mesh is not None:
+            for node_id, view in sorted(self.mesh.peers().items()):
+                peers[view.status.value if view.connected else "relayed"] += 1
+                rtt = self.mesh.rtt_ms(node_id)
+                if rtt is not None:
+                    rtts.append(({"peer": node_id[:8]}, rtt / 1000))
+        return [
+            info,
+            in_flight,
+            Gauge("mesh_llm_slots", "Request slots of this node's model servers, busy or free.", slots),
+            Gauge("mesh_llm_queued_requests", "Requests waiting for a free slot, by model.", queued),
+            Gauge(
+                "mesh_llm_peers", "Peers this node sees, by liveness.",
+                [({"state": s}, float(peers.get(s, 0))) for s in ("alive", "suspect", "relayed")],
+            ),
+            Gauge("mesh_llm_peer_rtt_seconds", "Smoothed round-trip time to each linked peer.", rtts),
+        ]  # fmt: skip
+
     # ---- lifecycle ---------------------------------------------------------------------
 
-    def request_stop(self) -> None:
-        """Begin an orderly shutdown (the signal handlers call this)."""
+    def request_stop(self, sig: int | None = None) -> None:
+        """Begin an orderly shutdown (the signal handlers call this).
+
+        Ctrl-C (SIGINT) ends answers in progress at once; SIGTERM (and a call without a
+        signal) lets them finish for up to STOP_GRACE_S. Either way a stream still running is
+        ended with an SSE error event and ``[DONE]``. A second request exits at once.
+        """
         if self._stop.is_set():
             log.warning("second stop request: exiting without waiting")
             os._exit(130)
+        self._grace_s = 0.0 if sig == signal.SIGINT else STOP_GRACE_S
+        name = signal.Signals(sig).name if sig is not None else "request"
+        log.info(
+            "stopping (%s)%s", name,
+            "; press Ctrl-C again to exit at once" if sig == signal.SIGINT else "",
+        )  # fmt: skip
         self._stop.set()
 
     async def _serve_http(self, app: Any, sock: socket.socket, graceful_s: int) -> _EmbeddedServer:
@@ -364,7 +460,9 @@ class Node:
         if self.config.console is not None:
             sock = bind_tcp(self.config.console, "console")
             self.console_port = sock.getsockname()[1]
-            app = create_console_app(self.status, self.feed, api_key=self.config.api_key)
+            app = create_console_app(
+                self.status, self.feed, api_key=self.config.api_key, metrics=self.metrics_text
+            )
             app.include_router(control_router(self.drop, self.split.preview, self.config.api_key))
             await self._serve_http(guarded(app, console_policy(self.config.api_key, self._hosts())), sock, 1)
         if not self.config.idle:
@@ -375,10 +473,15 @@ class Node:
                 api_key=self.config.api_key,
                 request_timeout_s=self.config.backend.request_timeout_s,
                 max_body_bytes=self.config.backend.max_body_bytes,
+                gauges=self.gauges,
+                status=lambda request: status_for_caller(
+                    self.status(), request.client.host if request.client else "", self.config.api_key
+                ),
             )
             # The proxy checks the key itself (OpenAI-shaped 401s); the guard checks the Host.
             policy = AccessPolicy(None, self._hosts(), json_only=False, max_body=None)
-            await self._serve_http(guarded(self._proxy.app, policy), sock, graceful_s=5)
+            # uvicorn's own deadline comes after the proxy's drain (grace, then ending answers).
+            await self._serve_http(guarded(self._proxy.app, policy), sock, graceful_s=int(STOP_GRACE_S) + 5)
 
     def _hosts(self) -> frozenset[str]:
         """Host names the API and console answer for (DNS rebinding defence)."""
@@ -395,6 +498,13 @@ class Node:
         for spec in self.config.models:
             await self._serve(spec)
         self.feed.bump()
+        failed = [
+            what.removeprefix("failed: ") for what in self.pending.values() if what.startswith("failed")
+        ]
+        if self.config.models and len(failed) == len(self.config.models):
+            # Nothing the user asked for can run: say why and exit rather than serve nothing.
+            self.fatal = ModelError(failed[0] if len(failed) == 1 else "; ".join(failed))
+            self._stop.set()
 
     async def _serve(self, spec: str) -> None:
         """Resolve (downloading if allowed) and start one model server."""
@@ -403,7 +513,7 @@ class Node:
         try:
             model = await asyncio.to_thread(resolve, spec, allow_download=self.config.allow_download)
         except MeshError as exc:
-            self.pending[spec] = f"failed: {exc}"
+            self.pending[spec] = f"failed: cannot serve {spec}: {exc}"
             log.error("cannot serve %s: %s", spec, exc)
             self._changed()
             return
@@ -429,11 +539,15 @@ class Node:
         """Start in order, serve until a stop request, then shut down in order. Returns an exit code."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, self.request_stop, sig)
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         advertiser: asyncio.Task[None] | None = None
         try:
             await self._start_http()
+            self.runtime.write(
+                node_id=self.node_id, api_port=self.api_port, console_port=self.console_port,
+                api_host=self.config.api.host,
+            )  # fmt: skip
             if not self.config.idle:
                 await self._start_mesh()
             advertiser = spawn_supervised("advertise", self._advertise_loop)
@@ -445,9 +559,10 @@ class Node:
             if advertiser is not None:
                 advertiser.cancel()
             await self._shutdown()
+            self.runtime.remove()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-        return 0
+        return 1 if self.fatal is not None else 0
 
     async def _start_mesh(self) -> None:
         credentials = load_or_create_credentials(self.config.state_dir, self.tokens)
@@ -482,6 +597,10 @@ class Node:
             )
             for name, server in sorted(self.servers.items())
         ) + tuple(self.split.worker_ads())
+        if self.picking_up is not None and self.picking_up not in self.servers:
+            # Resolving (perhaps assembling or downloading) before its server starts: say so, or
+            # the mesh would see the model unserved and this node no longer a standby.
+            models += (ModelAd(self.picking_up, False, "host"),)
         return {
             "role": self.role,
             "capacity_bytes": self.capacity.offered_bytes,
@@ -543,17 +662,23 @@ class Node:
     async def _maybe_pick_up_work(self, now: float) -> None:
         """A standby takes the model the mesh-wide rules give it (identically computed everywhere)."""
         decision = choose_standby_work(
-            self.node_id, self._standbys(), self._served_map(), self.demand.rates(now), self._model_sizes()
-        )
-        if decision is None or decision.model in self.declined:
+            self.node_id, self._standbys(), self._served_map(), self.demand.rates(now), self._model_sizes(),
+            recent=self.demand.recent(now),
+        )  # fmt: skip
+        if decision is None or decision.model in self.declined:  # declined ones are never assigned
             return
         log.info(
             "standby picks up %s (%s, %.1f requests/min mesh-wide%s)",
             decision.model, decision.reason.value, decision.rate_rpm, ", downloading" if decision.download else "",
         )  # fmt: skip
         self.standby_state = f"loading {decision.model}"
-        await self._serve(decision.model)
-        self.standby_state = "idle"
+        self.picking_up = decision.model
+        try:
+            await self._serve(decision.model)
+        finally:
+            self.picking_up = None
+            self.standby_state = "idle"
+            self._changed()
 
     async def drop(self, model: str) -> bool:
         """Stop serving `model` here (the user asked); the mesh re-plans without this node."""
@@ -576,7 +701,11 @@ class Node:
         self.feed.bump()
         api = self._http[1:] if self.config.console is not None else self._http
         for server, _ in api:
-            server.should_exit = True
+            server.should_exit = True  # no new connections; idle keep-alive ones close
+        if self._proxy is not None:
+            cut = await self._proxy.drain(self._grace_s)
+            if cut:
+                log.info("ended %d answer(s) in progress: this node is stopping", cut)
         await asyncio.gather(*(t for _, t in api), return_exceptions=True)
         await self.split.stop()
         if self.mesh is not None:
@@ -588,3 +717,9 @@ class Node:
         for server, _ in self._http:
             server.should_exit = True
         await asyncio.gather(*(t for _, t in self._http), return_exceptions=True)
+
+
+def _declined(extra: Mapping[str, Any]) -> frozenset[str]:
+    """The models a peer's record says its user dropped there (it never takes them again)."""
+    names = extra.get("declined")
+    return frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) else frozenset()

@@ -37,7 +37,13 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
                 "draft": server.draft,
                 "draft_error": server.draft_error,
                 "speculative": (server.slots or {}).get("speculative"),
-                **split_rows.pop(name, {"mode": "solo"}),
+                **split_rows.pop(
+                    name,
+                    {
+                        "mode": "solo",
+                        "load_s": round(server.load_s, 2) if server.load_s is not None else None,
+                    },
+                ),
             }
         )
     for name, extra in sorted(split_rows.items()):  # split models still waiting for their plan
@@ -76,7 +82,9 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
                         "role": ad.role,
                         "layers": list(ad.layers) if ad.layers else None,
                         "slots": None if ad.free_slots is None else {"slots_free": ad.free_slots},
-                        **(_claim_fields(claim) if claim else {}),
+                        # A peer's split host publishes its plan (mode, epoch, shards); a host
+                        # without one serves the model solo. Workers' rows carry their layers.
+                        **(_claim_fields(claim) if claim else {"mode": "solo"} if ad.role == "host" else {}),
                     }
                 )
             for name, claim in sorted(claims.items()):  # split models that peer is still placing

@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 
 from mesh_llm.api import errors as api_errors
 from mesh_llm.api.guard import SESSION_COOKIE, AccessPolicy, is_loopback, session_value
+from mesh_llm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 KEEPALIVE_S = 15.0
 LOGIN_ATTEMPTS = 5  # wrong keys per client address per window before /api/login answers 429
@@ -200,6 +201,13 @@ TOKEN_HIDDEN = (
 )
 
 
+def status_for_caller(status: dict[str, Any], client: str, api_key: str | None) -> dict[str, Any]:
+    """The status a caller may see: without an API key, the invite token only on this machine."""
+    if api_key is None and not is_loopback(client) and status.get("invite_token"):
+        return {**status, "invite_token": None, "invite_token_hidden": TOKEN_HIDDEN}
+    return status
+
+
 def console_policy(api_key: str | None, hosts: frozenset[str]) -> AccessPolicy:
     """The console's access rules: everything but the page and its assets needs the key."""
     return AccessPolicy(
@@ -212,7 +220,10 @@ def console_policy(api_key: str | None, hosts: frozenset[str]) -> AccessPolicy:
 
 
 def create_console_app(
-    status: Callable[[], dict[str, Any]], feed: ChangeFeed, api_key: str | None = None
+    status: Callable[[], dict[str, Any]],
+    feed: ChangeFeed,
+    api_key: str | None = None,
+    metrics: Callable[[], str] | None = None,
 ) -> FastAPI:
     """Build the console app around a status source and its change feed.
 
@@ -226,11 +237,14 @@ def create_console_app(
     relay = ChatRelay(status, api_key)
 
     def status_for(request: Request) -> dict[str, Any]:
-        current = status()
-        client = request.client.host if request.client else ""
-        if api_key is None and not is_loopback(client) and current.get("invite_token"):
-            current = {**current, "invite_token": None, "invite_token_hidden": TOKEN_HIDDEN}
-        return current
+        return status_for_caller(status(), request.client.host if request.client else "", api_key)
+
+    if metrics is not None:
+        render_metrics = metrics
+
+        @app.get("/metrics")
+        async def get_metrics() -> Response:
+            return Response(render_metrics(), media_type=METRICS_CONTENT_TYPE)
 
     failures: dict[str, list[float]] = {}  # client address -> times of recent wrong keys
 

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
-from rich.logging import RichHandler
 
 from mesh_llm import __version__
+from mesh_llm.cli.logs import setup_logging
 from mesh_llm.config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, api_key_from_env, build_config
 from mesh_llm.errors import MeshError
 from mesh_llm.mesh.transport import DEFAULT_ENGINE, ENGINES
 
 console = Console(stderr=True)
-
-SUBCOMMANDS = ("download", "status", "rotate-key", "drop", "plan")
+log = logging.getLogger("mesh_llm.cli")
 
 IDLE_HELP = """[bold]mesh-llm[/] is running idle: nothing is served, the console is read-only.
 
@@ -30,12 +32,19 @@ IDLE_HELP = """[bold]mesh-llm[/] is running idle: nothing is served, the console
 """
 
 
+def _epilog() -> str:
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines = [f"  {name:<{width}}  {summary}" for name, (summary, _) in SUBCOMMANDS.items()]
+    return "commands:\n" + "\n".join(lines) + "\n\nRun `mesh-llm COMMAND --help` for a command's own options."
+
+
 def node_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mesh-llm",
+        usage="mesh-llm [options]  |  mesh-llm COMMAND [options]",
         description="Pool spare GPU/CPU capacity across machines and serve LLMs behind one OpenAI-compatible API.",
-        epilog="Subcommands: download [NAME] | status | drop MODEL | plan MODEL | rotate-key. "
-        "Run `mesh-llm SUBCOMMAND --help` for theirs.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--model",
@@ -49,7 +58,7 @@ def node_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="TOKEN",
-        help="join the mesh of this invite token; repeatable",
+        help="join the mesh of this invite token (spaces and line breaks in it are ignored); repeatable",
     )
     p.add_argument(
         "--client",
@@ -137,24 +146,27 @@ def node_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads per model server")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--log-format", choices=("text", "json"), default="text",
+        help="text: lines for people (default); json: one JSON object per line, for machines",
+    )  # fmt: skip
     p.add_argument("--version", action="version", version=f"mesh-llm {__version__}")
     return p
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
-    )
-    for noisy in ("httpx", "httpcore", "uvicorn.error", "aioquic", "qh3", "quic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def error(message: str) -> None:
+    """One error line on stderr, never wrapped (rich would wrap it at the terminal width)."""
+    console.print(f"[red]error:[/] {message}", soft_wrap=True, highlight=False)
+
+
+def print_token(token: str, *, to: Any = None) -> None:
+    """A token on a line of its own, never wrapped, so a terminal copy gets all of it."""
+    print(token, file=to or sys.stderr, flush=True)
 
 
 def run_node(argv: Sequence[str]) -> int:
     args = node_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose, args.log_format, console)
     try:
         config = build_config(
             models=args.model,
@@ -189,7 +201,7 @@ def run_node(argv: Sequence[str]) -> int:
         if config.backend.draft not in (None, OFF):
             resolve_draft_spec(config.backend.draft)
     except MeshError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(f"{exc}")
         return 2
     if config.api.host == "0.0.0.0" and config.api_key is None:
         console.print(
@@ -199,6 +211,16 @@ def run_node(argv: Sequence[str]) -> int:
     from mesh_llm.node import Node
 
     def ready(node: Node) -> None:
+        if args.log_format == "json":
+            log.info(
+                "ready",
+                extra={"fields": {
+                    "node_id": node.node_id, "api_port": node.api_port, "console_port": node.console_port,
+                    "mesh_port": node.mesh.transport.port if node.mesh else None,
+                    "invite_token": node.mesh.invite_token if node.mesh else None,
+                }},
+            )  # fmt: skip
+            return
         if config.idle:
             console.print(IDLE_HELP)
         if node.console_port:
@@ -211,13 +233,18 @@ def run_node(argv: Sequence[str]) -> int:
             console.print(f"model    {spec}  (loading…)")
         if node.mesh is not None:
             console.print(f"node     {node.node_id[:8]}  mesh port udp/{node.mesh.transport.port}")
-            console.print("invite   [bold]mesh-llm --join " + node.mesh.invite_token + "[/]")
+            console.print("invite   token for [bold]mesh-llm --join[/] (also: mesh-llm token):")
+            print_token(node.mesh.invite_token)
 
     try:
-        return asyncio.run(Node(config, on_ready=ready).run())
+        node = Node(config, on_ready=ready)
+        code = asyncio.run(node.run())
     except MeshError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(f"{exc}")
         return 2
+    if node.fatal is not None:
+        error(str(node.fatal))
+    return code
 
 
 def cmd_download(argv: Sequence[str]) -> int:
@@ -240,7 +267,7 @@ def cmd_download(argv: Sequence[str]) -> int:
         entries = [entry]
         if args.draft:
             if entry.draft is None:
-                console.print(f"[red]error:[/] {entry.name} has no draft model in the catalog")
+                error(f"{entry.name} has no draft model in the catalog")
                 return 1
             entries.append(lookup(entry.draft))
         for e in entries:
@@ -251,28 +278,110 @@ def cmd_download(argv: Sequence[str]) -> int:
                 Console().print(f"downloaded {e.name}: {download(e)}")
         return 0
     except MeshError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(f"{exc}")
         return 1
+
+
+def _node_options(p: argparse.ArgumentParser) -> None:
+    """How a command finds the running node: its runtime file, or a port given by hand."""
+    p.add_argument(
+        "--state-dir", default=None, metavar="DIR",
+        help="the node's state directory, whose runtime file names its ports (default ~/.mesh-llm)",
+    )  # fmt: skip
+    p.add_argument(
+        "--console", type=int, default=None, metavar="PORT",
+        help="the node's console port (default: from the runtime file, else 3131)",
+    )  # fmt: skip
+
+
+def _state_dir(value: str | None) -> Path:
+    return Path(value).expanduser() if value else Path.home() / ".mesh-llm"
+
+
+class _NoNode(Exception):
+    """No running node could be found; the message says where we looked."""
+
+
+def _find_node(args: argparse.Namespace, *, console_only: bool = False) -> tuple[int, str]:
+    """(port, what it is) of the running node to ask: --console, else the runtime file, else 3131."""
+    if args.console is not None:
+        return args.console, "console"
+    from mesh_llm.runtime import RuntimeFile
+
+    state = _state_dir(args.state_dir)
+    found = RuntimeFile(state).read()
+    if found is None:
+        if args.state_dir is None:
+            return DEFAULT_CONSOLE_PORT, "console"
+        raise _NoNode(f"no mesh-llm node is running with state directory {state} (no live runtime file)")
+    if found.console_port:
+        return found.console_port, "console"
+    if console_only or not found.api_port:
+        raise _NoNode(f"the node running from {state} has no console (started with --no-console)")
+    return found.api_port, "API"
+
+
+def _status(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The running node's status, or None after printing why it could not be read."""
+    try:
+        port, what = _find_node(args)
+    except _NoNode as exc:
+        error(f"{exc}")
+        return None
+    code, body = _control("GET", "/api/status", port, what=what)
+    if code != 200:
+        if code:
+            error(f"{_message(body)}")
+        return None
+    return body
 
 
 def cmd_status(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="mesh-llm status", description="Show the running node's status.")
-    p.add_argument("--console", type=int, default=DEFAULT_CONSOLE_PORT, help="the node's console port")
+    p = argparse.ArgumentParser(
+        prog="mesh-llm status",
+        description="Show the running node: its models (solo or split, layers, epoch, load time), "
+        "peers and the full invite token. Finds the node through the runtime file in its state "
+        "directory; give --state-dir for a node started with one.",
+    )
+    _node_options(p)
     p.add_argument("--json", action="store_true", help="print the raw JSON")
     args = p.parse_args(argv)
-    import json
 
     from mesh_llm.cli.render import status_view
 
-    code, body = _control("GET", "/api/status", args.console)
-    if code != 200:
-        if code:
-            console.print(f"[red]error:[/] {_message(body)}")
+    body = _status(args)
+    if body is None:
         return 1
     if args.json:
         print(json.dumps(body, indent=2))
-    else:
-        Console().print(status_view(body))
+        return 0
+    out = Console()
+    out.print(status_view(body))
+    token = body.get("invite_token")
+    if token:
+        out.print("[bold]invite token[/] (join with mesh-llm --join TOKEN):")
+        print_token(str(token), to=sys.stdout)
+    elif body.get("invite_token_hidden"):
+        out.print(f"invite token {body['invite_token_hidden']}")
+    return 0
+
+
+def cmd_token(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="mesh-llm token",
+        description="Print the running node's invite token, alone on one line (for scripts and copying).",
+    )
+    _node_options(p)
+    args = p.parse_args(argv)
+    body = _status(args)
+    if body is None:
+        return 1
+    token = body.get("invite_token")
+    if not token:
+        reason = body.get("invite_token_hidden") or "this node is in no mesh (it is idle)"
+        error(f"no invite token: {reason}")
+        return 1
+    print_token(str(token), to=sys.stdout)
     return 0
 
 
@@ -287,7 +396,9 @@ def _message(body: dict[str, object]) -> str:
     return str(body.get("detail", body))
 
 
-def _control(method: str, path: str, port: int, **kwargs: object) -> tuple[int, dict[str, object]]:
+def _control(
+    method: str, path: str, port: int, what: str = "console", **kwargs: object
+) -> tuple[int, dict[str, object]]:
     import httpx
 
     key = api_key_from_env(os.environ)
@@ -295,7 +406,7 @@ def _control(method: str, path: str, port: int, **kwargs: object) -> tuple[int, 
     try:
         r = httpx.request(method, f"http://127.0.0.1:{port}{path}", headers=headers, timeout=30.0, **kwargs)  # type: ignore[arg-type]
     except httpx.HTTPError as exc:
-        console.print(f"[red]error:[/] no mesh-llm node answered on console port {port} ({exc})")
+        error(f"no mesh-llm node answered on {what} port {port} ({exc})")
         return 0, {}
     try:
         return r.status_code, dict(r.json())
@@ -306,14 +417,19 @@ def _control(method: str, path: str, port: int, **kwargs: object) -> tuple[int, 
 def cmd_drop(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="mesh-llm drop", description="Stop serving a model on the running node.")
     p.add_argument("model")
-    p.add_argument("--console", type=int, default=DEFAULT_CONSOLE_PORT, help="the node's console port")
+    _node_options(p)
     args = p.parse_args(argv)
-    code, body = _control("POST", "/api/drop", args.console, json={"model": args.model})
+    try:
+        port, _ = _find_node(args, console_only=True)
+    except _NoNode as exc:
+        error(f"{exc}")
+        return 1
+    code, body = _control("POST", "/api/drop", port, json={"model": args.model})
     if code == 200:
         Console().print(f"dropped {body['dropped']}: this node no longer serves it")
         return 0
     if code:
-        console.print(f"[red]error:[/] {_message(body)}")
+        error(f"{_message(body)}")
     return 1
 
 
@@ -322,16 +438,100 @@ def cmd_plan(argv: Sequence[str]) -> int:
         prog="mesh-llm plan", description="Show the plan the mesh would choose for a model."
     )
     p.add_argument("model")
-    p.add_argument("--console", type=int, default=DEFAULT_CONSOLE_PORT, help="the node's console port")
+    _node_options(p)
     args = p.parse_args(argv)
-    code, body = _control("GET", "/api/plan", args.console, params={"model": args.model})
+    try:
+        port, _ = _find_node(args, console_only=True)
+    except _NoNode as exc:
+        error(f"{exc}")
+        return 1
+    code, body = _control("GET", "/api/plan", port, params={"model": args.model})
     if code != 200:
         if code:
-            console.print(f"[red]error:[/] {_message(body)}")
+            error(f"{_message(body)}")
         return 1
     from mesh_llm.cli.render import plan_table
 
     Console().print(plan_table(body))
+    return 0
+
+
+def _config_home() -> Path:
+    xdg = os.environ.get("XDG_CONFIG_HOME", "").strip()
+    return Path(xdg).expanduser() if xdg else Path.home() / ".config"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _client_parser(tool: str, default: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"mesh-llm {tool}",
+        description=f"Print a {tool} configuration that uses the running node (base URL, model ids, "
+        "and the MESH_LLM_API_KEY variable when the node needs a key), or write it with --write.",
+    )
+    _node_options(p)
+    p.add_argument(
+        "--write", nargs="?", const=default, default=None, metavar="PATH",
+        help=f"write the configuration (default {default}) instead of printing it",
+    )  # fmt: skip
+    return p
+
+
+def cmd_opencode(argv: Sequence[str]) -> int:
+    from mesh_llm.cli.clients import merge_opencode, opencode_config
+
+    default = _config_home() / "opencode" / "opencode.json"
+    args = _client_parser("opencode", str(default)).parse_args(argv)
+    body = _status(args)
+    if body is None:
+        return 1
+    try:
+        config = opencode_config(body)
+    except ValueError as exc:
+        error(f"{exc}")
+        return 1
+    if args.write is None:
+        print(json.dumps(config, indent=2))
+        return 0
+    path = Path(args.write).expanduser()
+    existing: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            loaded = json.loads(path.read_text())
+        except ValueError as exc:
+            error(f"{path} is not plain JSON ({exc}); add the provider by hand")
+            return 1
+        existing = loaded if isinstance(loaded, dict) else {}
+    _write_json(path, merge_opencode(existing, config))
+    Console().print(f"wrote provider 'mesh-llm' to {path}; start opencode and pick a mesh-llm model")
+    return 0
+
+
+def cmd_goose(argv: Sequence[str]) -> int:
+    from mesh_llm.cli.clients import GOOSE_PROVIDER_ID, goose_provider
+
+    default = _config_home() / "goose" / "custom_providers" / f"{GOOSE_PROVIDER_ID}.json"
+    args = _client_parser("goose", str(default)).parse_args(argv)
+    body = _status(args)
+    if body is None:
+        return 1
+    try:
+        provider = goose_provider(body)
+    except ValueError as exc:
+        error(f"{exc}")
+        return 1
+    if args.write is None:
+        print(json.dumps(provider, indent=2))
+        return 0
+    path = Path(args.write).expanduser()
+    _write_json(path, provider)
+    first = provider["models"][0]["name"] if provider["models"] else "MODEL"
+    Console().print(f"wrote {path}; run: goose session --provider {GOOSE_PROVIDER_ID} --model {first}")
     return 0
 
 
@@ -349,22 +549,34 @@ def cmd_rotate_key(argv: Sequence[str]) -> int:
     try:
         identity = NodeIdentity.rotate(state / "node.key")
     except MeshError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(f"{exc}")
         return 1
     Console().print(f"new node id {identity.node_id} (restart the node to use it)")
     return 0
 
 
+SUBCOMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
+    "status": ("show the running node: models, split, peers, invite token", cmd_status),
+    "token": ("print the running node's invite token, alone on one line", cmd_token),
+    "download": ("list the model catalog, or download one model", cmd_download),
+    "drop": ("stop serving a model on the running node", cmd_drop),
+    "plan": ("show the plan the mesh would choose for a model", cmd_plan),
+    "opencode": ("print (or --write) an opencode configuration for this node", cmd_opencode),
+    "goose": ("print (or --write) a goose provider for this node", cmd_goose),
+    "rotate-key": ("replace this machine's node key (a new node id)", cmd_rotate_key),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "download":
-        return cmd_download(argv[1:])
-    if argv and argv[0] == "status":
-        return cmd_status(argv[1:])
-    if argv and argv[0] == "rotate-key":
-        return cmd_rotate_key(argv[1:])
-    if argv and argv[0] == "drop":
-        return cmd_drop(argv[1:])
-    if argv and argv[0] == "plan":
-        return cmd_plan(argv[1:])
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]][1](argv[1:])
+    if argv and argv[0] == "help":
+        if len(argv) > 1 and argv[1] in SUBCOMMANDS:
+            return SUBCOMMANDS[argv[1]][1](["--help"])
+        node_parser().print_help()
+        return 0
+    if argv and not argv[0].startswith("-"):
+        error(f"unknown command {argv[0]!r}. Commands: {', '.join(SUBCOMMANDS)} (see mesh-llm --help)")
+        return 2
     return run_node(argv)

@@ -35,6 +35,17 @@ _STATE_STYLE = {
 }
 
 
+def layer_ranges(model: dict[str, Any]) -> str:
+    """Which node holds which layers: "ab12cd34 0-14, ef56ab78 15-29"; "all" for a solo model."""
+    shards = model.get("shards") or []
+    if shards:
+        return ", ".join(f"{str(s['node_id'])[:8]} {s['start_layer']}-{s['end_layer'] - 1}" for s in shards)
+    if model.get("layers"):
+        first, end = model["layers"]
+        return f"{first}-{end - 1}"
+    return "all" if model.get("mode") == "solo" else "-"
+
+
 def status_view(status: dict[str, Any]) -> Group:
     """A node summary, its models and its peers."""
     head = Table.grid(padding=(0, 2))
@@ -58,19 +69,21 @@ def status_view(status: dict[str, Any]) -> Group:
     head.add_row(
         "requests", f"{status.get('in_flight', 0)} in flight, {status.get('requests_total', 0)} served"
     )
-    if status.get("invite_token"):
-        head.add_row("invite", status["invite_token"])
+    # The invite token is printed whole below the tables (a table cell would cut it).
 
     models = Table(title="models", title_justify="left", expand=False)
-    for col in ("model", "state", "host", "port", "in flight", "requests", "size", "note"):
-        models.add_column(col)
+    # Fold rather than cut: a model name or a layer list is only useful whole.
+    for col in ("model", "state", "mode", "host", "layers", "epoch", "load", "requests", "size", "note"):
+        models.add_column(col, overflow="fold", min_width=8 if col == "host" else None)
     for m in status.get("models", []):
         models.add_row(
             m["name"],
             Text(m["state"], style=_STATE_STYLE.get(m["state"], "")),
+            str(m.get("mode") or "-"),
             str(m.get("host") or "")[:8],
-            str(m.get("port") or "-"),
-            str(m.get("in_flight", 0)),
+            layer_ranges(m),
+            str(m["epoch"]) if m.get("epoch") is not None else "-",
+            f"{m['load_s']:.1f} s" if isinstance(m.get("load_s"), int | float) else "-",
             str(m.get("requests") if m.get("requests") is not None else "-"),
             human_bytes(m.get("size_bytes")),
             m.get("message") or "",

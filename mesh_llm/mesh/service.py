@@ -21,7 +21,14 @@ from typing import Any
 
 import psutil
 
-from mesh_llm.errors import ConfigError, MeshError, TokenError, TransportError, WireError
+from mesh_llm.errors import (
+    AuthenticationError,
+    ConfigError,
+    MeshError,
+    TokenError,
+    TransportError,
+    WireError,
+)
 from mesh_llm.mesh.gossip import (
     GossipConfig,
     GossipEngine,
@@ -46,6 +53,7 @@ DIAL_TIMEOUT_S = 5.0
 BOOTSTRAP_RETRY_S = 2.0
 LOST_PEER_RETRY_S = 3.0
 LOST_PEER_MEMORY_S = 600.0  # how long a peer that vanished without a goodbye is redialled
+INVITER_REPORT_EVERY = 15  # after the first failure, repeat it in the log every this many tries
 
 
 @dataclass(frozen=True)
@@ -165,6 +173,8 @@ class MeshService:
         self._tunnel_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._lost: dict[str, tuple[tuple[str, ...], float]] = {}  # node id -> (addresses, when lost)
         self._dialing: set[str] = set()
+        self._inviter_tries: dict[str, int] = {}  # inviter node id -> failed dials so far
+        self.join_problem: str | None = None  # why no inviter answered yet, while none has
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._stopped = False
@@ -343,7 +353,7 @@ class MeshService:
 
     # ---- dialing -----------------------------------------------------------------------
 
-    def _dial_soon(self, node_id: str, addresses: Iterable[str], expected: bool = True) -> None:
+    def _dial_soon(self, node_id: str, addresses: Iterable[str], *, inviter: bool = False) -> None:
         addresses = tuple(addresses)
         if node_id == self.identity.node_id or node_id in self._dialing or not addresses:
             return
@@ -351,7 +361,8 @@ class MeshService:
         if link is not None and link.is_open:
             return
         self._dialing.add(node_id)
-        self._spawn(self._dial(node_id, addresses), f"dial-{node_id[:8]}")
+        dial = self._dial_inviter(node_id, addresses) if inviter else self._dial(node_id, addresses)
+        self._spawn(dial, f"dial-{node_id[:8]}")
 
     async def _dial(self, node_id: str, addresses: tuple[str, ...]) -> None:
         try:
@@ -361,12 +372,45 @@ class MeshService:
         finally:
             self._dialing.discard(node_id)
 
+    async def _dial_inviter(self, node_id: str, addresses: tuple[str, ...]) -> None:
+        """Dial an invite token's node, telling the user what happens: a node that cannot reach
+        its mesh would otherwise sit silent while its API knows no models."""
+        tries = self._inviter_tries.get(node_id, 0)
+        if tries == 0 and not self.transport.links:
+            log.info("joining the mesh: dialling inviter %s at %s", node_id[:8], ", ".join(addresses))
+        try:
+            await self.transport.dial(list(addresses), expected_node_id=node_id, timeout=DIAL_TIMEOUT_S)
+        except AuthenticationError as exc:
+            self._inviter_failed(node_id, tries, f"it refused us: {exc}")
+        except MeshError as exc:
+            self._inviter_failed(node_id, tries, str(exc))
+        else:
+            if tries:
+                log.info("reached inviter %s after %d failed attempt(s)", node_id[:8], tries)
+            self._inviter_tries.pop(node_id, None)
+            self.join_problem = None
+        finally:
+            self._dialing.discard(node_id)
+
+    def _inviter_failed(self, node_id: str, tries: int, reason: str) -> None:
+        tries += 1
+        self._inviter_tries[node_id] = tries
+        if self.transport.links:  # in the mesh through other peers: the inviter is just one of them
+            log.debug("inviter %s did not answer: %s", node_id[:8], reason)
+            return
+        self.join_problem = f"inviter {node_id[:8]} did not answer: {reason}"
+        if tries == 1 or tries % INVITER_REPORT_EVERY == 0:
+            log.warning(
+                "could not join through inviter %s (attempt %d, %g s deadline): %s; retrying every %g s",
+                node_id[:8], tries, DIAL_TIMEOUT_S, reason, BOOTSTRAP_RETRY_S,
+            )  # fmt: skip
+
     async def _redial_loop(self) -> None:
         """Keep trying the invite tokens' nodes and recently lost peers until they answer."""
         while True:
             now = self._now()
             for token in self.tokens:
-                self._dial_soon(token.node_id, token.addresses)
+                self._dial_soon(token.node_id, token.addresses, inviter=True)
             for node_id, (addresses, since) in list(self._lost.items()):
                 if now - since > LOST_PEER_MEMORY_S:
                     del self._lost[node_id]
@@ -393,11 +437,15 @@ def record_for(node_id: str, software: str, **fields: Any) -> NodeRecord:
 
 
 def decode_tokens(values: Iterable[str]) -> list[InviteToken]:
-    """Decode --join values, each with a clear error naming the bad one."""
+    """Decode --join values, each with a clear error naming the bad one.
+
+    Whitespace anywhere is ignored: a token pasted from a wrapped terminal line or an e-mail
+    arrives with spaces or line breaks in it, and the token alphabet (base64url) has none.
+    """
     tokens = []
     for i, value in enumerate(values, 1):
         try:
-            tokens.append(InviteToken.decode(value.strip()))
+            tokens.append(InviteToken.decode("".join(value.split())))
         except TokenError as exc:
             raise TokenError(f"--join token {i} is not valid: {exc}") from exc
     return tokens

@@ -82,9 +82,40 @@ def on_disk_names() -> list[str]:
     return [e.name for e in CATALOG if is_bundled_here(e) or cached_path(e) is not None]
 
 
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def check_hub_reachable(repo: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> None:
+    """Raise DownloadError at once when the hub cannot be reached (offline, DNS, firewall).
+
+    The hub client retries a dead network with backoff for about half a minute, logging each
+    try; one short probe first turns that into one clear line.
+    """
+    import httpx
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise DownloadError(
+            "HF_HUB_OFFLINE is set, so nothing can be downloaded; unset it or give a .gguf path"
+        )
+    url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{repo}"
+    try:
+        httpx.head(url, timeout=timeout)
+    except httpx.HTTPError as exc:
+        reason = str(exc).strip() or type(exc).__name__
+        raise DownloadError(
+            f"cannot reach {constants.ENDPOINT} ({reason}); check the network, or give a .gguf path"
+        ) from exc
+
+
 def download(entry: CatalogEntry, *, progress: bool = True) -> Path:
     """Download a catalog entry into the Hugging Face cache with a rich progress bar."""
     from huggingface_hub import hf_hub_download
+
+    try:
+        check_hub_reachable(entry.repo)
+    except DownloadError as exc:
+        raise DownloadError(f"cannot download {entry.name}: {exc}") from exc
 
     tqdm_class = None
     if progress:
@@ -96,8 +127,9 @@ def download(entry: CatalogEntry, *, progress: bool = True) -> Path:
     try:
         found = hf_hub_download(entry.repo, entry.filename, tqdm_class=tqdm_class)
     except Exception as exc:  # the hub client raises many types; this is the one seam
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DownloadError(
-            f"could not download {entry.name} ({entry.repo}/{entry.filename}): {exc}"
+            f"could not download {entry.name} ({entry.repo}/{entry.filename}): {first}"
         ) from exc
     return Path(str(found))
 

@@ -20,10 +20,12 @@ A *standby* is a non-client node that serves nothing. :func:`assign_standby_work
 standby at most one model, computed the same way on every node so that two standbys never take
 the same slot; :func:`choose_standby_work` is this node's share of it. Rules, in order:
 
-1. **Unserved**: a model with demand of at least ``wanted_min_rpm`` and no server, taken
-   hottest first, goes to one standby that fits it (``size * fit_factor <= capacity``) and has
-   the GGUF on disk or may download it. A model that loses its last server keeps its decaying
-   demand, so the next evaluation (the node runs one every few seconds) hands it to a standby.
+1. **Unserved**: a model with demand and no server, taken hottest first, goes to one standby
+   that fits it (``size * fit_factor <= capacity``), has not declined it (``mesh-llm drop``) and
+   has the GGUF on disk or may download it. Demand here is a rate of at least
+   ``wanted_min_rpm``, or any request in the last ``recent_s`` seconds; a model wanted only that
+   way goes to a standby that has it on disk (a stray request starts no download). A model that
+   loses its last server keeps its demand, so the next evaluation hands it to a standby.
 2. **Hot**: otherwise a standby joins the model with the highest per-server load when that load
    is at least ``hot_min_rpm_per_server`` and at least ``hot_ratio`` times the per-server load
    of the coldest *other* served model (a model served alone needs only the first condition).
@@ -37,7 +39,7 @@ Models below ``wanted_min_rpm`` count as no demand at all: decayed interest pins
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -74,6 +76,8 @@ class DemandConfig:
     """...and when its per-server load is this many times the coldest other served model's."""
     fit_factor: float = 1.1
     """A model fits a standby when ``size * fit_factor <= capacity`` (same rule as the planner)."""
+    recent_s: float = 60.0
+    """A model requested this recently counts as wanted, whatever its rate (first request on)."""
 
     def __post_init__(self) -> None:
         if not self.half_life_s > 0:
@@ -86,6 +90,8 @@ class DemandConfig:
             raise ConfigError(f"hot_ratio must be at least 1, not {self.hot_ratio}")
         if not self.fit_factor > 0:
             raise ConfigError(f"fit_factor must be positive, not {self.fit_factor}")
+        if not self.recent_s >= 0:
+            raise ConfigError(f"recent_s must be 0 or more, not {self.recent_s}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +209,14 @@ class DemandTable:
         """Requests per minute of every model with any recorded demand, by model name."""
         return {m: self.rate(m, now) for m in sorted(self._scores)}
 
+    def recent(self, now: float) -> frozenset[str]:
+        """Models requested anywhere in the mesh in the last ``recent_s`` seconds."""
+        return frozenset(
+            m
+            for m, score in self._scores.items()
+            if score.value > 0 and now - score.at <= self.config.recent_s
+        )
+
     def wanted(self, served: Mapping[str, Sequence[str]], now: float) -> list[str]:
         """Models in demand (at least ``wanted_min_rpm``) that no node serves, hottest first."""
         rates = self.rates(now)
@@ -236,6 +250,8 @@ class StandbyInfo:
     """Whether it may fetch a GGUF it lacks."""
     client: bool = False
     """Clients never serve; one passed in here is ignored."""
+    declined: frozenset[str] = frozenset()
+    """Models the user dropped on this node: it never takes them again."""
 
 
 class PromotionReason(Enum):
@@ -264,13 +280,15 @@ def assign_standby_work(
     rates: Mapping[str, float],
     model_sizes: Mapping[str, int],
     config: DemandConfig | None = None,
+    recent: Collection[str] = (),
 ) -> dict[str, Decision]:
     """Give each standby at most one model to serve, by the rules in the module docstring.
 
     ``served`` maps a model to the nodes serving it, including nodes still loading it (else a
     loading model would look unserved and draw a second standby). ``rates`` is requests per
     minute by model (``DemandTable.rates``); ``model_sizes`` is bytes by model, and a model
-    missing from it cannot be placed. Deterministic: the same inputs in any order give the
+    missing from it cannot be placed; ``recent`` lists models requested lately
+    (``DemandTable.recent``). Deterministic: the same inputs in any order give the
     same assignment, so every node computes the same one. Returns decisions by node id.
     Raises ``ValueError`` when two standbys share a node id.
     """
@@ -285,13 +303,15 @@ def assign_standby_work(
     servers = {m: len(set(nodes)) for m, nodes in served.items() if nodes}
     # Below the floor a model has no demand at all, so stale interest pins nothing.
     demand = {m: r for m, r in rates.items() if r >= cfg.wanted_min_rpm}
+    # ...but a model nobody serves that was asked for just now is wanted, from its first request.
+    asked = {m: rates.get(m, 0.0) for m in recent if m not in demand and m not in servers}
     decisions: dict[str, Decision] = {}
 
     def promote(model: str, reason: PromotionReason) -> bool:
         size = model_sizes.get(model)
         if size is None:
             return False
-        standby = _pick_standby(pool.values(), model, size, cfg)
+        standby = _pick_standby(pool.values(), model, size, cfg, on_disk_only=model in asked)
         if standby is None:
             return False
         del pool[standby.node_id]
@@ -301,12 +321,13 @@ def assign_standby_work(
             model=model,
             reason=reason,
             download=model not in standby.on_disk,
-            rate_rpm=demand[model],
+            rate_rpm=demand.get(model, asked.get(model, 0.0)),
         )
         return True
 
-    # Rule 1: one standby per unserved model in demand, hottest first.
-    for model in sorted((m for m in demand if m not in servers), key=lambda m: (-demand[m], m)):
+    # Rule 1: one standby per unserved model in demand, hottest first (then those just asked for).
+    unserved = sorted((m for m in demand if m not in servers), key=lambda m: (-demand[m], m))
+    for model in unserved + sorted(asked, key=lambda m: (-asked[m], m)):
         promote(model, PromotionReason.UNSERVED)
 
     # Rule 2: one standby at a time to the hottest model that still qualifies.
@@ -328,13 +349,14 @@ def choose_standby_work(
     rates: Mapping[str, float],
     model_sizes: Mapping[str, int],
     config: DemandConfig | None = None,
+    recent: Collection[str] = (),
 ) -> Decision | None:
     """This standby's share of :func:`assign_standby_work`: what to serve, or ``None`` to stay idle.
 
     ``standbys`` must list every standby of the mesh (this one included), not just this node:
     the slot a node takes depends on which others could take it.
     """
-    return assign_standby_work(standbys, served, rates, model_sizes, config).get(self_id)
+    return assign_standby_work(standbys, served, rates, model_sizes, config, recent).get(self_id)
 
 
 def _is_hot(model: str, loads: Mapping[str, float], cfg: DemandConfig) -> bool:
@@ -346,12 +368,14 @@ def _is_hot(model: str, loads: Mapping[str, float], cfg: DemandConfig) -> bool:
 
 
 def _pick_standby(
-    pool: Iterable[StandbyInfo], model: str, size: int, cfg: DemandConfig
+    pool: Iterable[StandbyInfo], model: str, size: int, cfg: DemandConfig, *, on_disk_only: bool = False
 ) -> StandbyInfo | None:
     able = [
         s
         for s in pool
-        if fits(s.capacity_bytes, size, cfg.fit_factor) and (model in s.on_disk or s.can_download)
+        if fits(s.capacity_bytes, size, cfg.fit_factor)
+        and model not in s.declined
+        and (model in s.on_disk or (s.can_download and not on_disk_only))
     ]
     if not able:
         return None

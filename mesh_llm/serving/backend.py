@@ -112,6 +112,8 @@ class ModelServer:
         self.restarts = 0
         self._stopping = False
         self._ready_at: float | None = None
+        self._spawned_at: float | None = None
+        self.load_s: float | None = None  # seconds the last start took from launch to ready
         self.slots: dict[str, Any] | None = None  # the engine's last /mesh/slots answer
         self.draft: str | None = None  # what the model server drafts with (see models/draft.py)
         self.draft_error = ""
@@ -256,6 +258,7 @@ class ModelServer:
             while not self._stopping:
                 self._set_state(BackendState.STARTING, "loading model")
                 self._ready_at = None
+                self._spawned_at = time.monotonic()
                 self._proc = await self._spawn()
                 reason = await self._run_once(client)
                 await self._kill_child()
@@ -288,6 +291,8 @@ class ModelServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), 0.1)
         self._ready_at = time.monotonic()
+        if self._spawned_at is not None:
+            self.load_s = self._ready_at - self._spawned_at
         self._set_state(BackendState.READY, "")
         misses = 0
         # Checks every half second keep the slot figures fresh; the miss budget stays in time.

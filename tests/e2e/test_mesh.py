@@ -133,14 +133,24 @@ def test_a_token_with_the_wrong_secret_is_refused(mesh: dict[str, NodeProcess], 
     assert forged.mesh_id != real.mesh_id
     intruder = NodeProcess(["--client", "--join", forged.encode()], tmp_path / "x").start()
     try:
-        time.sleep(4)
+        intruder.wait_for(lambda s: s["state"] == "client", 30, "the intruder to start")
+        # Both sides say so at the default log level: the dialer names the refusal, A the intruder.
+        deadline = time.monotonic() + 30
+        while "could not join through inviter" not in intruder.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert f"could not join through inviter {real.node_id[:8]}" in intruder.log()
+        assert "refused us" in intruder.log() and "different mesh" in intruder.log()
+        assert "refused" in a.log() and "another mesh" in a.log()
         assert intruder.status()["peers"] == []
         assert intruder.status()["models"] == []
         assert intruder.status()["node_id"] not in peer_ids(a)
         r = httpx.post(
             f"{intruder.api}/v1/chat/completions", json={"model": "SmolLM2-135M", "messages": CHAT}
         )
-        assert r.status_code == 404
+        # Not "no such model": the intruder is told that it never reached the mesh, and why.
+        assert r.status_code == 503, r.text
+        assert "has not reached its mesh yet" in r.json()["error"]["message"]
+        assert "refused" in r.json()["error"]["message"]
     finally:
         intruder.stop()
 
@@ -163,6 +173,7 @@ def test_kill_9_host_is_dropped_within_10s_then_503_then_rejoins(mesh: dict[str,
     assert a.proc is not None
     os.kill(a.proc.pid, signal.SIGKILL)
     killed_at = time.monotonic()
+    a.proc.wait(10)  # reap it: a zombie would show up as a leftover in later modules' checks
     for node in (b, c):
         node.wait_for(lambda s: a_id not in {p["node_id"] for p in s["peers"]}, 10, "A to be dropped")
     dropped_after = time.monotonic() - killed_at

@@ -79,3 +79,32 @@ def test_status_view_renders_models_and_peers() -> None:
     assert "abcd1234" in out and "API key required" in out and "1.5 ms" in out and "ffff0000" in out
     console.print(catalog_table(on_disk={"SmolLM2-135M"}))
     assert "Llama-3.3-70B" in console.export_text()
+
+
+def test_status_view_shows_split_layers_epoch_and_load_time_in_full() -> None:
+    from rich.console import Console
+
+    from mesh_llm.cli.render import layer_ranges
+
+    split = {
+        "name": "Qwen2.5-32B-Instruct-Q4", "state": "ready", "mode": "split", "host": "aaaa1111", "epoch": 3,
+        "load_s": 12.34, "size_bytes": 10, "requests": 7,
+        "shards": [
+            {"node_id": "aaaa1111ffff", "start_layer": 0, "end_layer": 40},
+            {"node_id": "bbbb2222ffff", "start_layer": 40, "end_layer": 64},
+        ],
+    }  # fmt: skip
+    solo = {"name": "M", "state": "ready", "mode": "solo", "host": "aaaa1111", "load_s": 0.8}
+    assert layer_ranges(split) == "aaaa1111 0-39, bbbb2222 40-63"
+    assert layer_ranges(solo) == "all"
+    assert layer_ranges({"mode": "split", "layers": [10, 20]}) == "10-19"
+    view = status_view({"short_id": "aaaa1111", "models": [split, solo], "capacity": {}})
+    wide = Console(width=200, record=True)
+    wide.print(view)
+    out = wide.export_text()
+    assert "split" in out and "solo" in out and "12.3 s" in out and "0.8 s" in out
+    assert "aaaa1111 0-39, bbbb2222 40-63" in out and "Qwen2.5-32B-Instruct-Q4" in out
+    # An 80-column terminal wraps long model names and layer lists rather than cutting them.
+    narrow = Console(width=80, record=True)
+    narrow.print(view)
+    assert "…" not in narrow.export_text()

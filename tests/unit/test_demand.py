@@ -418,3 +418,30 @@ def test_config_is_validated() -> None:
         DemandConfig(hot_ratio=0.5)
     with pytest.raises(ConfigError):
         DemandConfig(wanted_min_rpm=0)
+
+
+def test_a_model_asked_for_just_now_goes_to_a_standby_that_has_it_on_disk() -> None:
+    table = DemandTable("a")
+    table.record("small", 100.0)  # one request: far below wanted_min_rpm
+    assert table.rates(100.0)["small"] < DemandConfig().wanted_min_rpm
+    assert table.recent(100.0) == {"small"} and table.recent(100.0 + 61) == frozenset()
+    pool = [standby("far", 8, ()), standby("near", 8, ("small",))]
+    got = assign_standby_work(pool, {}, table.rates(100.0), SIZES, recent=table.recent(100.0))
+    assert list(got) == ["near"] and got["near"].reason is PromotionReason.UNSERVED
+    # A stray request starts no download: without the GGUF on disk nobody takes it.
+    assert assign_standby_work([standby("far", 8)], {}, table.rates(100.0), SIZES, recent={"small"}) == {}
+
+
+def test_a_standby_that_declined_a_model_is_never_given_it() -> None:
+    rates = {"small": 30.0}
+    decliner = StandbyInfo("a", 8 * GB, frozenset({"small"}), declined=frozenset({"small"}))
+    other = standby("b", 16, ("small",))
+    got = assign_standby_work([decliner, other], {}, rates, SIZES)
+    assert list(got) == ["b"]  # not "a", though its tighter fit would win otherwise
+    assert assign_standby_work([decliner], {}, rates, SIZES) == {}
+
+
+def test_unserved_comes_before_hot() -> None:
+    rates = {"small": 500.0, "mid": 1.0}
+    got = assign_standby_work([standby("s", 16, ("small", "mid"))], {"small": ["x"]}, rates, SIZES)
+    assert got["s"].model == "mid" and got["s"].reason is PromotionReason.UNSERVED
