@@ -19,13 +19,19 @@ from mesh_llm.mesh.transport import DEFAULT_ENGINE, ENGINES
 
 console = Console(stderr=True)
 
-SUBCOMMANDS = ("download", "status", "rotate-key", "drop", "plan")
+SUBCOMMANDS = ("download", "status", "rotate-key", "drop", "plan", "discover")
+
+PUBLIC_WARNING = (
+    "[yellow]public:[/] this mesh is published{where}: its listing carries an invite token, and anyone "
+    "who reads it can join the mesh and use its models. Publish only a mesh you mean to share."
+)
 
 IDLE_HELP = """[bold]mesh-llm[/] is running idle: nothing is served, the console is read-only.
 
   Serve a model and start a mesh:   [cyan]mesh-llm --model SmolLM2-135M[/]   (or any catalog name / .gguf path)
   Join a mesh with this machine:    [cyan]mesh-llm --join <token>[/]
   Use a mesh without serving:       [cyan]mesh-llm --client --join <token>[/]
+  Find a public mesh and use it:    [cyan]mesh-llm --client --auto[/]   (see what is out there: [cyan]mesh-llm discover[/])
   See the model catalog:            [cyan]mesh-llm download[/]
 """
 
@@ -34,7 +40,7 @@ def node_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mesh-llm",
         description="Pool spare GPU/CPU capacity across machines and serve LLMs behind one OpenAI-compatible API.",
-        epilog="Subcommands: download [NAME] | status | drop MODEL | plan MODEL | rotate-key. "
+        epilog="Subcommands: download [NAME] | status | drop MODEL | plan MODEL | rotate-key | discover. "
         "Run `mesh-llm SUBCOMMAND --help` for theirs.",
     )
     p.add_argument(
@@ -56,6 +62,7 @@ def node_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="API-only member: never serves, never downloads, offers no capacity",
     )
+    _discovery_flags(p)
     p.add_argument(
         "--port", type=int, default=DEFAULT_API_PORT, help=f"OpenAI API port (default {DEFAULT_API_PORT})"
     )
@@ -126,6 +133,37 @@ def node_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _discovery_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "discovery (a published mesh is PUBLIC: anyone who sees its listing can join and use it)"
+    )
+    g.add_argument(
+        "--auto", action="store_true",
+        help="find a mesh to join (LAN first, then Nostr) instead of a token; if none, start one",
+    )  # fmt: skip
+    g.add_argument(
+        "--publish", action="store_true",
+        help="list this mesh, invite token included, on Nostr relays and the LAN: anyone can then join it",
+    )  # fmt: skip
+    g.add_argument(
+        "--mesh-name", default=None, metavar="NAME",
+        help="join the published mesh of this name (any case), or start and publish it; implies --publish",
+    )  # fmt: skip
+    g.add_argument(
+        "--region", default=None, metavar="R", help="tag the listing with a region; --auto prefers it"
+    )
+    g.add_argument(
+        "--max-clients", type=int, default=None, metavar="N",
+        help="take the listing down while N clients are connected",
+    )  # fmt: skip
+    g.add_argument(
+        "--nostr-relay", action="append", default=[], metavar="URL",
+        help="a Nostr relay (ws:// or wss://) to publish and look on; repeatable; replaces the default list",
+    )  # fmt: skip
+    # Tests shorten discovery's periods (publish=,alone=,client_retry=,... in seconds).
+    g.add_argument("--discovery-timing", default=None, help=argparse.SUPPRESS)
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -162,6 +200,13 @@ def run_node(argv: Sequence[str]) -> int:
             max_body_mb=args.max_body,
             allow_hosts=args.allow_host,
             quic=args.quic,
+            auto=args.auto,
+            publish=args.publish,
+            mesh_name=args.mesh_name,
+            region=args.region,
+            max_clients=args.max_clients,
+            nostr_relays=args.nostr_relay,
+            discovery_timing=args.discovery_timing,
         )
         from mesh_llm.models.resolve import validate_spec
 
@@ -174,6 +219,10 @@ def run_node(argv: Sequence[str]) -> int:
         console.print(
             "[yellow]warning:[/] --listen-all without --api-key: anyone who can reach this machine can use the API"
         )
+
+    if config.discovery.publish:
+        where = " on " + ", ".join(config.discovery.relays) + " and the LAN"
+        console.print(PUBLIC_WARNING.format(where=where))
 
     from mesh_llm.node import Node
 
@@ -191,6 +240,9 @@ def run_node(argv: Sequence[str]) -> int:
         if node.mesh is not None:
             console.print(f"node     {node.node_id[:8]}  mesh port udp/{node.mesh.transport.port}")
             console.print("invite   [bold]mesh-llm --join " + node.mesh.invite_token + "[/]")
+        elif config.discovery.finds:
+            what = f"named {config.discovery.mesh_name!r}" if config.discovery.mesh_name else "to join"
+            console.print(f"mesh     looking for a mesh {what} (LAN, then Nostr)…")
 
     try:
         return asyncio.run(Node(config, on_ready=ready).run())
@@ -346,4 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_drop(argv[1:])
     if argv and argv[0] == "plan":
         return cmd_plan(argv[1:])
+    if argv and argv[0] == "discover":
+        from mesh_llm.cli.discover import cmd_discover
+
+        return cmd_discover(argv[1:])
     return run_node(argv)

@@ -97,7 +97,7 @@ class Listing:
             max_clients=_count(data, "max_clients", 0),
             name=_text(data, "name"),
             region=_text(data, "region"),
-            version=_text(data, "version") or "",
+            version=(_text(data, "version") or "") if data.get("version") != "" else "",
         )
 
 

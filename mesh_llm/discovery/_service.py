@@ -174,7 +174,7 @@ class Discovery:
 
     async def run(self) -> None:
         """Find a mesh first if asked to, then keep publishing and watching."""
-        if self.config.finds:
+        if self.config.finds and self.host.mesh_facts() is None:
             await self._find()
         tick = min(1.0, self.timing.publish_interval_s / 4)
         while True:
