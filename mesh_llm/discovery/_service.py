@@ -290,7 +290,8 @@ class Discovery:
             await self._publish(facts)
         elif (
             not self.publishing
-            and self.config.finds
+            and self.joined is not None  # only a mesh found published: never list one of our own unasked
+            and self.joined.listing.mesh_id == facts.mesh_id
             and not self.host.is_client
             and self._due_now("takeover", now, self.timing.takeover_s)
         ):
