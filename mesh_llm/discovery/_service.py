@@ -176,6 +176,7 @@ class Discovery:
         """Find a mesh first if asked to, then keep publishing and watching."""
         if self.config.finds and self.host.mesh_facts() is None:
             await self._find()
+        self.state = "member"
         tick = min(1.0, self.timing.publish_interval_s / 4)
         while True:
             await self._tick(time.monotonic())
