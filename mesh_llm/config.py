@@ -179,7 +179,7 @@ def _discovery(
     name = check_tag(mesh_name, "--mesh-name")
     if joins and (auto or name is not None):
         raise ConfigError(
-            f"{'--auto' if auto else '--mesh-name'} finds the mesh itself: drop --join, or drop it"
+            f"{'--auto' if auto else '--mesh-name'} finds the mesh itself: give it or --join, not both"
         )
     if client and publish:
         raise ConfigError("--client nodes do not publish a mesh: drop --publish or --client")

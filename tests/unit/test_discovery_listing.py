@@ -192,7 +192,7 @@ def test_discovery_flags_become_a_frozen_config() -> None:
     ("kwargs", "message"),
     [
         ({"client": True}, "--auto"),
-        ({"auto": True, "join": ["x"]}, "drop --join"),
+        ({"auto": True, "join": ["x"]}, "not both"),
         ({"client": True, "auto": True, "publish": True}, "do not publish"),
         ({"max_clients": 2}, "--publish"),
         ({"publish": True, "max_clients": 0}, "at least 1"),
