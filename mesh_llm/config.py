@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mesh_llm.discovery._config import DiscoveryConfig, DiscoveryTiming, check_relay_url, check_tag
+from mesh_llm.discovery._listing import DEFAULT_RELAYS
 from mesh_llm.errors import ConfigError
 from mesh_llm.mesh.transport import DEFAULT_ENGINE, ENGINES
 
@@ -67,11 +69,12 @@ class NodeConfig:
     allow_download: bool = True
     allow_hosts: tuple[str, ...] = ()  # extra Host names the API and console answer for
     quic_engine: str = DEFAULT_ENGINE  # the QUIC library under the mesh transport
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
     @property
     def idle(self) -> bool:
         """A node with nothing to serve and no mesh to join: read-only console and instructions."""
-        return not self.models and not self.join and not self.client
+        return not self.models and not self.join and not self.client and not self.discovery.active
 
 
 def _port(value: int, flag: str) -> int:
@@ -105,13 +108,24 @@ def build_config(
     draft: str | None = None,
     no_draft: bool = False,
     draft_max: int = 8,
+    auto: bool = False,
+    publish: bool = False,
+    mesh_name: str | None = None,
+    region: str | None = None,
+    max_clients: int | None = None,
+    nostr_relays: list[str] | None = None,
+    discovery_timing: str | None = None,
 ) -> NodeConfig:
     """Validate flag values and build the node's configuration."""
     models = list(models or [])
     if client and models:
         raise ConfigError("--client nodes never serve models: drop --model or --client")
-    if client and not join:
-        raise ConfigError("--client needs a mesh to use: add --join <token>")
+    discovery = _discovery(
+        client=client, joins=bool(join), auto=auto, publish=publish, mesh_name=mesh_name, region=region,
+        max_clients=max_clients, relays=nostr_relays, timing=discovery_timing,
+    )  # fmt: skip
+    if client and not join and not discovery.finds:
+        raise ConfigError("--client needs a mesh to use: add --join <token>, or --auto to find one")
     if max_vram is not None and max_vram <= 0:
         raise ConfigError(f"--max-vram must be a positive number of GB, not {max_vram}")
     if ctx_size < 256:
@@ -157,6 +171,43 @@ def build_config(
         allow_download=not client,
         allow_hosts=tuple(h.strip() for h in allow_hosts or [] if h.strip()),
         quic_engine=_quic_engine(quic),
+        discovery=discovery,
+    )
+
+
+def _discovery(
+    *,
+    client: bool,
+    joins: bool,
+    auto: bool,
+    publish: bool,
+    mesh_name: str | None,
+    region: str | None,
+    max_clients: int | None,
+    relays: list[str] | None,
+    timing: str | None,
+) -> DiscoveryConfig:
+    name = check_tag(mesh_name, "--mesh-name")
+    if joins and (auto or name is not None):
+        raise ConfigError(
+            f"{'--auto' if auto else '--mesh-name'} finds the mesh itself: give it or --join, not both"
+        )
+    if client and publish:
+        raise ConfigError("--client nodes do not publish a mesh: drop --publish or --client")
+    publishes = publish or (name is not None and not client)
+    if max_clients is not None:
+        if max_clients < 1:
+            raise ConfigError(f"--max-clients must be at least 1, not {max_clients}")
+        if not publishes:
+            raise ConfigError("--max-clients limits a published mesh: add --publish or --mesh-name")
+    return DiscoveryConfig(
+        publish=publishes,
+        auto=auto,
+        mesh_name=name,
+        region=check_tag(region, "--region"),
+        max_clients=max_clients,
+        relays=tuple(check_relay_url(u) for u in relays) if relays else DEFAULT_RELAYS,
+        timing=DiscoveryTiming().with_overrides(timing) if timing else DiscoveryTiming(),
     )
 
 

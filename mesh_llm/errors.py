@@ -15,9 +15,11 @@
      │    └── PeerUnreachable      no address answered before the deadline
      ├── BackendError           model server / RPC worker subprocess trouble
      │    └── BackendUnavailable   not ready yet, crashed, or restarting
-     └── RoutingError           the proxy could not place a request
-          ├── ModelNotFound        nobody in the mesh serves or knows that model
-          └── NoHealthyHost        the model is known but no host can take the request now
+     ├── RoutingError           the proxy could not place a request
+     │    ├── ModelNotFound        nobody in the mesh serves or knows that model
+     │    └── NoHealthyHost        the model is known but no host can take the request now
+     └── DiscoveryError         no relay or LAN answer where one was needed
+          └── ListingError         a mesh listing that is unsigned, expired, malformed or lies
 
 Foreign exceptions are translated into these at exactly one seam per subsystem; the proxy maps
 each to one OpenAI-style error body in a single handler.
@@ -110,3 +112,11 @@ class NoHealthyHost(RoutingError):
         super().__init__(
             f"The model '{model}' is not ready to serve requests{detail}. Retry in {retry_after_s} s."
         )
+
+
+class DiscoveryError(MeshError):
+    """Publishing or finding meshes failed: no Nostr relay answered, or the LAN could not be used."""
+
+
+class ListingError(DiscoveryError):
+    """A mesh listing that is ignored: bad signature, expired, malformed, or a token that does not decode."""

@@ -244,4 +244,5 @@ def build_status(node: Node) -> dict[str, Any]:
         "mesh_id": node.mesh.credentials.mesh_id_hex if node.mesh is not None else None,
         "mesh_port": node.mesh.transport.port if node.mesh is not None else None,
         "quic": node.mesh.transport.engine if node.mesh is not None else None,
+        "discovery": node.discovery.status() if node.discovery is not None else None,
     }

@@ -228,6 +228,7 @@ export function meshView(status) {
     apiAuth: api.auth === true,
     apiPort: num(api.port),
     inviteToken: typeof s.invite_token === "string" && s.invite_token ? s.invite_token : null,
+    discovery: s.discovery && typeof s.discovery === "object" ? s.discovery : null,
     inviteTokenHidden: typeof s.invite_token_hidden === "string" ? s.invite_token_hidden : null,
     meshId: s.mesh_id ? str(s.mesh_id) : null,
     engines: statusModels.filter((m) => m.local === true && isObj(m.slots)).map(engineView),

@@ -69,6 +69,40 @@ function inviteTile(view) {
   );
 }
 
+// Discovery: whether this mesh is published, where, and the listing strangers see.
+function discoveryTile(view) {
+  const d = view.discovery;
+  if (!d) return null;
+  const listing = d.listing || {};
+  const where = [
+    ...(d.relays || []).filter((r) => r.ok).map((r) => r.url),
+    ...(d.lan && d.lan.advertised ? ["LAN (mDNS)"] : []),
+  ];
+  let value;
+  if (!d.publishing) value = h("span", { class: "muted" }, d.auto ? "Not published (found by discovery)" : "Not published");
+  else if (d.delisted) value = h("span", { class: "muted" }, "Delisted");
+  else if (d.published) value = `Published: public`;
+  else value = h("span", { class: "muted" }, "Not published yet");
+  return tile(
+    "discovery",
+    "Discovery",
+    value,
+    d.state ? h("div", { class: "muted small" }, d.state) : null,
+    where.length ? h("div", { class: "small" }, `on ${where.join(", ")}`) : null,
+    d.delisted ? h("div", { class: "small" }, d.delisted) : null,
+    d.error ? h("div", { class: "small", "data-tone": "warn" }, d.error) : null,
+    d.publishing && d.listing
+      ? h(
+          "div",
+          { class: "muted small", "data-listing": "" },
+          `listing: ${listing.name || "unnamed"}, ${plural(listing.node_count || 0, "node")}, `,
+          `${plural(listing.client_count || 0, "client")}${listing.max_clients ? ` of ${listing.max_clients}` : ""}, `,
+          `serving ${(listing.serving || []).join(", ") || "nothing yet"}${listing.region ? `, region ${listing.region}` : ""}`,
+        )
+      : null,
+  );
+}
+
 export function renderTiles(host, view) {
   const usedShare = view.capacityBytes ? Math.min(view.usedBytes / view.capacityBytes, 1) : 0;
   const served = view.readyModels.map((m) => m.name);
@@ -113,6 +147,7 @@ export function renderTiles(host, view) {
       `${plural(view.requestsTotal, "request")} served by this node`,
     ),
     inviteTile(view),
+    discoveryTile(view),
   );
 }
 

@@ -23,11 +23,17 @@ from mesh_llm.mesh.transport import DEFAULT_ENGINE, ENGINES
 console = Console(stderr=True)
 log = logging.getLogger("mesh_llm.cli")
 
+PUBLIC_WARNING = (
+    "[yellow]public:[/] this mesh is published{where}: its listing carries an invite token, and anyone "
+    "who reads it can join the mesh and use its models. Publish only a mesh you mean to share."
+)
+
 IDLE_HELP = """[bold]mesh-llm[/] is running idle: nothing is served, the console is read-only.
 
   Serve a model and start a mesh:   [cyan]mesh-llm --model SmolLM2-135M[/]   (or any catalog name / .gguf path)
   Join a mesh with this machine:    [cyan]mesh-llm --join <token>[/]
   Use a mesh without serving:       [cyan]mesh-llm --client --join <token>[/]
+  Find a public mesh and use it:    [cyan]mesh-llm --client --auto[/]   (see what is out there: [cyan]mesh-llm discover[/])
   See the model catalog:            [cyan]mesh-llm download[/]
 """
 
@@ -65,6 +71,7 @@ def node_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="API-only member: never serves, never downloads, offers no capacity",
     )
+    _discovery_flags(p)
     p.add_argument(
         "--port", type=int, default=DEFAULT_API_PORT, help=f"OpenAI API port (default {DEFAULT_API_PORT})"
     )
@@ -164,6 +171,37 @@ def print_token(token: str, *, to: Any = None) -> None:
     print(token, file=to or sys.stderr, flush=True)
 
 
+def _discovery_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "discovery (a published mesh is PUBLIC: anyone who sees its listing can join and use it)"
+    )
+    g.add_argument(
+        "--auto", action="store_true",
+        help="find a mesh to join (LAN first, then Nostr) instead of a token; if none, start one",
+    )  # fmt: skip
+    g.add_argument(
+        "--publish", action="store_true",
+        help="list this mesh, invite token included, on Nostr relays and the LAN: anyone can then join it",
+    )  # fmt: skip
+    g.add_argument(
+        "--mesh-name", default=None, metavar="NAME",
+        help="join the published mesh of this name (any case), or start and publish it; implies --publish",
+    )  # fmt: skip
+    g.add_argument(
+        "--region", default=None, metavar="R", help="tag the listing with a region; --auto prefers it"
+    )
+    g.add_argument(
+        "--max-clients", type=int, default=None, metavar="N",
+        help="take the listing down while N clients are connected",
+    )  # fmt: skip
+    g.add_argument(
+        "--nostr-relay", action="append", default=[], metavar="URL",
+        help="a Nostr relay (ws:// or wss://) to publish and look on; repeatable; replaces the default list",
+    )  # fmt: skip
+    # Tests shorten discovery's periods (publish=,alone=,client_retry=,... in seconds).
+    g.add_argument("--discovery-timing", default=None, help=argparse.SUPPRESS)
+
+
 def run_node(argv: Sequence[str]) -> int:
     args = node_parser().parse_args(argv)
     setup_logging(args.verbose, args.log_format, console)
@@ -192,6 +230,13 @@ def run_node(argv: Sequence[str]) -> int:
             draft=args.draft,
             no_draft=args.no_draft,
             draft_max=args.draft_max,
+            auto=args.auto,
+            publish=args.publish,
+            mesh_name=args.mesh_name,
+            region=args.region,
+            max_clients=args.max_clients,
+            nostr_relays=args.nostr_relay,
+            discovery_timing=args.discovery_timing,
         )
         from mesh_llm.models.draft import OFF, resolve_draft_spec
         from mesh_llm.models.resolve import validate_spec
@@ -207,6 +252,10 @@ def run_node(argv: Sequence[str]) -> int:
         console.print(
             "[yellow]warning:[/] --listen-all without --api-key: anyone who can reach this machine can use the API"
         )
+
+    if config.discovery.publish:
+        where = " on " + ", ".join(config.discovery.relays) + " and the LAN"
+        console.print(PUBLIC_WARNING.format(where=where))
 
     from mesh_llm.node import Node
 
@@ -235,6 +284,9 @@ def run_node(argv: Sequence[str]) -> int:
             console.print(f"node     {node.node_id[:8]}  mesh port udp/{node.mesh.transport.port}")
             console.print("invite   token for [bold]mesh-llm --join[/] (also: mesh-llm token):")
             print_token(node.mesh.invite_token)
+        elif config.discovery.finds:
+            what = f"named {config.discovery.mesh_name!r}" if config.discovery.mesh_name else "to join"
+            console.print(f"mesh     looking for a mesh {what} (LAN, then Nostr)…")
 
     try:
         node = Node(config, on_ready=ready)
@@ -555,6 +607,12 @@ def cmd_rotate_key(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_discover(argv: Sequence[str]) -> int:
+    from mesh_llm.cli.discover import cmd_discover
+
+    return cmd_discover(argv)
+
+
 SUBCOMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "status": ("show the running node: models, split, peers, invite token", cmd_status),
     "token": ("print the running node's invite token, alone on one line", cmd_token),
@@ -564,6 +622,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "opencode": ("print (or --write) an opencode configuration for this node", cmd_opencode),
     "goose": ("print (or --write) a goose provider for this node", cmd_goose),
     "rotate-key": ("replace this machine's node key (a new node id)", cmd_rotate_key),
+    "discover": ("list published meshes on the LAN and on Nostr relays", _cmd_discover),
 }
 
 

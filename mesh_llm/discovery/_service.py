@@ -1,0 +1,490 @@
+"""Discovery as the node runs it: find a mesh, publish ours, converge, rediscover, take over.
+
+The node is seen through `DiscoveryHost`, a narrow protocol: a frozen `MeshFacts` snapshot
+in, and three actions out (join a mesh by token, start our own, say something changed). All
+decisions come from the pure `_scoring` module; this file only sequences them and carries out
+the network calls, each with its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from mesh_llm.discovery._config import DiscoveryConfig
+from mesh_llm.discovery._listing import Found, Listing, by_mesh, latest_per_publisher
+from mesh_llm.discovery._mdns import LanAdvertiser, browse_lan
+from mesh_llm.discovery._nostr import NostrRelays, RelayReport, load_or_create_keys, signed_listing
+from mesh_llm.discovery._scoring import Preferences, rank, same_name, should_move
+from mesh_llm.errors import DiscoveryError
+from mesh_llm.mesh.token import InviteToken
+
+log = logging.getLogger(__name__)
+
+LAST_MESH_FILE = "last-mesh"
+
+
+@dataclass(frozen=True)
+class MeshFacts:
+    """What discovery needs to know about this node's mesh right now."""
+
+    node_id: str
+    mesh_id: str
+    invite_token: str
+    mesh_port: int
+    node_count: int  # serving-capable nodes, this one included unless it is a client
+    client_count: int
+    serving: tuple[str, ...]
+    wanted: tuple[str, ...]
+    on_disk: tuple[str, ...]
+    total_vram_bytes: int
+    peers: frozenset[str]  # node ids of live peers
+    members: tuple[str, ...]  # node ids of serving-capable live members, this one included
+
+
+class DiscoveryHost(Protocol):
+    """The node as discovery sees it."""
+
+    @property
+    def is_client(self) -> bool: ...
+
+    def mesh_facts(self) -> MeshFacts | None: ...
+
+    async def join_mesh(self, token: InviteToken, timeout_s: float) -> bool: ...
+
+    async def start_own_mesh(self) -> None: ...
+
+    def discovery_changed(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """What one look at the LAN and the relays found."""
+
+    found: tuple[Found, ...]
+    errors: tuple[str, ...]  # relays or LAN that could not be used, said plainly
+    ignored: tuple[str, ...]  # listings refused, and why
+
+
+async def discover(relays: NostrRelays | None, *, lan_wait_s: float | None, nostr: bool = True) -> Discovered:
+    """Listen on the LAN (if `lan_wait_s`), then ask the relays (if `nostr`); never raises for either."""
+    found: list[Found] = []
+    errors: list[str] = []
+    ignored: list[str] = []
+    if lan_wait_s is not None:
+        try:
+            f, i = await browse_lan(lan_wait_s)
+            found += f
+            ignored += i
+        except DiscoveryError as exc:
+            errors.append(f"LAN: {exc}")
+    if nostr and relays is not None:
+        try:
+            f, _, i = await relays.fetch()
+            found += f
+            ignored += i
+        except DiscoveryError as exc:
+            errors.append(str(exc))
+    return Discovered(tuple(latest_per_publisher(found)), tuple(errors), tuple(ignored))
+
+
+class Discovery:
+    """Runs alongside the node: `await run()` until cancelled, then `await stop()`."""
+
+    def __init__(self, config: DiscoveryConfig, host: DiscoveryHost, state_dir: Path, version: str) -> None:
+        self.config = config
+        self.timing = config.timing
+        self.host = host
+        self.state_dir = state_dir
+        self.version = version
+        self.publishing = config.publish or (config.mesh_name is not None and not host.is_client)
+        self.mesh_name = config.mesh_name
+        self.relays = NostrRelays(config.relays, None, self.timing.relay_timeout_s)
+        self.lan: LanAdvertiser | None = None
+        self.state = "starting"
+        self.joined: Found | None = None
+        self.listing: Listing | None = None
+        self.published_at: float | None = None
+        self.report: RelayReport | None = None
+        self.lan_error: str | None = None
+        self.error: str | None = None
+        self.delisted: str | None = None
+        self.took_over = False
+        self._event_id: Any = None
+        self._alone_since: float | None = None
+        self._missing_since: float | None = None
+        self._due: dict[str, float] = {}
+        self._warned: set[str] = set()
+
+    # ---- what the console shows ---------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Whether and where the mesh is published, its listing, and what discovery is doing."""
+        return {
+            "state": self.state,
+            "publishing": self.publishing,
+            "published": self._event_id is not None or (self.lan is not None and self.lan.advertised),
+            "public": self.publishing,
+            "relays": [
+                {
+                    "url": url,
+                    "ok": self.report is not None and url in self.report.ok,
+                    "error": self.report.failed.get(url) if self.report is not None else None,
+                }
+                for url in self.config.relays
+            ],
+            "lan": {
+                "enabled": self.config.lan,
+                "advertised": self.lan is not None and self.lan.advertised,
+                "error": self.lan_error,
+            },
+            "listing": self._listing_dict(),
+            "published_at": self.published_at,
+            "delisted": self.delisted,
+            "error": self.error,
+            "mesh_name": self.mesh_name,
+            "region": self.config.region,
+            "max_clients": self.config.max_clients,
+            "auto": self.config.finds,
+            "took_over": self.took_over,
+            "joined": None
+            if self.joined is None
+            else {
+                "mesh_id": self.joined.listing.mesh_id,
+                "name": self.joined.listing.name,
+                "source": self.joined.source,
+                "where": self.joined.where,
+            },
+        }
+
+    def _listing_dict(self) -> dict[str, Any] | None:
+        if self.listing is None:
+            return None
+        import json
+
+        data: dict[str, Any] = json.loads(self.listing.to_json())
+        return data
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Find a mesh first if asked to, then keep publishing and watching."""
+        if self.config.finds and self.host.mesh_facts() is None:
+            await self._find()
+        self.state = "member"
+        tick = min(1.0, self.timing.publish_interval_s / 4)
+        while True:
+            await self._tick(time.monotonic())
+            await asyncio.sleep(tick)
+
+    async def stop(self) -> None:
+        """Take our listing down (so nobody dials a node that left) and close relays and mDNS."""
+        with contextlib.suppress(DiscoveryError):
+            await self._delist(None)
+        if self.lan is not None:
+            await self.lan.close()
+        await self.relays.close()
+
+    # ---- finding -----------------------------------------------------------------------
+
+    def _prefs(self, own_mesh_id: str | None = None) -> Preferences:
+        return Preferences(
+            client=self.host.is_client,
+            mesh_name=self.mesh_name if self.config.mesh_name else None,
+            region=self.config.region,
+            last_mesh_id=self._last_mesh_id(),
+            own_mesh_id=own_mesh_id,
+        )
+
+    async def _look(self, prefs: Preferences, *, lan_only: bool = False) -> list[Found]:
+        """Candidates ranked best first: the LAN's if it has any, else the relays'."""
+        lan_wait = self.timing.lan_wait_s if self.config.lan else None
+        if lan_wait is not None:
+            seen = await discover(None, lan_wait_s=lan_wait, nostr=False)
+            self._note_errors(seen)
+            ranked = rank(seen.found, prefs)
+            if ranked or lan_only:
+                return ranked
+        seen = await discover(self.relays, lan_wait_s=None)
+        self._note_errors(seen)
+        return rank(seen.found, prefs)
+
+    def _note_errors(self, seen: Discovered) -> None:
+        for why in seen.ignored:
+            log.info("ignoring a mesh listing: %s", why)
+        for err in seen.errors:
+            if err.startswith("LAN"):
+                log.debug("%s", err)
+            else:
+                self.error = err
+                self._warn_once(err, f"{err}; discovery goes on with the LAN and the relays that answer")
+
+    async def _try(self, candidates: list[Found]) -> bool:
+        for f in candidates:
+            token = f.listing.token
+            label = f"{f.listing.name or 'unnamed'} ({f.listing.mesh_id[:8]}, {f.listing.node_count} node(s), via {f.source})"
+            log.info("joining mesh %s", label)
+            self.state = f"joining {label}"
+            self.host.discovery_changed()
+            if await self.host.join_mesh(token, self.timing.join_timeout_s):
+                self.joined = f
+                if self.mesh_name is None and f.listing.name:
+                    self.mesh_name = f.listing.name
+                self._save_last_mesh(f.listing.mesh_id)
+                self.state = "member"
+                self.host.discovery_changed()
+                return True
+            log.warning(
+                "mesh %s did not answer within %.0f s; trying the next", label, self.timing.join_timeout_s
+            )
+        return False
+
+    async def _find(self) -> None:
+        """Join the best mesh found; else start our own (or, as a client, look again every 15 s)."""
+        while True:
+            self.state = "discovering"
+            self.host.discovery_changed()
+            candidates = await self._look(self._prefs())
+            if await self._try(candidates):
+                return
+            if not self.host.is_client:
+                what = f"named {self.mesh_name!r}" if self.config.mesh_name else "to join"
+                log.info("no mesh %s found: starting our own", what)
+                await self.host.start_own_mesh()
+                self.state = "member"
+                self.host.discovery_changed()
+                return
+            self.state = f"no mesh found; looking again in {self.timing.client_retry_s:.0f} s"
+            log.info("no mesh found; looking again in %.0f s", self.timing.client_retry_s)
+            self.host.discovery_changed()
+            await asyncio.sleep(self.timing.client_retry_s)
+
+    # ---- the periodic work -------------------------------------------------------------
+
+    def _due_now(self, what: str, now: float, period: float) -> bool:
+        if now < self._due.get(what, 0.0):
+            return False
+        self._due[what] = now + period
+        return True
+
+    async def _tick(self, now: float) -> None:
+        facts = self.host.mesh_facts()
+        if facts is None:
+            if self.config.finds:
+                await self._find()
+            return
+        if self.config.finds and await self._rediscover_if_alone(facts, now):
+            return
+        if (
+            self.publishing
+            and self.config.mesh_name
+            and self._due_now("converge", now, self.timing.converge_s)
+            and await self._converge(facts)
+        ):
+            return
+        if self.publishing and self._due_now("publish", now, self.timing.publish_interval_s):
+            await self._publish(facts)
+        elif (
+            not self.publishing
+            and self.joined is not None  # only a mesh found published: never list one of our own unasked
+            and self.joined.listing.mesh_id == facts.mesh_id
+            and not self.host.is_client
+            and self._due_now("takeover", now, self.timing.takeover_s)
+        ):
+            await self._maybe_take_over(facts, now)
+
+    async def _rediscover_if_alone(self, facts: MeshFacts, now: float) -> bool:
+        if facts.peers:
+            self._alone_since = None
+            return False
+        if self._alone_since is None:
+            self._alone_since = now
+        if now - self._alone_since < self.timing.alone_s:
+            return False
+        self._alone_since = now  # wait a full period before the next look
+        log.info("alone in the mesh for %.0f s: looking for another", self.timing.alone_s)
+        candidates = [
+            f
+            for f in await self._look(self._prefs(own_mesh_id=facts.mesh_id))
+            if self.host.is_client or should_move(facts.mesh_id, facts.node_count, f.listing)
+        ]
+        if not candidates:
+            return False
+        await self._delist(None)
+        if await self._try(candidates):
+            self._due.pop("publish", None)
+            return True
+        return False
+
+    async def _converge(self, facts: MeshFacts) -> bool:
+        """Of two meshes with our name, the smaller joins the larger."""
+        seen = await discover(self.relays, lan_wait_s=self.timing.lan_wait_s if self.config.lan else None)
+        self._note_errors(seen)
+        larger = [
+            f
+            for f in rank(seen.found, self._prefs(own_mesh_id=facts.mesh_id))
+            if should_move(facts.mesh_id, facts.node_count, f.listing)
+        ]
+        if not larger:
+            return False
+        best = larger[0].listing
+        log.info(
+            "mesh %r also runs as %s with %d node(s), we have %d: moving there",
+            self.mesh_name, best.mesh_id[:8], best.node_count, facts.node_count,
+        )  # fmt: skip
+        await self._delist(None)
+        if not await self._try(larger):
+            log.warning("could not reach the larger mesh; staying in ours")
+        self._due.pop("publish", None)  # list the mesh we are in now, at once
+        return True
+
+    async def _maybe_take_over(self, facts: MeshFacts, now: float) -> None:
+        """Publish the mesh ourselves when nobody still in it lists it.
+
+        A listing counts only if its inviting node is still a live member, so a publisher
+        that was killed stops counting at once, not when its listing expires. Members take
+        over in node-id order, one takeover period apart, so one of them does it, not all.
+        """
+        seen = await discover(self.relays, lan_wait_s=self.timing.lan_wait_s if self.config.lan else None)
+        if any(not e.startswith("LAN") for e in seen.errors) and not seen.found:
+            return  # the relays cannot tell us; do not guess
+        live = [
+            f
+            for f in seen.found
+            if f.listing.mesh_id == facts.mesh_id
+            and f.listing.token.node_id in (facts.peers | {facts.node_id})
+        ]
+        ours = [f for f in seen.found if f.listing.mesh_id == facts.mesh_id and f.listing.name]
+        if ours and self.mesh_name is None:
+            self.mesh_name = ours[0].listing.name
+        if live:
+            self._missing_since = None
+            return
+        if self._missing_since is None:
+            self._missing_since = now
+        order = sorted(facts.members).index(facts.node_id) if facts.node_id in facts.members else 0
+        if now - self._missing_since + 1e-9 < order * self.timing.takeover_s:
+            return
+        log.info("nobody in the mesh lists it any more: taking over publishing")
+        self.publishing = True
+        self.took_over = True
+        self._due.pop("publish", None)
+        await self._publish(facts)
+
+    # ---- publishing --------------------------------------------------------------------
+
+    def _listing_for(self, facts: MeshFacts) -> Listing:
+        return Listing(
+            invite_token=facts.invite_token,
+            mesh_id=facts.mesh_id,
+            serving=facts.serving,
+            wanted=facts.wanted,
+            on_disk=facts.on_disk,
+            total_vram_bytes=facts.total_vram_bytes,
+            node_count=facts.node_count,
+            client_count=facts.client_count,
+            max_clients=self.config.max_clients or 0,
+            name=self.mesh_name,
+            region=self.config.region,
+            version=self.version,
+        )
+
+    async def _publish(self, facts: MeshFacts) -> None:
+        cap = self.config.max_clients
+        if cap is not None and facts.client_count >= cap:
+            await self._delist(f"{facts.client_count} client(s) connected; --max-clients is {cap}")
+            return
+        if self.delisted is not None:
+            log.info("listing the mesh again (%s client(s), --max-clients %s)", facts.client_count, cap)
+            self.delisted = None
+        listing = self._listing_for(facts)
+        if self.relays.keys is None:
+            self.relays.keys = await asyncio.to_thread(load_or_create_keys, self.state_dir)
+        event = signed_listing(listing, self.relays.keys, self.timing.ttl_s)
+        self.listing = listing
+        try:
+            self.report = await self.relays.publish(event)
+        except DiscoveryError as exc:
+            self.report = RelayReport([], {u: str(exc) for u in self.config.relays})
+        if self.report.ok:
+            self._event_id = event.id()
+            self.published_at = time.time()
+            self.error = None
+            if "published" not in self._warned:
+                self._warned.add("published")
+                log.info("mesh published on %s (public: anyone can join it)", ", ".join(self.report.ok))
+            if self.report.failed:
+                self._warn_once(
+                    f"partial:{sorted(self.report.failed)}",
+                    f"some relays refused the listing: {self.report.describe()}",
+                )
+        else:
+            self.error = f"no Nostr relay took the listing ({self.report.describe()})"
+            self._warn_once(
+                "publish-failed",
+                f"{self.error}; the mesh is not listed on Nostr (retrying every "
+                f"{self.timing.publish_interval_s:.0f} s); this node keeps serving",
+            )
+        if self.config.lan:
+            await self._advertise_lan(event.as_json(), facts)
+        self.host.discovery_changed()
+
+    async def _advertise_lan(self, event_json: str, facts: MeshFacts) -> None:
+        if self.lan is None:
+            self.lan = LanAdvertiser(
+                f"mesh-llm-{facts.node_id[:12]}", facts.mesh_port, self.timing.relay_timeout_s
+            )
+        try:
+            await self.lan.update(event_json)
+            self.lan_error = None
+        except DiscoveryError as exc:
+            self.lan_error = str(exc)
+            self._warn_once("lan", f"{exc}; the mesh is not listed on the LAN")
+
+    async def _delist(self, reason: str | None) -> None:
+        """Take our listing down from the relays and the LAN (reason None: we are leaving)."""
+        if reason is not None and self.delisted != reason:
+            log.info("delisting the mesh: %s", reason)
+        self.delisted = reason
+        if self.lan is not None:
+            await self.lan.withdraw()
+        if self._event_id is not None:
+            event_id, self._event_id = self._event_id, None
+            try:
+                await self.relays.delist(event_id)
+            except DiscoveryError as exc:
+                log.debug("delist: %s", exc)
+        self.host.discovery_changed()
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key in self._warned:
+            log.debug("%s", message)
+        else:
+            self._warned.add(key)
+            log.warning("%s", message)
+
+    # ---- the last mesh joined ----------------------------------------------------------
+
+    def _last_mesh_id(self) -> str | None:
+        try:
+            text = (self.state_dir / LAST_MESH_FILE).read_text().strip()
+        except OSError:
+            return None
+        return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else None
+
+    def _save_last_mesh(self, mesh_id: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.state_dir / LAST_MESH_FILE).write_text(mesh_id + "\n")
+
+
+def mesh_rows(found: tuple[Found, ...] | list[Found]) -> list[tuple[Found, int]]:
+    """`discover`'s rows: one per mesh."""
+    return by_mesh(list(found))
+
+
+__all__ = ["Discovered", "Discovery", "DiscoveryHost", "MeshFacts", "discover", "mesh_rows", "same_name"]
