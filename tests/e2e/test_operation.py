@@ -195,12 +195,22 @@ def test_status_token_and_client_configs_find_the_node_without_flags(tmp_path: P
 def test_help_lists_commands_and_each_has_its_own() -> None:
     r = cli("--help")
     assert r.returncode == 0
-    for name in ("status", "token", "download", "drop", "plan", "opencode", "goose", "rotate-key"):
+    for name in (
+        "status",
+        "token",
+        "download",
+        "drop",
+        "plan",
+        "opencode",
+        "goose",
+        "rotate-key",
+        "discover",
+    ):
         assert f"  {name} " in r.stdout
         sub = cli(name, "--help")
         assert sub.returncode == 0 and sub.stdout.startswith(f"usage: mesh-llm {name}"), sub.stdout
-    r = cli("discover", "--help")
-    assert r.returncode == 2 and "unknown command 'discover'" in r.stderr and r.stdout == ""
+    r = cli("dicsover", "--help")
+    assert r.returncode == 2 and "unknown command 'dicsover'" in r.stderr and r.stdout == ""
 
 
 def test_downloads_fail_fast_and_a_node_with_no_usable_model_exits(tmp_path: Path) -> None:

@@ -46,9 +46,17 @@ def test_each_subcommand_has_its_own_help(name: str, capsys: pytest.CaptureFixtu
 
 
 def test_an_unknown_command_is_an_error_not_the_main_help(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["discover", "--help"]) == 2
+    assert main(["dicsover", "--help"]) == 2
     err = capsys.readouterr().err
-    assert "unknown command 'discover'" in err and "status" in err
+    assert "unknown command 'dicsover'" in err and "discover" in err and "status" in err
+
+
+def test_discover_has_its_own_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["discover", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "mesh-llm discover" in out and "public" in out.lower()
 
 
 def test_json_log_lines_carry_the_record_fields() -> None:
