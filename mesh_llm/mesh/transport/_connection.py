@@ -300,7 +300,14 @@ class Connection(asyncio.DatagramProtocol):
         self._process_events()
         self.transmit()
 
-    def _process_events(self) -> None:
+    def _process_events(self, arrival: float | None = None) -> None:
+        """Handle what QUIC produced; `arrival` is when the datagrams behind it were read.
+
+        Events that come out of a timer (a retransmission, data QUIC held back) are stamped
+        with the present instead: a ping answered from them then reports no waiting, so the
+        RTT it yields can be too long, never too short.
+        """
+        self._arrival = self._loop.time() if arrival is None else arrival
         while (event := self._quic.next_event()) is not None:
             name = type(event).__name__
             if name == "ConnectionIdIssued" and self._on_cid is not None:
@@ -421,7 +428,7 @@ class Connection(asyncio.DatagramProtocol):
         """
         inbound, self._inbound = self._inbound, []
         self._engine.receive(self._quic, inbound, self._arrival)
-        self._process_events()
+        self._process_events(self._arrival)
         if len(inbound) > SMALL_BURST:
             self._transmit_soon()  # a bulk transfer: its sender waits on our ACKs to send more
         else:
