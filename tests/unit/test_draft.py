@@ -6,6 +6,7 @@ import pytest
 
 from mesh_llm.errors import ConfigError
 from mesh_llm.serving.engine._draft import (
+    DraftGuard,
     DraftStats,
     DraftTuner,
     StepCost,
@@ -88,3 +89,16 @@ def test_vocabularies_must_mean_the_same_tokens() -> None:
     assert "tokens" in str(vocab_mismatch(main, main * 100, (0, 1), (0, 1)))
     with pytest.raises(ConfigError, match="different vocabulary"):
         check_vocab(main, [b"x"] * 4, (0, 1), (0, 1), "other.gguf")
+
+
+def test_the_guard_stops_drafting_that_makes_tokens_slower_and_keeps_probing() -> None:
+    guard = DraftGuard(probe_every=4)
+    assert guard.allow()  # nothing measured yet: draft
+    guard.record(True, 0.100, 2)  # 50 ms a token with drafts
+    guard.record(False, 0.030, 1)  # 30 ms without
+    modes = [guard.allow() for _ in range(8)]
+    assert modes.count(True) == 2 and modes.count(False) == 6  # only the probes draft
+    guard.record(True, 0.040, 4)  # drafting got better (10 ms a token)
+    guard.record(True, 0.040, 4)
+    guard.record(True, 0.040, 4)
+    assert guard.allow() or guard.allow()

@@ -193,6 +193,36 @@ class DraftTuner:
         self._trials = self._trials * 0.9 + trials
 
 
+class DraftGuard:
+    """A check on the tuner's model with the clock: does drafting really make tokens come faster?
+
+    It keeps the seconds per generated token of recent steps with drafts and of steps without
+    (decode-only steps; a prompt chunk would skew either), and allows drafting only while the
+    drafting steps are not the slower ones. Every `probe_every` steps it runs one step the
+    other way, so both figures stay current when the text or the machine's load changes.
+    """
+
+    def __init__(self, probe_every: int = 12) -> None:
+        self.probe_every = probe_every
+        self.per_token: dict[bool, float | None] = {True: None, False: None}
+        self._steps = 0
+
+    def allow(self) -> bool:
+        self._steps += 1
+        drafting, plain = self.per_token[True], self.per_token[False]
+        better = drafting is None or plain is None or drafting <= plain
+        if self._steps % self.probe_every == 0:
+            return not better  # a probe of the mode not in use
+        return better
+
+    def record(self, drafted: bool, seconds: float, tokens: int) -> None:
+        if tokens <= 0 or not seconds > 0:
+            return
+        sample = seconds / tokens
+        old = self.per_token[drafted]
+        self.per_token[drafted] = sample if old is None else 0.75 * old + 0.25 * sample
+
+
 @dataclass
 class DraftStats:
     """Totals over a model server's life, for status."""

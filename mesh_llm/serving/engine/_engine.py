@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from mesh_llm.errors import BackendError
-from mesh_llm.serving.engine._draft import Drafter, DraftRequest, DraftStats, DraftTuner, StepCost
+from mesh_llm.serving.engine._draft import Drafter, DraftGuard, DraftRequest, DraftStats, DraftTuner, StepCost
 from mesh_llm.serving.engine._llama import Batch, Context, Model, Sampler, SamplerSpec
 from mesh_llm.serving.engine._text import TextStream, common_prefix
 
@@ -188,6 +188,8 @@ class Engine:
         ]
         self._draft_stats = DraftStats()
         self._step_cost = StepCost()
+        self._guard = DraftGuard()
+        self._emitted = 0  # tokens emitted in the current step
         self._draft_s_per_token = 0.0  # the drafter's own time per draft token (EWMA)
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
@@ -365,7 +367,9 @@ class Engine:
         # Per slot: the batch indices to sample at, in order, and the draft tokens behind them.
         sample_at: list[tuple[_Slot, list[int], list[int]]] = []
         generating = [s for s in self._slots if s.job is not None and s.job.next_token is not None]
-        drafts = self._drafts(generating)
+        started = time.perf_counter()
+        drafting = self.drafter is not None and bool(generating) and self._guard.allow()
+        drafts = self._drafts(generating) if drafting else {}
         for s in generating:
             job = s.job
             assert job is not None and job.next_token is not None
@@ -377,6 +381,7 @@ class Engine:
                 indices.append(batch.add(token, len(s.cached) + j, s.seq, True))
             sample_at.append((s, indices, draft))
         budget = min(self.config.prefill_chunk, batch.room)
+        prefilled = False
         prefilling = sorted(
             (s for s in self._slots if s.job is not None and s.job.n_done < len(s.job.prompt)),
             key=lambda s: s.job.queued_at if s.job else 0.0,
@@ -396,6 +401,7 @@ class Engine:
             s.cached.extend(job.prompt[job.n_done : job.n_done + take])
             job.n_done += take
             budget -= take
+            prefilled = True
             self._prefilled_total += take
         if batch.n == 0:
             return
@@ -412,16 +418,20 @@ class Engine:
                         self._finish(s, FinishReason.ERROR, f"llama_decode failed ({rc})")
             return
         now = time.monotonic()
+        self._emitted = 0
         with self._cond:
             for s, indices, draft in sample_at:
                 if s.job is not None:
                     self._take_tokens(s, indices, draft, now)
+        if self.drafter is not None and generating and not prefilled:
+            self._guard.record(drafting, time.perf_counter() - started, self._emitted)
 
     def _take_tokens(self, s: _Slot, indices: list[int], draft: list[int], now: float) -> None:
         """Sample at each index in turn while the samples agree with the draft behind them."""
         accepted = 0
         for j, index in enumerate(indices):
             token = self._take_token(s, index, now)
+            self._emitted += 1
             if token is None or j >= len(draft) or token != draft[j]:
                 break
             # The sample is the draft token decoded right after: its KV is already in place.
