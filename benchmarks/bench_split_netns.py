@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ import httpx
 
 from benchmarks.bench_split import serving
 from benchmarks.common import median, timed_stream
-from benchmarks.netns import Pair, veth_pair
+from benchmarks.netns import Pair, rerun_in_host_namespace
 from tests.harness import NodeProcess, smollm2_path
 
 STORY = "Write a long story about a lighthouse keeper who finds a message in a bottle."
@@ -152,16 +151,7 @@ def main() -> None:
     if args.inside:
         asyncio.run(inside(args))
         return
-    with veth_pair() as pair:
-        cmd = [
-            *pair.prefix(pair.host_ns),
-            sys.executable,
-            "-m",
-            "benchmarks.bench_split_netns",
-            *sys.argv[1:],
-            "--inside",
-        ]
-        sys.exit(subprocess.run(cmd).returncode)
+    rerun_in_host_namespace("benchmarks.bench_split_netns", [*sys.argv[1:], "--inside"])
 
 
 if __name__ == "__main__":

@@ -341,19 +341,11 @@ def main() -> None:
         run_role(args)
         return
     if args.netns:
-        from benchmarks.netns import veth_pair
+        from benchmarks.netns import rerun_in_host_namespace
 
-        with veth_pair() as pair:
-            argv = [a for a in sys.argv[1:] if a != "--netns"]
-            cmd = [
-                *pair.prefix(pair.host_ns),
-                sys.executable,
-                "-m",
-                "benchmarks.bench_tunnel",
-                *argv,
-                "--in-netns",
-            ]
-            sys.exit(subprocess.run(cmd).returncode)
+        rerun_in_host_namespace(
+            "benchmarks.bench_tunnel", [*(a for a in sys.argv[1:] if a != "--netns"), "--in-netns"]
+        )
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
     engines = [e.strip() for e in args.quic.split(",") if e.strip()]

@@ -76,3 +76,10 @@ def veth_pair() -> Iterator[Pair]:
         yield Pair()
     finally:
         _remove()
+
+
+def rerun_in_host_namespace(module: str, argv: list[str]) -> None:
+    """Create the pair, run `python -m module *argv` in the host namespace, exit with its code."""
+    with veth_pair() as pair:
+        code = subprocess.run([*pair.prefix(pair.host_ns), sys.executable, "-m", module, *argv]).returncode
+    sys.exit(code)

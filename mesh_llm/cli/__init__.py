@@ -534,22 +534,32 @@ def _client_parser(tool: str, default: str) -> argparse.ArgumentParser:
     return p
 
 
-def cmd_opencode(argv: Sequence[str]) -> int:
-    from mesh_llm.cli.clients import merge_opencode, opencode_config
-
-    default = _config_home() / "opencode" / "opencode.json"
-    args = _client_parser("opencode", str(default)).parse_args(argv)
+def _client_config(
+    name: str, default: Path, argv: Sequence[str], build: Callable[[dict[str, Any]], dict[str, Any]]
+) -> tuple[argparse.Namespace, dict[str, Any]] | int:
+    """The parsed flags and the client configuration built from the running node, or an exit code."""
+    args = _client_parser(name, str(default)).parse_args(argv)
     body = _status(args)
     if body is None:
         return 1
     try:
-        config = opencode_config(body)
+        config = build(body)
     except ValueError as exc:
         error(f"{exc}")
         return 1
     if args.write is None:
         print(json.dumps(config, indent=2))
         return 0
+    return args, config
+
+
+def cmd_opencode(argv: Sequence[str]) -> int:
+    from mesh_llm.cli.clients import merge_opencode, opencode_config
+
+    built = _client_config("opencode", _config_home() / "opencode" / "opencode.json", argv, opencode_config)
+    if isinstance(built, int):
+        return built
+    args, config = built
     path = Path(args.write).expanduser()
     existing: dict[str, Any] = {}
     if path.is_file():
@@ -568,18 +578,10 @@ def cmd_goose(argv: Sequence[str]) -> int:
     from mesh_llm.cli.clients import GOOSE_PROVIDER_ID, goose_provider
 
     default = _config_home() / "goose" / "custom_providers" / f"{GOOSE_PROVIDER_ID}.json"
-    args = _client_parser("goose", str(default)).parse_args(argv)
-    body = _status(args)
-    if body is None:
-        return 1
-    try:
-        provider = goose_provider(body)
-    except ValueError as exc:
-        error(f"{exc}")
-        return 1
-    if args.write is None:
-        print(json.dumps(provider, indent=2))
-        return 0
+    built = _client_config("goose", default, argv, goose_provider)
+    if isinstance(built, int):
+        return built
+    args, provider = built
     path = Path(args.write).expanduser()
     _write_json(path, provider)
     first = provider["models"][0]["name"] if provider["models"] else "MODEL"
