@@ -661,10 +661,11 @@ class Node:
         if self.mesh is None or self.mesh.credentials != self._own_mesh:
             await self._switch_mesh(self._mesh_service(self._own_mesh, []))
             if self.mesh is not None:
+                # The token itself is not logged: a log line wraps, and a wrapped token does not
+                # paste. `mesh-llm token` prints it on one line.
                 log.info(
-                    "started mesh %s; invite: mesh-llm --join %s",
+                    "started mesh %s; `mesh-llm token` prints its invite token",
                     self._own_mesh.mesh_id_hex[:8],
-                    self.mesh.invite_token,
                 )
         if self.config.client or self.servers or self.pending or self.split.hosts or self.config.models:
             return
