@@ -107,7 +107,9 @@ class Node:
         self.servers: dict[str, ModelServer] = {}
         self.resolved: dict[str, ResolvedModel] = {}
         self.pending: dict[str, str] = {}  # model spec -> what is happening to it (resolving, failed: ...)
-        self.capacity: Capacity = detect_capacity(config.max_vram_bytes, client=config.client)
+        self.capacity: Capacity = detect_capacity(
+            config.max_vram_bytes, client=config.client, device=config.device
+        )
         self.in_flight: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         self.routed: Counter[tuple[str, str]] = Counter()  # (model, host node id) -> requests sent there

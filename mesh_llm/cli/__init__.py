@@ -607,6 +607,12 @@ def cmd_rotate_key(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_gpus(argv: Sequence[str]) -> int:
+    from mesh_llm.cli.gpus import cmd_gpus
+
+    return cmd_gpus(argv)
+
+
 def _cmd_discover(argv: Sequence[str]) -> int:
     from mesh_llm.cli.discover import cmd_discover
 
@@ -623,6 +629,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "goose": ("print (or --write) a goose provider for this node", cmd_goose),
     "rotate-key": ("replace this machine's node key (a new node id)", cmd_rotate_key),
     "discover": ("list published meshes on the LAN and on Nostr relays", _cmd_discover),
+    "gpus": ("list this machine's devices (GPUs, CPU) and their memory", _cmd_gpus),
 }
 
 
