@@ -536,7 +536,11 @@ class Node:
             self._changed()
             return
         server = ModelServer(
-            model, self.config.backend, self.config.state_dir / "logs", on_change=self._changed
+            model,
+            self.config.backend,
+            self.config.state_dir / "logs",
+            on_change=self._changed,
+            gpus=[(d.name, d.free_bytes) for d in self.capacity.devices],
         )
         self.servers[model.name] = server
         await server.start()

@@ -186,3 +186,28 @@ def test_gpus_table_marks_the_chosen_devices() -> None:
     assert "NVIDIA RTX 4090" in text and human_bytes(CUDA0.total_bytes) in text
     row = next(line for line in text.splitlines() if "CUDA1" in line)
     assert "*" in row
+
+
+def test_model_server_flags_on_gpus_and_none_on_the_cpu_path() -> None:
+    from mesh_llm.config import BackendConfig, build_config
+    from mesh_llm.serving.backend import gpu_server_args
+
+    cpu_config = build_config(models=["m"]).backend
+    assert gpu_server_args(cpu_config, [], split=False) == []  # the CPU path is unchanged
+    assert (cpu_config.n_ctx, cpu_config.n_ctx_auto) == (4096, True)
+    solo = gpu_server_args(cpu_config, [("CUDA0", 10 * GIB)], split=False)
+    assert solo == ["--gpu-devices", "CUDA0", "--n-gpu-layers", str(ALL_LAYERS), "--auto-ctx"]
+    fixed = build_config(models=["m"], ctx_size=2048, cache_type_k="q8_0", cache_type_v="q4_0").backend
+    assert gpu_server_args(fixed, [("CUDA0", 1), ("CUDA1", 1)], split=False) == [
+        "--cache-type-k", "q8_0", "--cache-type-v", "q4_0",
+        "--gpu-devices", "CUDA0,CUDA1", "--n-gpu-layers", str(ALL_LAYERS), "--tensor-split", "1,1",
+    ]  # fmt: skip
+    split_host = gpu_server_args(BackendConfig(), [("CUDA1", 1), ("CUDA0", 1)], split=True)
+    assert split_host == ["--gpu-devices", "CUDA1"]  # only the draft model goes on the GPU
+
+
+def test_unknown_cache_type_is_a_config_error() -> None:
+    from mesh_llm.config import build_config
+
+    with pytest.raises(ConfigError, match="q8_0"):
+        build_config(models=["m"], cache_type_v="q2")
