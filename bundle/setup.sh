@@ -4,6 +4,8 @@
 #   bash bundle/setup.sh demo       set up, then serve the bundled SmolLM2-135M demo model
 #   bash bundle/setup.sh test       set up, then run the whole test suite
 # A second run is quick: it only re-installs when pyproject.toml changed or RPC support is missing.
+# The GPU backend is detected (bundle/gpu.sh: CUDA with nvcc and a visible NVIDIA GPU, Metal on
+# macOS, ROCm with hipcc and an AMD GPU, Vulkan with its SDK) or forced: MESH_LLM_GPU=cpu|cuda|...
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,14 +36,23 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip)
 
-rpc_ok() {
-  # pip caches wheels without the CMake flags in the key, so a cached build may lack RPC:
-  # check both the library file and the runtime answer.
-  "$venv/bin/python" - <<'PY' 2>/dev/null
-import pathlib, sys
+# shellcheck source=bundle/gpu.sh
+. "$root/bundle/gpu.sh"
+gpu=$(gpu_backend)
+gpu_stamp="$venv/.mesh-llm-gpu" # which backend this venv's llama-cpp-python holds (bundles copy it)
+
+backend_ok() {
+  # pip caches wheels without the CMake flags in the key, so a cached build may lack RPC or the
+  # GPU backend: check the library files, the runtime answers and the recorded backend.
+  [ "$(cat "$gpu_stamp" 2>/dev/null || echo cpu)" = "$gpu" ] || return 1
+  GPU_LIB=$(gpu_lib_glob "$gpu") WANT_GPU=$([ "$gpu" = cpu ] && echo 0 || echo 1) \
+    "$venv/bin/python" - <<'PY' 2>/dev/null
+import os, pathlib, sys
 import llama_cpp
 lib = pathlib.Path(llama_cpp.__file__).parent / "lib"
-ok = any(lib.glob("libggml-rpc.so*")) and bool(llama_cpp.llama_supports_rpc())
+ok = any(lib.glob("libggml-rpc.*")) and bool(llama_cpp.llama_supports_rpc())
+if os.environ["WANT_GPU"] == "1":
+    ok = ok and any(lib.glob(os.environ["GPU_LIB"])) and bool(llama_cpp.llama_supports_gpu_offload())
 sys.exit(0 if ok else 1)
 PY
 }
@@ -50,20 +61,24 @@ build_llama() {
   # Build our own wheel (kept in .venv/wheels for `just bundle`) without pip's cache, whose
   # key ignores CMAKE_ARGS and could hand back a build without RPC.
   rm -rf "$venv/wheels"
-  CMAKE_ARGS="-DGGML_RPC=on ${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+  CMAKE_ARGS="-DGGML_RPC=on $(gpu_cmake_args "$gpu") ${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
     "${pip[@]}" wheel -q --no-cache-dir --no-deps -w "$venv/wheels" "llama-cpp-python==$LLAMA_VERSION"
   "${pip[@]}" install -q --force-reinstall --no-deps "$venv"/wheels/llama_cpp_python-*.whl
   "${pip[@]}" install -q "llama-cpp-python[server]==$LLAMA_VERSION" --find-links "$venv/wheels"
 }
 
-if ! rpc_ok; then
-  say "building llama-cpp-python $LLAMA_VERSION with -DGGML_RPC=on (about 6 minutes on 2 cores)"
+if [ ! -f "$gpu_stamp" ] && [ "$gpu" = cpu ] && [ -x "$venv/bin/python" ]; then
+  echo cpu >"$gpu_stamp" # a venv from before backends were recorded holds the CPU build
+fi
+if ! backend_ok; then
+  say "building llama-cpp-python $LLAMA_VERSION for $gpu with RPC (CPU: about 6 minutes on 2 cores; MESH_LLM_GPU overrides)"
   build_llama
-  rpc_ok || { echo "llama-cpp-python still lacks RPC support; see the build log above" >&2; exit 1; }
+  echo "$gpu" >"$gpu_stamp"
+  backend_ok || { echo "llama-cpp-python still lacks RPC or $gpu support; see the build log above" >&2; exit 1; }
 fi
 
 stamp="$venv/.mesh-llm-installed"
-want=$(cat pyproject.toml bundle/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml bundle/setup.sh bundle/gpu.sh | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   say "installing mesh-llm and its dependencies"
   "${pip[@]}" install -q -e ".[test]"

@@ -48,6 +48,9 @@ class BackendConfig:
     request_timeout_s: float = 600.0  # upper bound on one proxied request
     draft: str | None = None  # None: the catalog pairing; "off"; "lookup"; a GGUF path or catalog name
     draft_max: int = 8  # most draft tokens verified per slot and step
+    n_ctx_auto: bool = False  # on GPUs, size n_ctx to the memory left after the weights (no --ctx-size)
+    cache_type_k: str | None = None  # KV cache types (None: llama.cpp's f16); see planning/offload.py
+    cache_type_v: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,9 @@ def build_config(
     bind_port: int = 0,
     split: bool = False,
     device: str | None = None,
-    ctx_size: int = 4096,
+    ctx_size: int | None = None,
+    cache_type_k: str | None = None,
+    cache_type_v: str | None = None,
     threads: int | None = None,
     parallel: int = 4,
     max_queue: int = 64,
@@ -128,7 +133,12 @@ def build_config(
         raise ConfigError("--client needs a mesh to use: add --join <token>, or --auto to find one")
     if max_vram is not None and max_vram <= 0:
         raise ConfigError(f"--max-vram must be a positive number of GB, not {max_vram}")
-    if ctx_size < 256:
+    from mesh_llm.planning.offload import cache_type
+
+    for kv_type in (cache_type_k, cache_type_v):
+        if kv_type is not None:
+            cache_type(kv_type)  # ConfigError naming the types there are
+    if ctx_size is not None and ctx_size < 256:
         raise ConfigError(f"--ctx-size must be at least 256, not {ctx_size}")
     if draft is not None and no_draft:
         raise ConfigError("--draft and --no-draft contradict each other: give one")
@@ -160,7 +170,10 @@ def build_config(
         split=split,
         device=device,
         backend=BackendConfig(
-            n_ctx=ctx_size,
+            n_ctx=ctx_size or 4096,
+            n_ctx_auto=ctx_size is None,
+            cache_type_k=cache_type_k,
+            cache_type_v=cache_type_v,
             n_parallel=parallel,
             max_queue=max_queue,
             max_body_bytes=int(max_body_mb * 1024 * 1024),

@@ -107,7 +107,9 @@ class Node:
         self.servers: dict[str, ModelServer] = {}
         self.resolved: dict[str, ResolvedModel] = {}
         self.pending: dict[str, str] = {}  # model spec -> what is happening to it (resolving, failed: ...)
-        self.capacity: Capacity = detect_capacity(config.max_vram_bytes, client=config.client)
+        self.capacity: Capacity = detect_capacity(
+            config.max_vram_bytes, client=config.client, device=config.device
+        )
         self.in_flight: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         self.routed: Counter[tuple[str, str]] = Counter()  # (model, host node id) -> requests sent there
@@ -534,7 +536,11 @@ class Node:
             self._changed()
             return
         server = ModelServer(
-            model, self.config.backend, self.config.state_dir / "logs", on_change=self._changed
+            model,
+            self.config.backend,
+            self.config.state_dir / "logs",
+            on_change=self._changed,
+            gpus=[(d.name, d.free_bytes) for d in self.capacity.devices],
         )
         self.servers[model.name] = server
         await server.start()

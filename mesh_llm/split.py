@@ -428,6 +428,7 @@ class SplitManager:
             on_change=node._changed,
             rpc_endpoints=endpoints,
             layer_split=counts,
+            gpus=[(d.name, d.free_bytes) for d in node.capacity.devices],
         )
         host.server = server
         host.settled = True
@@ -502,6 +503,7 @@ class SplitManager:
             name=f"rpc-{model}",
             n_threads=node.config.backend.n_threads,
             on_change=node._changed,
+            device=node.capacity.gpu_names[0] if node.capacity.gpu_names else "cpu",
         )
         duty = WorkerDuty(model, host, epoch, layers, worker, files)
         self.duties[model] = duty

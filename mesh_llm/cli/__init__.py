@@ -123,7 +123,12 @@ def node_parser() -> argparse.ArgumentParser:
         help="most draft tokens verified per step (default 8)",
     )
     p.add_argument("--split", action="store_true", help="split models across nodes even when they fit on one")
-    p.add_argument("--device", default=None, help="device to run models on (default: best available)")
+    p.add_argument(
+        "--device",
+        default=None,
+        metavar="CUDA0,...|CPU",
+        help="ggml devices to serve from (default: every GPU, else the CPU; see `mesh-llm gpus`)",
+    )
     p.add_argument(
         "--state-dir",
         default=None,
@@ -133,9 +138,21 @@ def node_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ctx-size",
         type=int,
-        default=4096,
+        default=None,
         metavar="N",
-        help="context window per request slot (default 4096)",
+        help="context window per request slot (default 4096; on GPUs, what the memory left after the weights holds)",
+    )
+    p.add_argument(
+        "--cache-type-k",
+        default=None,
+        metavar="TYPE",
+        help="KV cache type for K: f16 (default), q8_0, q4_0, ...",
+    )
+    p.add_argument(
+        "--cache-type-v",
+        default=None,
+        metavar="TYPE",
+        help="KV cache type for V: f16 (default), q8_0, q4_0, ...",
     )
     p.add_argument(
         "--parallel",
@@ -221,6 +238,8 @@ def run_node(argv: Sequence[str]) -> int:
             split=args.split,
             device=args.device,
             ctx_size=args.ctx_size,
+            cache_type_k=args.cache_type_k,
+            cache_type_v=args.cache_type_v,
             threads=args.threads,
             parallel=args.parallel,
             max_queue=args.max_queue,
@@ -609,6 +628,12 @@ def cmd_rotate_key(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_gpus(argv: Sequence[str]) -> int:
+    from mesh_llm.cli.gpus import cmd_gpus
+
+    return cmd_gpus(argv)
+
+
 def _cmd_discover(argv: Sequence[str]) -> int:
     from mesh_llm.cli.discover import cmd_discover
 
@@ -625,6 +650,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "goose": ("print (or --write) a goose provider for this node", cmd_goose),
     "rotate-key": ("replace this machine's node key (a new node id)", cmd_rotate_key),
     "discover": ("list published meshes on the LAN and on Nostr relays", _cmd_discover),
+    "gpus": ("list this machine's devices (GPUs, CPU) and their memory", _cmd_gpus),
 }
 
 

@@ -21,6 +21,7 @@ from mesh_llm.config import BackendConfig
 from mesh_llm.errors import ConfigError, MeshError
 from mesh_llm.models.draft import choose_draft
 from mesh_llm.models.resolve import ResolvedModel
+from mesh_llm.planning.offload import solo_offload
 from mesh_llm.serving.process import log_tail, stop_group
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,23 @@ def _listening_socket() -> socket.socket:
     return sock
 
 
+def gpu_server_args(config: BackendConfig, gpus: Sequence[tuple[str, int]], *, split: bool) -> list[str]:
+    """Pure: the model-server flags for GPUs and KV cache types; none at all on the CPU path."""
+    args: list[str] = []
+    if config.cache_type_k:
+        args += ["--cache-type-k", config.cache_type_k]
+    if config.cache_type_v:
+        args += ["--cache-type-v", config.cache_type_v]
+    plan = None if split else solo_offload(gpus)
+    if plan is not None:
+        args += plan.server_args()
+        if config.n_ctx_auto:
+            args.append("--auto-ctx")
+    elif split and gpus:
+        args += ["--gpu-devices", gpus[0][0]]  # the draft model goes on the host's first GPU
+    return args
+
+
 class ModelServer:
     """One model served by a llama-cpp-python subprocess on a fixed loopback port.
 
@@ -82,8 +100,12 @@ class ModelServer:
         rpc_endpoints: Sequence[str] = (),
         layer_split: Sequence[int] = (),
         output_on_host: bool = True,
+        gpus: Sequence[tuple[str, int]] = (),
     ) -> None:
-        """``rpc_endpoints`` and ``layer_split`` make this a split host: ``layer_split`` holds the
+        """``gpus`` holds ``(ggml name, free bytes)`` of this node's chosen GPUs: a solo model goes
+        wholly on them, divided by free memory (see planning/offload.py); none: the CPU.
+
+        ``rpc_endpoints`` and ``layer_split`` make this a split host: ``layer_split`` holds the
         host's layer count, then one per endpoint in the same order (see rpc.offload_settings).
         The child exits when a worker's connection closes; like any crash that is reported in
         the status message and retried with backoff, so the owner should re-plan and stop it.
@@ -98,6 +120,7 @@ class ModelServer:
         self.rpc_endpoints = tuple(rpc_endpoints)
         self.layer_split = tuple(int(c) for c in layer_split)
         self.output_on_host = output_on_host
+        self.gpus = tuple(gpus)
         self.model = model
         self._config = config
         self._log_path = log_dir / f"{model.name}.log"
@@ -213,6 +236,7 @@ class ModelServer:
         ]
         if self._config.n_threads:
             cmd += ["--n-threads", str(self._config.n_threads)]
+        cmd += gpu_server_args(self._config, self.gpus, split=bool(self.rpc_endpoints))
         if self.draft is not None:
             cmd += ["--draft", self.draft, "--draft-max", str(self._config.draft_max)]
         for endpoint in self.rpc_endpoints:

@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mesh_llm.errors import ConfigError, MeshError
@@ -62,6 +63,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body in bytes")
     p.add_argument("--n-gpu-layers", type=int, default=0)
     p.add_argument(
+        "--gpu-devices",
+        default=None,
+        metavar="CUDA0,...",
+        help="ggml devices this process offloads to, in order",
+    )
+    p.add_argument(
+        "--tensor-split", default=None, metavar="S0,S1,...", help="share of layers per --gpu-devices"
+    )
+    p.add_argument(
+        "--auto-ctx", action="store_true", help="size --n-ctx to the GPU memory left after the weights"
+    )
+    p.add_argument("--cache-type-k", default=None, help="KV cache type for K: f16, q8_0, q4_0, ...")
+    p.add_argument("--cache-type-v", default=None, help="KV cache type for V")
+    p.add_argument(
         "--draft", default=None, metavar="PATH|lookup", help="speculative decoding: a draft GGUF or lookup"
     )
     p.add_argument("--draft-max", type=int, default=8, help="most draft tokens verified per step")
@@ -89,10 +104,13 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _drafter(spec: str | None, model: Model, config: EngineConfig) -> Drafter | None:
-    """The drafter `--draft` asks for, or None."""
+def _drafter(
+    spec: str | None, model: Model, config: EngineConfig, gpus: Sequence[str] = ()
+) -> Drafter | None:
+    """The drafter `--draft` asks for, or None; a model draft goes on the first of ``gpus``."""
     from pathlib import Path
 
+    from mesh_llm.planning.offload import draft_offload
     from mesh_llm.serving.engine._draft import LOOKUP, LookupDrafter, check_vocab
     from mesh_llm.serving.engine._drafter import ModelDrafter
     from mesh_llm.serving.engine._llama import Model
@@ -103,8 +121,9 @@ def _drafter(spec: str | None, model: Model, config: EngineConfig) -> Drafter | 
         return LookupDrafter()
     path = Path(spec)
     # Devices are chosen explicitly by a split host's hook; a draft with no offloaded layers
-    # stays on this process's CPU whatever that hook lists.
-    draft = Model(path, n_gpu_layers=0)
+    # stays on this process's CPU whatever that hook lists. With GPUs it goes on the first one.
+    plan = draft_offload([(name, 0) for name in gpus])
+    draft = Model(path, n_gpu_layers=plan.n_gpu_layers, devices=plan.devices) if plan else Model(path)
     try:
         check_vocab(
             model.vocab_pieces(), draft.vocab_pieces(), model.special_ids(), draft.special_ids(), path.name
@@ -122,6 +141,26 @@ def _drafter(spec: str | None, model: Model, config: EngineConfig) -> Drafter | 
         n_threads=config.n_threads,
         n_threads_batch=config.n_threads_batch,
     )
+
+
+def _auto_ctx(model: Model, gpus: Sequence[str], args: argparse.Namespace) -> int:
+    """Per-slot context that the chosen GPUs' free memory holds after the weights loaded."""
+    from mesh_llm.planning.offload import DEFAULT_CACHE_TYPE, auto_ctx, kv_bytes_per_token
+    from mesh_llm.serving.devices import registry_devices
+
+    free = sum(d.free_bytes for d in registry_devices() if d.name in gpus)
+    per_token = kv_bytes_per_token(
+        model.n_layer, model.n_head_kv, model.head_dim_k, model.head_dim_v,
+        type_k=args.cache_type_k or DEFAULT_CACHE_TYPE, type_v=args.cache_type_v or DEFAULT_CACHE_TYPE,
+    )  # fmt: skip
+    n_ctx = auto_ctx(free, per_token, args.parallel, n_ctx_train=model.n_ctx_train, fallback=args.n_ctx)
+    print(
+        f"mesh-llm context: {n_ctx} tokens per slot x {args.parallel} ({free / 2**30:.1f} GiB free on "
+        f"{','.join(gpus)} after the weights)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return n_ctx
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,17 +189,25 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from mesh_llm.planning.offload import cache_type
     from mesh_llm.serving.engine import Engine, EngineConfig, ModelApp, ServerInfo
     from mesh_llm.serving.engine._chat import ChatTemplate
     from mesh_llm.serving.engine._llama import Model
 
+    gpus = [g for g in (args.gpu_devices or "").split(",") if g]
     try:
-        model = Model(
-            args.model,
-            n_gpu_layers=split.offload.n_gpu_layers if split else args.n_gpu_layers,
-            tensor_split=list(split.offload.tensor_split) if split else None,
-        )
-    except MeshError as exc:
+        type_k = cache_type(args.cache_type_k) if args.cache_type_k else None
+        type_v = cache_type(args.cache_type_v) if args.cache_type_v else None
+        if split:
+            model = Model(
+                args.model,
+                n_gpu_layers=split.offload.n_gpu_layers,
+                tensor_split=list(split.offload.tensor_split),
+            )
+        else:
+            shares = [float(s) for s in args.tensor_split.split(",")] if args.tensor_split else None
+            model = Model(args.model, n_gpu_layers=args.n_gpu_layers, tensor_split=shares, devices=gpus)
+    except (MeshError, ValueError) as exc:
         return _fail(str(exc), EXIT_RPC_UNUSABLE if split else 1)
     extra: dict[str, object] = {}
     if split is not None and capture is not None:
@@ -182,15 +229,17 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 2
     engine_config = EngineConfig(
         n_slots=args.parallel,
-        n_ctx_slot=args.n_ctx,
+        n_ctx_slot=_auto_ctx(model, gpus, args) if args.auto_ctx and gpus and not split else args.n_ctx,
         max_queue=args.max_queue,
         # llama-cpp-python's defaults: half the cores for one-token steps, all for batches.
         n_threads=args.n_threads or max(1, cores // 2),
         n_threads_batch=args.n_threads or cores,
         draft_max=args.draft_max,
+        type_k=type_k,
+        type_v=type_v,
     )
     try:
-        drafter = _drafter(args.draft, model, engine_config)
+        drafter = _drafter(args.draft, model, engine_config, gpus)
     except MeshError as exc:
         return _fail(str(exc), EXIT_BAD_DRAFT)
     engine = Engine(model, engine_config, drafter)

@@ -50,6 +50,8 @@ class EngineConfig:
     n_threads: int = 1
     n_threads_batch: int = 2
     draft_max: int = 8  # most draft tokens verified per slot and step (with a drafter)
+    type_k: int | None = None  # KV cache ggml types (None: llama.cpp's f16)
+    type_v: int | None = None
 
 
 class QueueFull(BackendError):
@@ -179,6 +181,8 @@ class Engine:
             n_batch=n_batch,
             n_threads=config.n_threads,
             n_threads_batch=config.n_threads_batch,
+            type_k=config.type_k,
+            type_v=config.type_v,
         )
         self.n_ctx_slot = self.ctx.n_ctx_seq
         self._batch = Batch(n_batch)

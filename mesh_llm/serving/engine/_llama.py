@@ -36,11 +36,24 @@ def _init_backend() -> None:
 class Model:
     """A loaded GGUF: vocabulary, metadata and the weights llama.cpp placed on its devices."""
 
-    def __init__(self, path: Path, *, n_gpu_layers: int = 0, tensor_split: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_gpu_layers: int = 0,
+        tensor_split: list[float] | None = None,
+        devices: Sequence[str] = (),
+    ) -> None:
+        """``devices``: ggml device names to offload to, in order (default: llama.cpp's choice,
+        or the RPC devices a split host's hook pins)."""
         _init_backend()
         # Read through the module attribute: a split host hooks it to pin the RPC devices.
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        if devices:
+            from mesh_llm.serving.devices import device_array
+
+            params.devices = ctypes.cast(device_array(devices), ctypes.c_void_p)
         self._tensor_split: Any = None
         if tensor_split:
             self._tensor_split = (ctypes.c_float * C.LLAMA_MAX_DEVICES)(*tensor_split)
@@ -56,6 +69,26 @@ class Model:
         self.add_bos: bool = bool(C.llama_vocab_get_add_bos(self.vocab))
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._piece_lock = threading.Lock()
+
+    @property
+    def n_head_kv(self) -> int:
+        return int(C.llama_model_n_head_kv(self.ptr))
+
+    def _head_dim(self, which: str) -> int:
+        arch = self.meta("general.architecture") or ""
+        given = self.meta(f"{arch}.attention.{which}_length")
+        if given and given.isdigit():
+            return int(given)
+        return int(C.llama_model_n_embd(self.ptr)) // max(1, int(C.llama_model_n_head(self.ptr)))
+
+    @property
+    def head_dim_k(self) -> int:
+        """Width of one KV head's key (GGUF ``attention.key_length``, else embd / heads)."""
+        return self._head_dim("key")
+
+    @property
+    def head_dim_v(self) -> int:
+        return self._head_dim("value")
 
     @functools.cached_property
     def eog_tokens(self) -> tuple[int, ...]:
@@ -134,9 +167,23 @@ class Context:
     """One llama.cpp context holding ``n_seq`` independent KV sequences of ``n_ctx_seq`` each."""
 
     def __init__(
-        self, model: Model, *, n_seq: int, n_ctx_seq: int, n_batch: int, n_threads: int, n_threads_batch: int
+        self,
+        model: Model,
+        *,
+        n_seq: int,
+        n_ctx_seq: int,
+        n_batch: int,
+        n_threads: int,
+        n_threads_batch: int,
+        type_k: int | None = None,
+        type_v: int | None = None,
     ) -> None:
+        """``type_k``/``type_v``: ggml types of the KV cache (None: llama.cpp's f16)."""
         params = C.llama_context_default_params()
+        if type_k is not None:
+            params.type_k = type_k
+        if type_v is not None:
+            params.type_v = type_v
         params.n_ctx = n_ctx_seq * n_seq
         params.n_batch = n_batch
         params.n_ubatch = n_batch

@@ -1,0 +1,143 @@
+"""Where a node's own layers go on its own GPUs, and how much context fits next to them.
+
+Pure: device names and byte counts in, llama.cpp's settings out. The model server carries
+them out (``llama_model_params.devices`` / ``n_gpu_layers`` / ``tensor_split``, and the
+context's ``type_k`` / ``type_v``). With no GPU chosen every function here leaves the CPU
+path exactly as it was: no offload, the configured context size.
+
+llama.cpp's rule (replayed by :func:`mesh_llm.serving.rpc.llama_placement`): with ``N``
+repeating layers the output head counts as layer ``N``; the last ``n_gpu_layers`` of those
+``N + 1`` go to the listed devices, divided by the cumulative normalised ``tensor_split``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mesh_llm.errors import ConfigError
+
+ALL_LAYERS = 9999  # more than any model has: llama.cpp offloads min(n_gpu_layers, N + 1)
+
+# ggml_type ids (ggml.h) and bytes per element of the KV cache types llama.cpp accepts.
+CACHE_TYPES: dict[str, tuple[int, float]] = {
+    "f32": (0, 4.0),
+    "f16": (1, 2.0),
+    "bf16": (30, 2.0),
+    "q8_0": (8, 34 / 32),
+    "q4_0": (2, 18 / 32),
+    "q4_1": (3, 20 / 32),
+    "q5_0": (6, 22 / 32),
+    "q5_1": (7, 24 / 32),
+    "iq4_nl": (20, 18 / 32),
+}
+DEFAULT_CACHE_TYPE = "f16"
+
+MIN_CTX = 256
+CTX_STEP = 256
+COMPUTE_RESERVE_BYTES = 512 * 1024 * 1024  # compute buffers and driver slack, per GPU set
+COMPUTE_RESERVE_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class GpuOffload:
+    """llama.cpp's model parameters for one process's GPUs."""
+
+    devices: tuple[str, ...]  # ggml device names, passed explicitly as llama_model_params.devices
+    n_gpu_layers: int
+    tensor_split: tuple[float, ...]  # one share per device in ``devices``; empty: one device
+
+    def server_args(self) -> list[str]:
+        """The model-server flags that carry this offload to the child."""
+        args = ["--gpu-devices", ",".join(self.devices), "--n-gpu-layers", str(self.n_gpu_layers)]
+        if self.tensor_split:
+            args += ["--tensor-split", ",".join(f"{s:g}" for s in self.tensor_split)]
+        return args
+
+
+def memory_shares(free_bytes: Sequence[int]) -> tuple[float, ...]:
+    """``tensor_split`` shares in proportion to each GPU's free memory (in MiB, so the floats
+    llama.cpp normalises stay small and exact); every GPU gets a share even when nearly full."""
+    if not free_bytes:
+        return ()
+    mib = [max(1, int(b) // (1024 * 1024)) for b in free_bytes]
+    return tuple(float(m) for m in mib)
+
+
+def solo_offload(gpus: Sequence[tuple[str, int]]) -> GpuOffload | None:
+    """A solo model: every layer and the output head on the GPUs, divided by free memory.
+
+    ``gpus`` holds ``(ggml name, free bytes)`` per chosen GPU; none means the CPU path (None).
+    """
+    if not gpus:
+        return None
+    names = tuple(n for n, _ in gpus)
+    shares = memory_shares([f for _, f in gpus]) if len(gpus) > 1 else ()
+    return GpuOffload(names, ALL_LAYERS, shares)
+
+
+def draft_offload(gpus: Sequence[tuple[str, int]]) -> GpuOffload | None:
+    """A draft model: all of it on the host's first GPU (small, and next to the verifier)."""
+    if not gpus:
+        return None
+    return GpuOffload((gpus[0][0],), ALL_LAYERS, ())
+
+
+@dataclass(frozen=True)
+class SplitOffload:
+    """A split host's settings when its own layers go on its GPU, ahead of the RPC devices."""
+
+    host_device: str
+    n_gpu_layers: int
+    tensor_split: tuple[float, ...]  # host GPU first, then one share per RPC device
+
+
+def split_host_offload(host_gpu: str, layer_split: Sequence[int]) -> SplitOffload:
+    """A split host whose range ``[0, H)`` goes on ``host_gpu``: devices ``[host_gpu, RPC...]``.
+
+    Everything is offloaded (``n_gpu_layers = N + 1``); the host GPU's share is ``H`` and each
+    RPC device's its layer count, the last one plus one for the output head (kept on the host
+    GPU by a buffer-type override when asked), so every boundary lands on a whole layer.
+    """
+    counts = [int(c) for c in layer_split]
+    if len(counts) < 2:
+        raise ConfigError("a layer split needs the host and at least one RPC device")
+    if counts[0] < 0 or any(c < 1 for c in counts[1:]):
+        raise ConfigError(f"each RPC device needs at least one layer, the host zero or more: {counts}")
+    shares = [float(c) for c in counts]
+    shares[-1] += 1.0
+    return SplitOffload(host_gpu, sum(counts) + 1, tuple(shares))
+
+
+def cache_type(name: str) -> int:
+    """The ggml type id for a ``--cache-type-k/-v`` name; ConfigError for an unknown one."""
+    try:
+        return CACHE_TYPES[name.lower()][0]
+    except KeyError:
+        raise ConfigError(f"unknown KV cache type {name!r}; choose from {', '.join(CACHE_TYPES)}") from None
+
+
+def kv_bytes_per_token(
+    n_layer: int, n_head_kv: int, head_dim_k: int, head_dim_v: int, *, type_k: str, type_v: str
+) -> float:
+    """KV cache bytes one token takes in one sequence, over all layers."""
+    k = n_head_kv * head_dim_k * CACHE_TYPES[type_k.lower()][1]
+    v = n_head_kv * head_dim_v * CACHE_TYPES[type_v.lower()][1]
+    return n_layer * (k + v)
+
+
+def auto_ctx(
+    free_bytes: int, bytes_per_token: float, n_slots: int, *, n_ctx_train: int, fallback: int
+) -> int:
+    """Context per slot that the free GPU memory left after the weights can hold.
+
+    A reserve (the larger of 512 MiB and 5 %) stays free for compute buffers. The result is a
+    multiple of 256 between 256 and the model's training context; ``fallback`` (the configured
+    size) is returned when nothing is known about the memory.
+    """
+    if free_bytes <= 0 or bytes_per_token <= 0 or n_slots <= 0:
+        return fallback
+    usable = free_bytes - max(COMPUTE_RESERVE_BYTES, int(free_bytes * COMPUTE_RESERVE_FRACTION))
+    per_slot = int(usable / (bytes_per_token * n_slots)) // CTX_STEP * CTX_STEP
+    ceiling = n_ctx_train if n_ctx_train > 0 else fallback
+    return max(MIN_CTX, min(per_slot, ceiling))
