@@ -51,6 +51,7 @@ from mesh_llm.runtime import RuntimeFile
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity
 from mesh_llm.split import FIT_FACTOR, SplitManager
+from mesh_llm.states import Failed, PendingModels, Resolving
 from mesh_llm.supervise import spawn_supervised
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class Node:
         self.feed = ChangeFeed()
         self.servers: dict[str, ModelServer] = {}
         self.resolved: dict[str, ResolvedModel] = {}
-        self.pending: dict[str, str] = {}  # model spec -> what is happening to it (resolving, failed: ...)
+        self.pending = PendingModels()  # models asked for with no model server yet: resolving, failed
         self.capacity: Capacity = detect_capacity(config.max_vram_bytes, client=config.client)
         self.in_flight: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
@@ -150,7 +151,7 @@ class Node:
             )
         for name, split_host in self.split.hosts.items():
             if name not in self.servers:
-                out.append(Endpoint(name, self.node_id, False, local=True, state=split_host.state))
+                out.append(Endpoint(name, self.node_id, False, local=True, state=split_host.state.text))
         if self.mesh is not None:
             for node_id, view in sorted(self.mesh.peers().items()):
                 for ad in view.record.models:
@@ -503,9 +504,7 @@ class Node:
         for spec in self.config.models:
             await self._serve(spec)
         self.feed.bump()
-        failed = [
-            what.removeprefix("failed: ") for what in self.pending.values() if what.startswith("failed")
-        ]
+        failed = self.pending.failures()
         if self.config.models and len(failed) == len(self.config.models):
             # Nothing the user asked for can run: say why and exit rather than serve nothing.
             self.fatal = ModelError(failed[0] if len(failed) == 1 else "; ".join(failed))
@@ -513,16 +512,16 @@ class Node:
 
     async def _serve(self, spec: str) -> None:
         """Resolve (downloading if allowed) and start one model server."""
-        self.pending[spec] = "resolving"
+        self.pending.set(spec, Resolving())
         self._changed()
         try:
             model = await asyncio.to_thread(resolve, spec, allow_download=self.config.allow_download)
         except MeshError as exc:
-            self.pending[spec] = f"failed: cannot serve {spec}: {exc}"
+            self.pending.set(spec, Failed(f"cannot serve {spec}: {exc}"))
             log.error("cannot serve %s: %s", spec, exc)
             self._changed()
             return
-        del self.pending[spec]
+        self.pending.set(spec, None)
         if model.name in self.servers or model.name in self.split.hosts:
             log.warning("%s given twice; serving it once", model.name)
             return

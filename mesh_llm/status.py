@@ -53,7 +53,7 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
                 "name": name,
                 "state": "waiting",
                 "ready": False,
-                "message": host.state,
+                "message": host.state.text,
                 "port": None,
                 "pid": None,
                 "restarts": 0,
@@ -92,9 +92,8 @@ def _model_rows(node: Node) -> list[dict[str, Any]]:
                     _placeholder_row(name, "waiting", claim.state, node_id, local=False)
                     | {"role": "host", "layers": None, **_claim_fields(claim)}
                 )
-    for spec, what in sorted(node.pending.items()):
-        state = "failed" if what.startswith("failed") else "resolving"
-        rows.append(_placeholder_row(spec, state, what, node.node_id, local=True))
+    for spec, pending in node.pending.items():
+        rows.append(_placeholder_row(spec, pending.kind, pending.text, node.node_id, local=True))
     return rows
 
 
