@@ -52,6 +52,16 @@ from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity
 from mesh_llm.split import FIT_FACTOR, SplitManager
 from mesh_llm.states import Failed, PendingModels, Resolving
+from mesh_llm.status import (
+    DemandSnapshot,
+    Duty,
+    LocalModel,
+    MeshSnapshot,
+    PeerSnapshot,
+    StatusSnapshot,
+    WaitingSplit,
+    build_status,
+)
 from mesh_llm.supervise import spawn_supervised
 
 log = logging.getLogger(__name__)
@@ -373,9 +383,77 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         """The node's status as JSON-able data (served at /api/status and streamed on /api/events)."""
-        from mesh_llm.status import build_status
+        return build_status(self.status_snapshot())
 
-        return build_status(self)
+    def status_snapshot(self) -> StatusSnapshot:
+        """What status shows, frozen at this instant: the one place status reads the node."""
+        split_rows = self.split.host_rows()
+        models = tuple(
+            LocalModel(
+                name, server.status(), str(server.model.path), server.model.size_bytes,
+                self.in_flight[name], self.requests[name], server.slots, server.draft,
+                server.draft_error, server.load_s, split_rows.pop(name, None),
+            )
+            for name, server in self.servers.items()
+        )  # fmt: skip
+        waiting = tuple(
+            WaitingSplit(
+                name, self.split.hosts[name].state.text, str(self.split.hosts[name].model.path),
+                self.split.hosts[name].model.size_bytes, self.requests[name], extra,
+            )
+            for name, extra in split_rows.items()
+        )  # fmt: skip
+        mono = time.monotonic()
+        served = self._served_map()
+        rates = self.demand.rates(mono)
+        demand = DemandSnapshot(
+            rates, {m: self.demand.total(m) for m in set(rates) | set(served)}, served,
+            self.demand.config.wanted_min_rpm,
+        )  # fmt: skip
+        mesh = None
+        if self.mesh is not None:
+            peers = tuple(
+                PeerSnapshot(
+                    node_id, view, self.mesh.rtt_ms(node_id), self.mesh.rtt_min_ms(node_id),
+                    {m: n for (m, host), n in self.routed.items() if host == node_id},
+                )
+                for node_id, view in self.mesh.peers().items()
+            )  # fmt: skip
+            rpc = self.mesh.rpc_counters
+            mesh = MeshSnapshot(
+                self.mesh.invite_token, self.mesh.credentials.mesh_id_hex, self.mesh.transport.port,
+                self.mesh.transport.engine, peers,
+                rpc.bytes_from_peer if rpc is not None else None, rpc.bytes_to_peer if rpc is not None else None,
+            )  # fmt: skip
+        duties = tuple(
+            Duty(d.model, d.host, d.epoch, d.layers, d.worker.state.value, d.worker.port, len(d.cache_files))
+            for d in self.split.duties.values()
+        )
+        return StatusSnapshot(
+            node_id=self.node_id,
+            started_at=self.started_at,
+            now=time.time(),
+            monotonic=mono,
+            state=self.state,
+            role=self.role,
+            client=self.config.client,
+            api_host=self.config.api.host,
+            api_port=self.api_port,
+            api_auth=self.config.api_key is not None,
+            console_port=self.console_port,
+            capacity=self.capacity,
+            models=models,
+            waiting_splits=waiting,
+            pending=tuple(self.pending.items()),
+            mesh=mesh,
+            demand=demand,
+            standby=self.standby_state,
+            declined=tuple(self.declined),
+            duties=duties,
+            in_flight=sum(self.in_flight.values()),
+            requests_total=sum(self.requests.values()),
+            discovery=self.discovery.status() if self.discovery is not None else None,
+        )
 
     # ---- metrics -----------------------------------------------------------------------
 
