@@ -181,7 +181,7 @@ class ChatRelay:
 def _relay_failure(exc: httpx.HTTPError, what: str) -> JSONResponse:
     """The relay's answer when the node's own API fails: the seam's status, the relay's words."""
     error = api_errors.from_exception(exc)
-    code = "api_unreachable" if error.status == 502 and error.code == "upstream_unreachable" else error.code
+    code = "api_unreachable" if error.code == "upstream_unreachable" else error.code
     return replace(error, message=f"{what} ({type(exc).__name__}).", code=code).response()
 
 

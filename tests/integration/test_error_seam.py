@@ -147,6 +147,8 @@ async def test_an_exception_in_a_route_is_a_json_500_on_the_wire_logged_once(
 
     proxy = Proxy(OneHost("http://127.0.0.1:1", cards=broken))
     server, task, port = await _serve(proxy.app)
+    uvicorn_log = logging.getLogger("uvicorn")  # uvicorn's loggers do not propagate to the root
+    uvicorn_log.addHandler(caplog.handler)
     try:
         with caplog.at_level(logging.ERROR):
             async with httpx.AsyncClient() as c:
@@ -156,6 +158,7 @@ async def test_an_exception_in_a_route_is_a_json_500_on_the_wire_logged_once(
         tracebacks = [rec for rec in caplog.records if rec.exc_info]
         assert len(tracebacks) == 1 and "a bug" in str(tracebacks[0].exc_info[1])  # type: ignore[index]
     finally:
+        uvicorn_log.removeHandler(caplog.handler)
         server.should_exit = True
         await task
         await proxy.aclose()
