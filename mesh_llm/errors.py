@@ -15,14 +15,17 @@
      │    └── PeerUnreachable      no address answered before the deadline
      ├── BackendError           model server / RPC worker subprocess trouble
      │    └── BackendUnavailable   not ready yet, crashed, or restarting
+     ├── RequestRejected        a request that cannot be taken as sent (carries its HTTP status)
      ├── RoutingError           the proxy could not place a request
      │    ├── ModelNotFound        nobody in the mesh serves or knows that model
      │    └── NoHealthyHost        the model is known but no host can take the request now
      └── DiscoveryError         no relay or LAN answer where one was needed
           └── ListingError         a mesh listing that is unsigned, expired, malformed or lies
 
-Foreign exceptions are translated into these at exactly one seam per subsystem; the proxy maps
-each to one OpenAI-style error body in a single handler.
+Foreign exceptions are translated into these at exactly one seam per subsystem. Every error
+that reaches HTTP is turned into one OpenAI-style error body in one place, `mesh_llm.api.errors`,
+which every FastAPI app of the node installs (the proxy, the console and its control routes,
+the model-server child).
 """
 
 from __future__ import annotations
@@ -86,6 +89,26 @@ class BackendError(MeshError):
 
 class BackendUnavailable(BackendError):
     """The backend is not ready: loading, crashed or restarting."""
+
+
+class RequestRejected(MeshError):
+    """A request that cannot be taken as sent: its HTTP status and OpenAI error fields go with it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str = "invalid_value",
+        status: int = 400,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.status = status
+        self.retry_after_s = retry_after_s
 
 
 class RoutingError(MeshError):

@@ -51,6 +51,17 @@ from mesh_llm.runtime import RuntimeFile
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity
 from mesh_llm.split import FIT_FACTOR, SplitManager
+from mesh_llm.states import Failed, PendingModels, Resolving
+from mesh_llm.status import (
+    DemandSnapshot,
+    Duty,
+    LocalModel,
+    MeshSnapshot,
+    PeerSnapshot,
+    StatusSnapshot,
+    WaitingSplit,
+    build_status,
+)
 from mesh_llm.supervise import spawn_supervised
 
 log = logging.getLogger(__name__)
@@ -106,7 +117,7 @@ class Node:
         self.feed = ChangeFeed()
         self.servers: dict[str, ModelServer] = {}
         self.resolved: dict[str, ResolvedModel] = {}
-        self.pending: dict[str, str] = {}  # model spec -> what is happening to it (resolving, failed: ...)
+        self.pending = PendingModels()  # models asked for with no model server yet: resolving, failed
         self.capacity: Capacity = detect_capacity(
             config.max_vram_bytes, client=config.client, device=config.device
         )
@@ -152,7 +163,7 @@ class Node:
             )
         for name, split_host in self.split.hosts.items():
             if name not in self.servers:
-                out.append(Endpoint(name, self.node_id, False, local=True, state=split_host.state))
+                out.append(Endpoint(name, self.node_id, False, local=True, state=split_host.state.text))
         if self.mesh is not None:
             for node_id, view in sorted(self.mesh.peers().items()):
                 for ad in view.record.models:
@@ -374,9 +385,77 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         """The node's status as JSON-able data (served at /api/status and streamed on /api/events)."""
-        from mesh_llm.status import build_status
+        return build_status(self.status_snapshot())
 
-        return build_status(self)
+    def status_snapshot(self) -> StatusSnapshot:
+        """What status shows, frozen at this instant: the one place status reads the node."""
+        split_rows = self.split.host_rows()
+        models = tuple(
+            LocalModel(
+                name, server.status(), str(server.model.path), server.model.size_bytes,
+                self.in_flight[name], self.requests[name], server.slots, server.draft,
+                server.draft_error, server.load_s, split_rows.pop(name, None),
+            )
+            for name, server in self.servers.items()
+        )  # fmt: skip
+        waiting = tuple(
+            WaitingSplit(
+                name, self.split.hosts[name].state.text, str(self.split.hosts[name].model.path),
+                self.split.hosts[name].model.size_bytes, self.requests[name], extra,
+            )
+            for name, extra in split_rows.items()
+        )  # fmt: skip
+        mono = time.monotonic()
+        served = self._served_map()
+        rates = self.demand.rates(mono)
+        demand = DemandSnapshot(
+            rates, {m: self.demand.total(m) for m in set(rates) | set(served)}, served,
+            self.demand.config.wanted_min_rpm,
+        )  # fmt: skip
+        mesh = None
+        if self.mesh is not None:
+            peers = tuple(
+                PeerSnapshot(
+                    node_id, view, self.mesh.rtt_ms(node_id), self.mesh.rtt_min_ms(node_id),
+                    {m: n for (m, host), n in self.routed.items() if host == node_id},
+                )
+                for node_id, view in self.mesh.peers().items()
+            )  # fmt: skip
+            rpc = self.mesh.rpc_counters
+            mesh = MeshSnapshot(
+                self.mesh.invite_token, self.mesh.credentials.mesh_id_hex, self.mesh.transport.port,
+                self.mesh.transport.engine, peers,
+                rpc.bytes_from_peer if rpc is not None else None, rpc.bytes_to_peer if rpc is not None else None,
+            )  # fmt: skip
+        duties = tuple(
+            Duty(d.model, d.host, d.epoch, d.layers, d.worker.state.value, d.worker.port, len(d.cache_files))
+            for d in self.split.duties.values()
+        )
+        return StatusSnapshot(
+            node_id=self.node_id,
+            started_at=self.started_at,
+            now=time.time(),
+            monotonic=mono,
+            state=self.state,
+            role=self.role,
+            client=self.config.client,
+            api_host=self.config.api.host,
+            api_port=self.api_port,
+            api_auth=self.config.api_key is not None,
+            console_port=self.console_port,
+            capacity=self.capacity,
+            models=models,
+            waiting_splits=waiting,
+            pending=tuple(self.pending.items()),
+            mesh=mesh,
+            demand=demand,
+            standby=self.standby_state,
+            declined=tuple(self.declined),
+            duties=duties,
+            in_flight=sum(self.in_flight.values()),
+            requests_total=sum(self.requests.values()),
+            discovery=self.discovery.status() if self.discovery is not None else None,
+        )
 
     # ---- metrics -----------------------------------------------------------------------
 
@@ -505,9 +584,7 @@ class Node:
         for spec in self.config.models:
             await self._serve(spec)
         self.feed.bump()
-        failed = [
-            what.removeprefix("failed: ") for what in self.pending.values() if what.startswith("failed")
-        ]
+        failed = self.pending.failures()
         if self.config.models and len(failed) == len(self.config.models):
             # Nothing the user asked for can run: say why and exit rather than serve nothing.
             self.fatal = ModelError(failed[0] if len(failed) == 1 else "; ".join(failed))
@@ -515,16 +592,16 @@ class Node:
 
     async def _serve(self, spec: str) -> None:
         """Resolve (downloading if allowed) and start one model server."""
-        self.pending[spec] = "resolving"
+        self.pending.set(spec, Resolving())
         self._changed()
         try:
             model = await asyncio.to_thread(resolve, spec, allow_download=self.config.allow_download)
         except MeshError as exc:
-            self.pending[spec] = f"failed: cannot serve {spec}: {exc}"
+            self.pending.set(spec, Failed(f"cannot serve {spec}: {exc}"))
             log.error("cannot serve %s: %s", spec, exc)
             self._changed()
             return
-        del self.pending[spec]
+        self.pending.set(spec, None)
         if model.name in self.servers or model.name in self.split.hosts:
             log.warning("%s given twice; serving it once", model.name)
             return

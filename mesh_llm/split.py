@@ -47,6 +47,17 @@ from mesh_llm.planning.planner import (
 from mesh_llm.planning.records import PeerClaim, model_dir_name, peer_claims, peer_declined, peer_wants
 from mesh_llm.serving.backend import ModelServer
 from mesh_llm.serving.rpc import RpcWorker, RpcWorkerState, clear_rpc_cache, gguf_header, prefill_rpc_cache
+from mesh_llm.states import (
+    Loading,
+    NoLinkToWorker,
+    Planning,
+    Serving,
+    SplitFailed,
+    SplitHostState,
+    WaitingForCapacity,
+    WaitingForWorkers,
+    log_transition,
+)
 
 if TYPE_CHECKING:
     from mesh_llm.node import Node
@@ -87,7 +98,7 @@ class SplitHost:
     epoch: int = 0
     server: ModelServer | None = None
     tunnels: list[TcpTunnel] = field(default_factory=list)
-    state: str = "planning"
+    state: SplitHostState = field(default_factory=Planning)
     planned_at: float = 0.0  # wall clock, comparable with ModelServer.status().since
     # A model server has been started here for this model (any epoch): the host has placed it and
     # keeps it through re-plans. One still waiting for capacity or for its first workers has
@@ -101,6 +112,12 @@ class SplitHost:
             return None
         return max(0.0, self.server.status().since - self.planned_at)
 
+    def set_state(self, new: SplitHostState) -> None:
+        """The one transition of a split host's state, logged old -> new."""
+        if new != self.state:
+            log_transition(self.model.name, self.state, new)
+            self.state = new
+
     def published(self) -> dict[str, Any]:
         """This host's claim and plan as gossiped: workers act on `shards`, everyone on the rest."""
         plan = self.plan
@@ -111,7 +128,7 @@ class SplitHost:
             "epoch": self.epoch,
             "mode": _mode(plan),
             "settled": self.settled,
-            "state": self.state,
+            "state": self.state.text,
             "force": self.force,
             "n_layers": self.facts.n_layers,
             "shards": shards,
@@ -356,7 +373,7 @@ class SplitManager:
                 try:
                     await self._reconcile_host(host)
                 except MeshError as exc:
-                    host.state = f"failed: {exc}"
+                    host.set_state(SplitFailed(str(exc)))
                     log.warning("split of %s: %s", host.model.name, exc)
             await self._reconcile_duties()
 
@@ -377,13 +394,13 @@ class SplitManager:
             log.info("plan for %s (epoch %d): %s", name, host.epoch, _describe(plan))
             node._changed()
         if isinstance(plan, Waiting):
-            host.state = f"waiting for capacity: {plan.reason}"
+            host.set_state(WaitingForCapacity(plan.reason))
             return
         if host.server is not None:
-            host.state = "serving" if host.server.ready else "loading"
+            host.set_state(Serving() if host.server.ready else Loading())
             return
         if isinstance(plan, Solo):
-            host.state = "loading"
+            host.set_state(Loading())
             await self._start_server(host, [], [])
             return
         # Wait for every worker of this epoch to advertise its RPC worker ready.
@@ -391,20 +408,20 @@ class SplitManager:
             s.node_id[:8] for s in plan.shards[1:] if not self._worker_ready(s.node_id, name, host.epoch)
         ]
         if missing:
-            host.state = f"waiting for workers {', '.join(missing)}"
+            host.set_state(WaitingForWorkers(tuple(missing)))
             return
         assert node.mesh is not None
         tunnels: list[TcpTunnel] = []
         for shard in plan.shards[1:]:
             link = node.mesh.transport.link(shard.node_id)
             if link is None:
-                host.state = f"no link to worker {shard.node_id[:8]}"
+                host.set_state(NoLinkToWorker(shard.node_id[:8]))
                 for t in tunnels:
                     await t.close()
                 return
             tunnels.append(await open_tcp_tunnel(link, RPC_STREAM, {"model": name, "epoch": host.epoch}))
         host.tunnels = tunnels
-        host.state = "loading"
+        host.set_state(Loading())
         counts = [s.end_layer - s.start_layer for s in plan.shards]
         await self._start_server(host, [f"127.0.0.1:{t.port}" for t in tunnels], counts)
 
@@ -582,7 +599,7 @@ class SplitManager:
                     )
             rows[name] = {
                 "mode": _mode(plan),
-                "split_state": host.state,
+                "split_state": host.state.text,
                 "epoch": host.epoch,
                 "shards": shards,
                 "n_layers": host.facts.n_layers,

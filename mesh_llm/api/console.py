@@ -7,6 +7,7 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ from mesh_llm.api import errors as api_errors
 from mesh_llm.api.guard import SESSION_COOKIE, AccessPolicy, is_loopback, session_value
 from mesh_llm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
+CONSOLE_ROUTES = "The console serves /, /api/status, /api/events, /api/chat, /api/login and /metrics."
 KEEPALIVE_S = 15.0
 LOGIN_ATTEMPTS = 5  # wrong keys per client address per window before /api/login answers 429
 LOGIN_WINDOW_S = 60.0
@@ -89,10 +91,6 @@ class _RevalidatedFiles(StaticFiles):
         return response
 
 
-def _error(error: api_errors.ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
-
-
 class ChatRelay:
     """Same-origin `POST /api/chat` for the page: forwards to this node's `/v1/chat/completions`.
 
@@ -118,9 +116,7 @@ class ChatRelay:
             return api_errors.bad_request("Send the chat request as application/json.", code="invalid_json")
         origin = request.headers.get("origin")
         if origin and urlsplit(origin).netloc != request.headers.get("host"):
-            return api_errors.ApiError(
-                403, "Cross-origin requests to the console are refused.", code="forbidden"
-            )
+            return api_errors.forbidden("Cross-origin requests to the console are refused.")
         return None
 
     def _headers(self, request: Request) -> dict[str, str]:
@@ -134,17 +130,15 @@ class ChatRelay:
     async def __call__(self, request: Request) -> Response:
         refusal = self._refusal(request)
         if refusal is not None:
-            return _error(refusal)
+            return refusal.response()
         target = self._target()
         if target is None:
-            return _error(
-                api_errors.ApiError(
-                    503,
-                    "This node serves no API (it is idle). Start it with --model NAME or --join TOKEN to chat.",
-                    type="server_error",
-                    code="no_api",
-                )
-            )
+            return api_errors.ApiError(
+                503,
+                "This node serves no API (it is idle). Start it with --model NAME or --join TOKEN to chat.",
+                type="server_error",
+                code="no_api",
+            ).response()
         body = await request.body()
         client = httpx.AsyncClient(timeout=httpx.Timeout(connect=5.0, read=600.0, write=30.0, pool=5.0))
         try:
@@ -154,14 +148,7 @@ class ChatRelay:
             )
         except httpx.HTTPError as exc:
             await client.aclose()
-            return _error(
-                api_errors.ApiError(
-                    502,
-                    f"The node's API at {target} did not answer ({type(exc).__name__}).",
-                    type="server_error",
-                    code="api_unreachable",
-                )
-            )
+            return _relay_failure(exc, f"The node's API at {target} did not answer")
         content_type = upstream.headers.get("content-type", "application/json")
         passed = {
             k: v for k, v in upstream.headers.items() if k.lower() in ("retry-after", "www-authenticate")
@@ -175,11 +162,7 @@ class ChatRelay:
         try:
             content = await upstream.aread()
         except httpx.HTTPError as exc:
-            return _error(
-                api_errors.ApiError(
-                    502, f"The node's API failed while answering ({type(exc).__name__}).", type="server_error"
-                )
-            )
+            return _relay_failure(exc, "The node's API failed while answering")
         finally:
             await upstream.aclose()
             await client.aclose()
@@ -193,6 +176,13 @@ class ChatRelay:
                 yield chunk
         finally:
             await close()
+
+
+def _relay_failure(exc: httpx.HTTPError, what: str) -> JSONResponse:
+    """The relay's answer when the node's own API fails: the seam's status, the relay's words."""
+    error = api_errors.from_exception(exc)
+    code = "api_unreachable" if error.code == "upstream_unreachable" else error.code
+    return replace(error, message=f"{what} ({type(exc).__name__}).", code=code).response()
 
 
 TOKEN_HIDDEN = (
@@ -233,6 +223,7 @@ def create_console_app(
     node's key for callers who proved they hold it.
     """
     app = FastAPI(title="mesh-llm console", openapi_url=None, docs_url=None, redoc_url=None)
+    api_errors.install(app, "console", CONSOLE_ROUTES)
     static = assets_dir()
     relay = ChatRelay(status, api_key)
 
@@ -262,17 +253,15 @@ def create_console_app(
         recent = [t for t in failures.get(client, []) if now - t < LOGIN_WINDOW_S]
         if len(recent) >= LOGIN_ATTEMPTS:  # no online guessing of the key
             failures[client] = recent
-            return _error(
-                api_errors.ApiError(
-                    429, "Too many wrong keys; wait a minute.", code="rate_limited",
-                    headers={"Retry-After": str(int(LOGIN_WINDOW_S))},
-                )
-            )  # fmt: skip
+            return api_errors.ApiError(
+                429, "Too many wrong keys; wait a minute.", code="rate_limited",
+                headers={"Retry-After": str(int(LOGIN_WINDOW_S))},
+            ).response()  # fmt: skip
         if not isinstance(key, str) or not hmac.compare_digest(key.encode(), api_key.encode()):
             failures[client] = [*recent, now]
             if len(failures) > 1024:  # bounded memory under many addresses
                 failures.pop(next(iter(failures)))
-            return _error(api_errors.unauthorized())
+            return api_errors.unauthorized().response()
         failures.pop(client, None)
         response = JSONResponse({"ok": True, "auth": True})
         response.set_cookie(

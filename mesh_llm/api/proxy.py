@@ -15,11 +15,11 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from mesh_llm.api import errors as api_errors
 from mesh_llm.api.auth import bearer_matches
+from mesh_llm.api.errors import ApiErrorResponse
 from mesh_llm.api.routing import Endpoint, choose, model_key
 from mesh_llm.errors import BackendUnavailable, MeshError, ModelNotFound, NoHealthyHost
 from mesh_llm.metrics import CONTENT_TYPE, Gauge, RequestMetrics, RequestRecord, SseMeter, render, usage_of
@@ -52,17 +52,6 @@ class ServingView(Protocol):
     def mesh_problem(self) -> str | None:
         """Why this node is not in its mesh yet (it has tokens but no peer), else None."""
         ...
-
-
-class ApiErrorResponse(Exception):
-    """Raised inside handlers to answer with an OpenAI-style error."""
-
-    def __init__(self, error: api_errors.ApiError) -> None:
-        self.error = error
-
-
-def _error_response(error: api_errors.ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def _parse_body(raw: bytes, required: str) -> dict[str, Any]:
@@ -128,38 +117,6 @@ async def _unless_gone(work: Awaitable[T], request: Request) -> T | None:
     with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError, MeshError):
         await task
     return None
-
-
-def _upstream_error(status: int, content: bytes) -> api_errors.ApiError | None:
-    """Turn a backend error body that is not OpenAI-shaped (e.g. FastAPI's 422) into one."""
-    try:
-        parsed = json.loads(content)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-        return None  # already in OpenAI's shape: pass it through untouched
-    if status == 422 and isinstance(parsed, dict):
-        details = parsed.get("detail")
-        if isinstance(details, list):
-            parts = [
-                f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}"
-                for d in details
-                if isinstance(d, dict)
-            ]
-            message = "; ".join(parts) or "invalid request"
-        else:
-            message = str(details)
-        return api_errors.bad_request(f"Invalid request: {message}", code="invalid_value")
-    text = content.decode(errors="replace")[:500]
-    if status >= 500:
-        return api_errors.ApiError(
-            503,
-            f"The model server failed: {text}",
-            type="server_error",
-            code="backend_error",
-            headers={"Retry-After": "5"},
-        )
-    return api_errors.ApiError(status, text or "error from model server")
 
 
 class Proxy:
@@ -252,28 +209,7 @@ class Proxy:
         async def health() -> dict[str, str]:
             return {"status": "ok"}
 
-        @app.exception_handler(ApiErrorResponse)
-        async def api_error(_: Request, exc: ApiErrorResponse) -> JSONResponse:
-            return _error_response(exc.error)
-
-        @app.exception_handler(MeshError)
-        async def mesh_error(_: Request, exc: MeshError) -> JSONResponse:
-            return _error_response(api_errors.from_exception(exc))
-
-        @app.exception_handler(StarletteHTTPException)
-        async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-            if exc.status_code == 404:
-                return _error_response(api_errors.not_found_route(request.url.path))
-            if exc.status_code == 405:
-                return _error_response(
-                    api_errors.ApiError(
-                        405,
-                        f"Method {request.method} is not allowed on {request.url.path}.",
-                        code="method_not_allowed",
-                    )
-                )
-            return _error_response(api_errors.ApiError(exc.status_code, str(exc.detail)))
-
+        api_errors.install(app, "OpenAI API")
         return app
 
     async def _read_body(self, request: Request) -> bytes:
@@ -299,7 +235,7 @@ class Proxy:
             exchange.fail(exc.error)
             self._finish(exchange)
             raise
-        except MeshError as exc:
+        except Exception as exc:  # answered by the app's error handlers, as `from_exception` says
             if isinstance(exc, NoHealthyHost):
                 exchange.model = exc.model  # the mesh's name for it, not the caller's spelling
             exchange.fail(api_errors.from_exception(exc))
@@ -373,10 +309,10 @@ class Proxy:
             await response.aclose()
             finish()
         if response.status_code >= 400:
-            err = _upstream_error(response.status_code, content)
+            err = api_errors.from_upstream(response.status_code, content)
             if err is not None:
                 exchange.fail(err)
-                return _error_response(err)
+                return err.response()
             exchange.error = _error_code(content)
         else:
             exchange.prompt_tokens, exchange.completion_tokens = usage_of(content)

@@ -620,3 +620,12 @@ def test_a_full_queue_answers_503_with_retry_after_and_a_failure_mid_stream_ends
         rest = [line for line in lines if line]
     assert rest[-1] == "data: [DONE]" and rest.count("data: [DONE]") == 1
     assert "error" in json.loads(rest[-2][6:])
+
+
+def test_the_model_server_answers_unknown_routes_and_wrong_methods_in_json(node: NodeProcess) -> None:
+    (m,) = node.status()["models"]
+    child = f"http://127.0.0.1:{m['port']}"
+    r = httpx.get(f"{child}/v1/nothing-here")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+    r = httpx.get(f"{child}/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"

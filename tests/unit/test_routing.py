@@ -1,10 +1,22 @@
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from mesh_llm.api import errors as api_errors
 from mesh_llm.api.routing import Endpoint, choose
-from mesh_llm.errors import BackendUnavailable, ConfigError, ModelNotFound, NoHealthyHost
+from mesh_llm.errors import (
+    BackendUnavailable,
+    ConfigError,
+    DownloadError,
+    ModelError,
+    ModelNotFound,
+    NoHealthyHost,
+    PeerUnreachable,
+    RequestRejected,
+    TransportError,
+    UnknownModelError,
+)
 
 
 def ep(model: str, node: str, ready: bool = True, in_flight: int = 0, state: str = "ready") -> Endpoint:
@@ -50,7 +62,18 @@ def test_not_ready_hosts_are_skipped() -> None:
         (ModelNotFound("x", ["y"]), 404, "model_not_found"),
         (NoHealthyHost("x", "loading"), 503, "model_not_ready"),
         (BackendUnavailable("crashed"), 503, "backend_unavailable"),
-        (ConfigError("bad"), 502, "mesh_error"),
+        (ConfigError("bad"), 400, "invalid_request"),
+        (UnknownModelError("nope"), 404, "model_not_found"),
+        (ModelError("no copy here"), 404, "model_unavailable"),
+        (DownloadError("hub down"), 502, "download_failed"),
+        (PeerUnreachable("gone"), 504, "peer_unreachable"),
+        (TransportError("reset"), 502, "mesh_error"),
+        (RequestRejected("busy", code="queue_full", status=503, retry_after_s=1), 503, "queue_full"),
+        (httpx.ReadTimeout("slow"), 504, "upstream_timeout"),
+        (httpx.ConnectTimeout("slow"), 504, "upstream_timeout"),
+        (httpx.PoolTimeout("full"), 503, "upstream_busy"),
+        (httpx.ConnectError("refused"), 502, "upstream_unreachable"),
+        (httpx.RemoteProtocolError("eof"), 502, "upstream_failed"),
         (RuntimeError("boom"), 500, "internal_error"),
     ],
 )

@@ -21,8 +21,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mesh_llm.api import errors as api_errors
 from mesh_llm.errors import BackendError
 from mesh_llm.serving.engine import _tools
 from mesh_llm.serving.engine._chat import ChatError, ChatTemplate, normalize_messages
@@ -41,6 +41,9 @@ from mesh_llm.serving.engine._openai import Options, RequestError, parse_options
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
+MODEL_SERVER_ROUTES = (
+    "The model server serves /mesh/health, /mesh/slots, /v1/models, /v1/chat/completions and /v1/completions."
+)
 
 
 @dataclass
@@ -335,24 +338,7 @@ class ModelApp:
     def _build(self) -> FastAPI:
         app = FastAPI(title="mesh-llm model server", openapi_url=None, docs_url=None, redoc_url=None)
 
-        @app.exception_handler(RequestError)
-        async def request_error(_: Request, exc: RequestError) -> JSONResponse:
-            headers = {"Retry-After": "1"} if exc.status == 503 else None
-            return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
-
-        @app.exception_handler(StarletteHTTPException)
-        async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-            code = "unknown_url" if exc.status_code == 404 else "method_not_allowed"
-            err = RequestError(
-                f"{request.method} {request.url.path}: {exc.detail}", code=code, status=exc.status_code
-            )
-            return JSONResponse(err.body(), status_code=exc.status_code)
-
-        @app.exception_handler(Exception)
-        async def internal(_: Request, exc: Exception) -> JSONResponse:
-            log.exception("unhandled error in the model server")
-            err = RequestError(f"internal error: {type(exc).__name__}", code="internal_error", status=500)
-            return JSONResponse(err.body(), status_code=500)
+        api_errors.install(app, "model server", MODEL_SERVER_ROUTES)
 
         @app.get("/mesh/health")
         async def health() -> dict[str, Any]:

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from mesh_llm.errors import RequestRejected
+
 MAX_N = 8
 MAX_STOPS = 16
 MAX_STOP_CHARS = 256
@@ -20,21 +22,19 @@ BAN = -1e30  # huge but finite: a grammar may leave only banned tokens, and one 
 MAX_TOP_LOGPROBS = 20
 
 
-class RequestError(ValueError):
-    """A request the server cannot take, with its OpenAI error fields."""
+class RequestError(RequestRejected, ValueError):
+    """A request the server cannot take, with its OpenAI error fields.
+
+    `mesh_llm.api.errors` turns it into the HTTP answer; a 503 (busy, or generation failed)
+    asks the client to retry in a second.
+    """
 
     def __init__(
         self, message: str, *, param: str | None = None, code: str = "invalid_value", status: int = 400
     ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
-        self.status = status
-
-    def body(self) -> dict[str, Any]:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+        super().__init__(
+            message, param=param, code=code, status=status, retry_after_s=1 if status == 503 else None
+        )
 
 
 @dataclass(frozen=True)
