@@ -18,14 +18,15 @@ Two sources:
   sequence per slot, drafting for every slot in one batch per draft token.
 
 `DraftTuner` picks K per slot and step from the slot's acceptance and what a step costs on this
-machine (`StepCost`), down to 0 (no drafting) while it does not pay, probing again now and then.
+machine (`StepCost`); `DraftGuard` drafts only while steps with drafts yield tokens faster than
+steps without, by the clock, and probes the other way every few steps.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -144,43 +145,35 @@ def expected_tokens(alpha: float, k: int) -> float:
 
 @dataclass
 class DraftTuner:
-    """How many tokens one slot should draft next: the K that maximises tokens per second.
+    """How many tokens one slot drafts in a step that drafts: the K that maximises tokens/s.
 
     It keeps the slot's per-token acceptance (recent verifications weigh most) and weighs the
     tokens K drafts are expected to yield against what K more tokens cost the step (see
-    StepCost) and the drafter's own time per draft token. When no K beats not drafting, it
-    rests, and tries one token again every `probe_after` steps in case the text changed.
+    StepCost) and the drafter's own time per draft token. Whether a step drafts at all is the
+    DraftGuard's call, made with the clock; a step that drafts drafts at least one token.
     """
 
     k_max: int = 8
-    probe_after: int = 16
-    k: int = 0  # the last choice
+    k: int = 1  # the last choice
     _hits: float = 1.2  # an optimistic start: 60 % of 2 pseudo-trials
     _trials: float = 2.0
-    _idle: int = field(default=0, repr=False)
 
     @property
     def alpha(self) -> float:
         return self._hits / self._trials if self._trials > 0 else 0.0
 
     def choose(self, cost: StepCost, draft_s_per_token: float, others: int) -> int:
-        """K for this step; `others` is how many other slots generate in the same batch."""
+        """K (1 to k_max) for this step; `others` is how many other slots generate in the batch."""
         fixed, per_token = cost.line()
         base = others + 1
-        best_k, best = 0, base / (fixed + per_token * base)
         alpha = self.alpha
+        best_k, best = 1, 0.0
         for k in range(1, self.k_max + 1):
             rate = (others + expected_tokens(alpha, k)) / (
                 fixed + per_token * (base + k) + draft_s_per_token * k
             )
-            if rate > best * 1.02:  # a margin: drafting for a hair's gain is noise
+            if rate > best * 1.02:  # a margin: a longer draft for a hair's gain is noise
                 best_k, best = k, rate
-        if best_k == 0:
-            self._idle += 1
-            if self._idle >= self.probe_after:
-                self._idle, best_k = 0, 1
-        else:
-            self._idle = 0
         self.k = best_k
         return best_k
 
