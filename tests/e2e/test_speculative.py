@@ -91,7 +91,7 @@ def test_the_demo_model_drafting_for_itself_is_accepted_and_changes_nothing(
         node.wait_serving()
         assert completions(node) == solo_outputs
         spec = speculative(node)
-        assert spec["acceptance"] >= 0.9, spec  # the perfect draft
+        assert spec["agreement"] >= 0.9, spec  # the perfect draft
         assert local_row(node)["draft"] == str(smollm2_path())
     finally:
         node.stop()
@@ -155,11 +155,14 @@ def test_drafting_on_a_two_node_split_changes_nothing(
         token = a.wait_serving()["invite_token"]
         nodes.append(NodeProcess(["--join", token], tmp_path / "b").start())
         a.wait_for(_is_split, 90, "a two-node split")
-        assert completions(a) == solo_outputs
+        got = completions(a)
+        assert got == solo_outputs, (got, solo_outputs, local_row(a).get("speculative"))
         figures = speculative(a)
         assert figures["accepted_total"] > 0
         if draft == "model":
-            assert figures["acceptance"] >= 0.9, figures
+            # The draft runs solo on the host, the model split: their logits can differ in the
+            # last bits, so near-ties may go either way; most draft tokens still agree.
+            assert figures["agreement"] >= 0.75, figures
     finally:
         for node in nodes:
             node.stop()

@@ -74,9 +74,10 @@ def test_a_costly_drafter_or_poor_acceptance_keeps_drafts_short() -> None:
 
 
 def test_stats_report_acceptance_and_tokens_per_step() -> None:
-    stats = DraftStats(steps=4, drafted=20, accepted=15)
+    stats = DraftStats(steps=4, drafted=20, accepted=15, rejected=3)
     figures = stats.as_dict("lookup")
     assert figures["acceptance"] == 0.75 and figures["tokens_per_step"] == 4.75
+    assert figures["agreement"] == round(15 / 18, 3)  # long drafts do not lower it
     assert DraftStats().as_dict("x")["acceptance"] is None
 
 

@@ -223,11 +223,17 @@ class DraftStats:
     steps: int = 0  # verification steps that had at least one draft token
     drafted: int = 0
     accepted: int = 0
+    rejected: int = 0  # steps that ended at a draft token the model disagreed with
 
     def as_dict(self, name: str) -> dict[str, object]:
         return {
             "draft": name,
             "acceptance": round(self.accepted / self.drafted, 3) if self.drafted else None,
+            # how often the model agrees with a draft token it gets to judge: unlike acceptance,
+            # it does not depend on how long the drafts were
+            "agreement": round(self.accepted / (self.accepted + self.rejected), 3)
+            if self.accepted + self.rejected
+            else None,
             # tokens a verification step produced: the accepted drafts plus the main model's own
             "tokens_per_step": round((self.accepted + self.steps) / self.steps, 2) if self.steps else None,
             "drafted_total": self.drafted,

@@ -448,6 +448,7 @@ class Engine:
         self._draft_stats.steps += 1
         self._draft_stats.drafted += len(draft)
         self._draft_stats.accepted += accepted
+        self._draft_stats.rejected += accepted < len(draft)
         if s.tuner is not None:
             s.tuner.record(len(draft), accepted)
         if accepted < len(draft) and not self.ctx.drop_from(s.seq, len(s.cached)):
