@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,9 @@ from mesh_llm.mesh.transport import TransportConfig
 from mesh_llm.metrics import Gauge
 from mesh_llm.models.catalog import CATALOG, find_entry
 from mesh_llm.models.resolve import ResolvedModel, on_disk_names, resolve
+from mesh_llm.planning.claims import peer_claims, peer_declined
 from mesh_llm.planning.demand import DemandTable, StandbyInfo, assign_standby_work, choose_standby_work
 from mesh_llm.planning.planner import Split
-from mesh_llm.planning.records import peer_claims
 from mesh_llm.runtime import RuntimeFile
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity
@@ -227,7 +227,7 @@ class Node:
             + [
                 node_id[:8]
                 for node_id, view in (self.mesh.peers().items() if self.mesh is not None else ())
-                if model in _declined(view.record.extra)
+                if model in peer_declined(view.record.extra)
             ]
         )
         why = "no node in the mesh serves it right now and no standby node can take it"
@@ -306,7 +306,7 @@ class Node:
                     out.append(
                         StandbyInfo(
                             node_id, rec.capacity_bytes, frozenset(rec.on_disk), True,
-                            declined=_declined(rec.extra),
+                            declined=peer_declined(rec.extra),
                         )
                     )  # fmt: skip
         return out
@@ -935,9 +935,3 @@ class Node:
         for server, _ in self._http:
             server.should_exit = True
         await asyncio.gather(*(t for _, t in self._http), return_exceptions=True)
-
-
-def _declined(extra: Mapping[str, Any]) -> frozenset[str]:
-    """The models a peer's record says its user dropped there (it never takes them again)."""
-    names = extra.get("declined")
-    return frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) else frozenset()

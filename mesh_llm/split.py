@@ -33,6 +33,7 @@ from mesh_llm.mesh.tunnel import TcpTunnel, open_tcp_tunnel
 from mesh_llm.models.catalog import find_entry
 from mesh_llm.models.kv import kv_cache_bytes
 from mesh_llm.models.resolve import ResolvedModel, resolve
+from mesh_llm.planning.claims import PeerClaim, peer_claims, peer_declined, peer_wants
 from mesh_llm.planning.planner import (
     HostClaim,
     ModelFacts,
@@ -44,7 +45,7 @@ from mesh_llm.planning.planner import (
     elect_host,
     replan,
 )
-from mesh_llm.planning.records import PeerClaim, model_dir_name, peer_claims, peer_declined, peer_wants
+from mesh_llm.planning.records import model_dir_name
 from mesh_llm.serving.backend import ModelServer
 from mesh_llm.serving.rpc import RpcWorker, RpcWorkerState, clear_rpc_cache, gguf_header, prefill_rpc_cache
 from mesh_llm.states import (

@@ -13,7 +13,7 @@ from typing import Any
 
 from mesh_llm import __version__
 from mesh_llm.mesh.gossip import PeerView
-from mesh_llm.planning.records import PeerClaim, peer_claims
+from mesh_llm.planning.claims import PeerClaim, peer_claims
 from mesh_llm.serving.backend import BackendStatus
 from mesh_llm.serving.hardware import Capacity
 from mesh_llm.states import PendingState
