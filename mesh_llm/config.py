@@ -14,6 +14,7 @@ from mesh_llm.discovery._config import DiscoveryConfig, DiscoveryTiming, check_r
 from mesh_llm.discovery._listing import DEFAULT_RELAYS
 from mesh_llm.errors import ConfigError
 from mesh_llm.mesh.transport import DEFAULT_ENGINE, ENGINES
+from mesh_llm.planning.planner import PlanConfig
 
 DEFAULT_API_PORT = 9337
 DEFAULT_CONSOLE_PORT = 3131
@@ -54,6 +55,16 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class SplitConfig:
+    """How this node takes part in split models."""
+
+    force: bool = False  # `--split`: split the models asked of this node even if they fit it
+    max_duties: int = 4  # split models one node holds layers for at once: bounds what members can ask
+    remember_s: float = 600.0  # a split model seen this recently is taken over when its host is gone
+    join_grace_s: float = 3.0  # a node coordinates nothing until gossip has shown it the whole mesh
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything a node needs to run; built by `build_config` from CLI flags."""
 
@@ -66,7 +77,8 @@ class NodeConfig:
     state_dir: Path = field(default_factory=lambda: Path.home() / ".mesh-llm")
     max_vram_bytes: int | None = None
     bind_port: int = 0
-    split: bool = False
+    split: SplitConfig = field(default_factory=SplitConfig)
+    planner: PlanConfig = field(default_factory=PlanConfig)
     device: str | None = None
     backend: BackendConfig = field(default_factory=BackendConfig)
     allow_download: bool = True
@@ -167,7 +179,7 @@ def build_config(
         state_dir=Path(state_dir).expanduser() if state_dir else Path.home() / ".mesh-llm",
         max_vram_bytes=int(max_vram * GIB) if max_vram is not None else None,
         bind_port=_port(bind_port, "--bind-port"),
-        split=split,
+        split=SplitConfig(force=split),
         device=device,
         backend=BackendConfig(
             n_ctx=ctx_size or 4096,

@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,9 @@ from mesh_llm.api.routing import Endpoint, model_key
 from mesh_llm.config import HttpConfig, NodeConfig
 from mesh_llm.discovery import Discovery, MeshFacts, pick_model
 from mesh_llm.errors import BackendUnavailable, ConfigError, MeshError, ModelError
-from mesh_llm.mesh.gossip import ModelAd, PeerStatus
+from mesh_llm.mesh.gossip import ModelAd, PeerStatus, PeerView
 from mesh_llm.mesh.service import (
+    RPC_STREAM,
     MeshService,
     MeshSettings,
     decode_tokens,
@@ -41,16 +42,17 @@ from mesh_llm.mesh.service import (
 )
 from mesh_llm.mesh.token import InviteToken, MeshCredentials, new_mesh
 from mesh_llm.mesh.transport import TransportConfig
+from mesh_llm.mesh.tunnel import TcpTunnel, open_tcp_tunnel
 from mesh_llm.metrics import Gauge
 from mesh_llm.models.catalog import CATALOG, find_entry
 from mesh_llm.models.resolve import ResolvedModel, on_disk_names, resolve
-from mesh_llm.planning.claims import peer_claims, peer_declined
+from mesh_llm.planning.claims import intents_record, peer_claims, peer_declined
 from mesh_llm.planning.demand import DemandTable, StandbyInfo, assign_standby_work, choose_standby_work
 from mesh_llm.planning.planner import Split
 from mesh_llm.runtime import RuntimeFile
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity
-from mesh_llm.split import FIT_FACTOR, SplitManager
+from mesh_llm.split import Holdings, SplitManager
 from mesh_llm.states import Failed, PendingModels, Resolving
 from mesh_llm.status import (
     DemandSnapshot,
@@ -129,7 +131,10 @@ class Node:
         self.on_disk: tuple[str, ...] = ()
         self.standby_state = "idle"
         self.picking_up: str | None = None  # the model this standby is taking on, until it serves
-        self.split = SplitManager(self)
+        self.split = SplitManager(
+            self, config.split, planner=config.planner, backend=config.backend, state_dir=config.state_dir,
+            client=config.client,
+        )  # fmt: skip
         self.api_port: int | None = None
         self.console_port: int | None = None
         self.stopping = False
@@ -144,6 +149,37 @@ class Node:
         self.discovery: Discovery | None = None
         self._serving_tasks: set[asyncio.Task[None]] = set()
         self._own_mesh: MeshCredentials | None = None  # the mesh --auto started, kept for a return
+
+    # ---- SplitContext, used by split hosting -------------------------------------------
+
+    def holdings(self) -> Holdings:
+        return Holdings(
+            frozenset(self.on_disk), dict(self.resolved), self.local_files(), frozenset(self.declined)
+        )
+
+    def mesh_peers(self) -> Mapping[str, PeerView]:
+        return self.mesh.peers() if self.mesh is not None else {}
+
+    def rtt_min_ms(self, peer_id: str) -> float | None:
+        return self.mesh.rtt_min_ms(peer_id) if self.mesh is not None else None
+
+    async def open_rpc_tunnel(self, peer_id: str, model: str, epoch: int) -> TcpTunnel | None:
+        link = self.mesh.transport.link(peer_id) if self.mesh is not None else None
+        if link is None:
+            return None
+        return await open_tcp_tunnel(link, RPC_STREAM, {"model": model, "epoch": epoch})
+
+    def split_changed(self) -> None:
+        self._changed()
+
+    def add_server(self, server: ModelServer) -> None:
+        self.servers[server.name] = server
+
+    def remove_server(self, name: str) -> None:
+        self.servers.pop(name, None)
+
+    def add_resolved(self, model: ResolvedModel) -> None:
+        self.resolved[model.name] = model
 
     # ---- ServingView, used by the proxy -------------------------------------------------
 
@@ -609,6 +645,7 @@ class Node:
         if self.mesh is not None and self.split.wants_split(model):
             log.info("%s (%.1f GB) needs the mesh: electing its host", model.name, model.size_bytes / 1e9)
             self.split.want(model)
+            self.declined.discard(model.name)
             await self.split.reconcile()
             self._changed()
             return
@@ -758,7 +795,7 @@ class Node:
             self.capacity.offered_bytes,
             on_disk,
             allow_download=self.config.allow_download,
-            fit_factor=FIT_FACTOR,
+            fit_factor=self.config.planner.fit_factor,
         )
         if name is None:
             log.info(
@@ -826,11 +863,7 @@ class Node:
             "console_port": self.console_port or 0,
             "demand": self.demand.own_counters(),
             "client": self.config.client,
-            "extra": {
-                "splits": self.split.splits_record(),
-                "wants": self.split.wants_record(),
-                "declined": sorted(self.declined),
-            },
+            "extra": intents_record(self.split.claims(), self.split.wants, self.declined),
         }
 
     def _host_layers(self, model: str) -> tuple[int, int] | None:
