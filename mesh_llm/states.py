@@ -1,6 +1,6 @@
 """The states of the node's small state machines, as typed records that carry their data (pure).
 
-Two machines live here:
+Three machines live here:
 
 * a model the node was asked to serve, before it has a model server: ``Resolving`` (its name
   becoming a file, downloading if allowed) and then gone, or ``Failed(reason)``. `PendingModels`
@@ -8,6 +8,8 @@ Two machines live here:
 * a model this node hosts as a split (`split.SplitHost`): ``Planning`` -> ``WaitingForCapacity``
   / ``WaitingForWorkers`` / ``NoLinkToWorker`` -> ``Loading`` -> ``Serving``, or ``SplitFailed``.
   `SplitHost.set_state` is its one transition.
+* a standby node: ``StandbyIdle`` -> ``PickingUp(model)`` (resolving and loading a model the mesh
+  gave it) -> ``StandbyIdle``. `StandbyMachine.set` is its one transition.
 
 Each record's `text` is what status and gossip have always shown (``"failed: …"``,
 ``"waiting for workers a, b"``), so old and new nodes and the console read the same words; code
@@ -88,6 +90,47 @@ class PendingModels:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._states)
+
+
+# ---- a standby looking for work --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StandbyIdle:
+    """Waiting for the mesh-wide rules to give this standby a model."""
+
+    model = None
+
+    @property
+    def text(self) -> str:
+        return "idle"
+
+
+@dataclass(frozen=True)
+class PickingUp:
+    """Taking on `model` (resolving, perhaps downloading, then loading it) until it serves."""
+
+    model: str
+
+    @property
+    def text(self) -> str:
+        return f"loading {self.model}"
+
+
+StandbyState = StandbyIdle | PickingUp
+
+
+class StandbyMachine:
+    """A standby's state, moved only through `set`, which logs old -> new."""
+
+    def __init__(self) -> None:
+        self.state: StandbyState = StandbyIdle()
+
+    def set(self, new: StandbyState) -> None:
+        """The one transition of the standby's state."""
+        if new != self.state:
+            log.info("standby: %s -> %s", self.state.text, new.text)
+            self.state = new
 
 
 # ---- a model hosted as a split -------------------------------------------------------------

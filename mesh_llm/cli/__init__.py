@@ -276,7 +276,7 @@ def run_node(argv: Sequence[str]) -> int:
         where = " on " + ", ".join(config.discovery.relays) + " and the LAN"
         console.print(PUBLIC_WARNING.format(where=where))
 
-    from mesh_llm.node import Node
+    from mesh_llm.node import Node, load_resources
 
     def ready(node: Node) -> None:
         if args.log_format == "json":
@@ -308,7 +308,7 @@ def run_node(argv: Sequence[str]) -> int:
             console.print(f"mesh     looking for a mesh {what} (LAN, then Nostr)…")
 
     try:
-        node = Node(config, on_ready=ready)
+        node = Node(config, load_resources(config), on_ready=ready)
         code = asyncio.run(node.run())
     except MeshError as exc:
         error(f"{exc}")

@@ -16,10 +16,13 @@ from mesh_llm.states import (
     Loading,
     NoLinkToWorker,
     PendingModels,
+    PickingUp,
     Planning,
     Resolving,
     Serving,
     SplitFailed,
+    StandbyIdle,
+    StandbyMachine,
     WaitingForCapacity,
     WaitingForWorkers,
 )
@@ -85,3 +88,16 @@ def test_a_split_host_logs_each_change_of_state_once(caplog: pytest.LogCaptureFi
         "split host M: loading -> serving",
     ]
     assert host.published()["state"] == "serving"
+
+
+def test_a_standby_logs_picking_up_a_model_and_going_back_to_idle(caplog: pytest.LogCaptureFixture) -> None:
+    machine = StandbyMachine()
+    with caplog.at_level(logging.INFO, logger="mesh_llm.states"):
+        machine.set(PickingUp("M"))
+        machine.set(PickingUp("M"))  # no change, no line
+        machine.set(StandbyIdle())
+    assert [r.getMessage() for r in caplog.records] == [
+        "standby: idle -> loading M",
+        "standby: loading M -> idle",
+    ]
+    assert machine.state.model is None and PickingUp("M").model == "M"

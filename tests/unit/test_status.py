@@ -6,12 +6,7 @@ from pathlib import Path
 
 from mesh_llm.mesh.gossip import ModelAd, NodeRecord, PeerStatus, PeerView
 from mesh_llm.models.resolve import ResolvedModel
-from mesh_llm.planning.planner import ModelFacts
-from mesh_llm.serving.backend import BackendState, BackendStatus
-from mesh_llm.serving.hardware import Capacity
-from mesh_llm.split import SplitHost
-from mesh_llm.states import Failed, Resolving, WaitingForWorkers
-from mesh_llm.status import (
+from mesh_llm.node.status import (
     DemandSnapshot,
     Duty,
     LocalModel,
@@ -21,6 +16,11 @@ from mesh_llm.status import (
     WaitingSplit,
     build_status,
 )
+from mesh_llm.planning.planner import ModelFacts
+from mesh_llm.serving.backend import BackendState, BackendStatus
+from mesh_llm.serving.hardware import Capacity
+from mesh_llm.split import SplitHost
+from mesh_llm.states import Failed, Resolving, WaitingForWorkers
 
 ME = "a" * 64
 PEER = "b" * 64
