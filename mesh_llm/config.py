@@ -1,7 +1,10 @@
 """Frozen configuration records, built once at the edge (the CLI) and passed down.
 
-Nothing below the CLI reads environment variables or globals: flags (and the few
-environment fallbacks the CLI documents) become these records, then `Node(config)`.
+Nothing below the CLI reads environment variables or globals: flags (and the few environment
+fallbacks the CLI documents) become these records in `build_config`, then
+`Node(config, load_resources(config))`. Every part gets its own record from here: gossip,
+transport, planner (the fit factor, the RTT cap), demand, split timings, the backend, the node's
+own timings. Subsystems keep their defaults in their config classes, never in code below.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from pathlib import Path
 from mesh_llm.discovery._config import DiscoveryConfig, DiscoveryTiming, check_relay_url, check_tag
 from mesh_llm.discovery._listing import DEFAULT_RELAYS
 from mesh_llm.errors import ConfigError
-from mesh_llm.mesh.transport import DEFAULT_ENGINE, ENGINES
+from mesh_llm.mesh.gossip import GossipConfig
+from mesh_llm.mesh.transport import DEFAULT_ENGINE, ENGINES, TransportConfig
+from mesh_llm.planning.demand import DemandConfig
 from mesh_llm.planning.planner import PlanConfig
 
 DEFAULT_API_PORT = 9337
@@ -65,6 +70,19 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class NodeTiming:
+    """The node's own clocks: how often it advertises, how soon it reacts, how long it drains."""
+
+    advertise_interval_s: float = 1.0
+    react_delay_s: float = 0.1  # after a peer's record changed, reconcile this soon (bursts coalesce)
+    # How often a standby looks for work: each pass of the advertise loop (a second, or just after
+    # a peer's record changed), so a model that lost its last server is picked up within seconds.
+    standby_eval_s: float = 0.5
+    stop_grace_s: float = 5.0  # how long SIGTERM lets answers in progress finish before ending them
+    known_model_memory_s: float = 600.0  # a model seen in the mesh this recently answers 503, not 404
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything a node needs to run; built by `build_config` from CLI flags."""
 
@@ -85,6 +103,10 @@ class NodeConfig:
     allow_hosts: tuple[str, ...] = ()  # extra Host names the API and console answer for
     quic_engine: str = DEFAULT_ENGINE  # the QUIC library under the mesh transport
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    demand: DemandConfig = field(default_factory=DemandConfig)
+    timing: NodeTiming = field(default_factory=NodeTiming)
 
     @property
     def idle(self) -> bool:
@@ -169,6 +191,8 @@ def build_config(
     console_port = _port(console, "--console")
     if not no_console and api_port == console_port and api_port != 0:
         raise ConfigError(f"--port and --console must differ (both are {api_port})")
+    engine = _quic_engine(quic)
+    planner = PlanConfig()
     return NodeConfig(
         models=tuple(models),
         join=tuple(join or []),
@@ -180,6 +204,11 @@ def build_config(
         max_vram_bytes=int(max_vram * GIB) if max_vram is not None else None,
         bind_port=_port(bind_port, "--bind-port"),
         split=SplitConfig(force=split),
+        planner=planner,
+        demand=DemandConfig(fit_factor=planner.fit_factor),  # one fit rule for splits and standbys
+        transport=TransportConfig(quic_engine=engine),
+        gossip=GossipConfig(),
+        timing=NodeTiming(),
         device=device,
         backend=BackendConfig(
             n_ctx=ctx_size or 4096,
@@ -195,7 +224,7 @@ def build_config(
         ),
         allow_download=not client,
         allow_hosts=tuple(h.strip() for h in allow_hosts or [] if h.strip()),
-        quic_engine=_quic_engine(quic),
+        quic_engine=engine,
         discovery=discovery,
     )
 

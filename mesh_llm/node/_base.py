@@ -38,8 +38,6 @@ from mesh_llm.states import PendingModels, StandbyMachine
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = 5.0  # how long SIGTERM lets answers in progress finish before ending them
-
 
 @dataclass(frozen=True)
 class NodeResources:
@@ -76,7 +74,7 @@ class NodeCore:
         self.in_flight: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         self.routed: Counter[tuple[str, str]] = Counter()  # (model, host node id) -> requests sent there
-        self.demand = DemandTable(self.node_id)
+        self.demand = DemandTable(self.node_id, config.demand)
         self.declined: set[str] = set()  # models the user dropped here: never picked up again
         self.on_disk: tuple[str, ...] = ()
         self.standby = StandbyMachine()  # idle, or picking up the model the mesh gave it
@@ -90,7 +88,7 @@ class NodeCore:
         self._stop = asyncio.Event()
         self._poke = asyncio.Event()  # set when the mesh changed; wakes the advertise loop early
         self._proxy: Proxy | None = None
-        self._grace_s = STOP_GRACE_S
+        self._grace_s = config.timing.stop_grace_s
         self.runtime = RuntimeFile(config.state_dir)
         self.fatal: MeshError | None = None  # why the node stopped by itself (run() returns 1)
         self.discovery: Discovery | None = None

@@ -27,18 +27,12 @@ from mesh_llm.api.proxy import Proxy
 from mesh_llm.config import HttpConfig, NodeConfig
 from mesh_llm.discovery import Discovery
 from mesh_llm.errors import ConfigError, MeshError
-from mesh_llm.node._base import STOP_GRACE_S, NodeResources
+from mesh_llm.node._base import NodeResources
 from mesh_llm.node._meshes import NodeMeshes
 from mesh_llm.node._snapshot import NodeStatus
 from mesh_llm.supervise import spawn_supervised
 
 log = logging.getLogger(__name__)
-
-ADVERTISE_INTERVAL_S = 1.0
-REACT_DELAY_S = 0.1  # after a peer's record changed, reconcile this soon (bursts coalesce; at most 10 Hz)
-# How often a standby looks for work: each pass of the advertise loop (a second, or just after a
-# peer's record changed), so a model that lost its last server is picked up within seconds.
-STANDBY_EVAL_S = 0.5
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -83,13 +77,13 @@ class Node(NodeMeshes, NodeStatus):
         """Begin an orderly shutdown (the signal handlers call this).
 
         Ctrl-C (SIGINT) ends answers in progress at once; SIGTERM (and a call without a
-        signal) lets them finish for up to STOP_GRACE_S. Either way a stream still running is
+        signal) lets them finish for up to `timing.stop_grace_s`. Either way a stream still running is
         ended with an SSE error event and ``[DONE]``. A second request exits at once.
         """
         if self._stop.is_set():
             log.warning("second stop request: exiting without waiting")
             os._exit(130)
-        self._grace_s = 0.0 if sig == signal.SIGINT else STOP_GRACE_S
+        self._grace_s = 0.0 if sig == signal.SIGINT else self.config.timing.stop_grace_s
         name = signal.Signals(sig).name if sig is not None else "request"
         log.info(
             "stopping (%s)%s", name,
@@ -141,7 +135,9 @@ class Node(NodeMeshes, NodeStatus):
             # The proxy checks the key itself (OpenAI-shaped 401s); the guard checks the Host.
             policy = AccessPolicy(None, self._hosts(), json_only=False, max_body=None)
             # uvicorn's own deadline comes after the proxy's drain (grace, then ending answers).
-            await self._serve_http(guarded(self._proxy.app, policy), sock, graceful_s=int(STOP_GRACE_S) + 5)
+            await self._serve_http(
+                guarded(self._proxy.app, policy), sock, graceful_s=int(self.config.timing.stop_grace_s) + 5
+            )
 
     def _hosts(self) -> frozenset[str]:
         """Host names the API and console answer for (DNS rebinding defence)."""
@@ -194,11 +190,12 @@ class Node(NodeMeshes, NodeStatus):
         plan, and the host loads as soon as it sees the workers ready, instead of up to a second
         later at each step.
         """
+        timing = self.config.timing
         last_eval = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), ADVERTISE_INTERVAL_S)
-                await asyncio.sleep(REACT_DELAY_S)
+                await asyncio.wait_for(self._poke.wait(), timing.advertise_interval_s)
+                await asyncio.sleep(timing.react_delay_s)
             self._poke.clear()
             if self.mesh is None:
                 continue
@@ -208,7 +205,7 @@ class Node(NodeMeshes, NodeStatus):
                 self.demand.merge(node_id, view.record.demand, now, generation=view.record.incarnation)
             await self.split.reconcile()
             self.mesh.advertise(**self._record_fields())
-            if self.role == "standby" and not self.stopping and now - last_eval >= STANDBY_EVAL_S:
+            if self.role == "standby" and not self.stopping and now - last_eval >= timing.standby_eval_s:
                 last_eval = now
                 await self._maybe_pick_up_work(now)
 

@@ -16,7 +16,6 @@ from mesh_llm.mesh.service import (
     record_for,
 )
 from mesh_llm.mesh.token import InviteToken, MeshCredentials, new_mesh
-from mesh_llm.mesh.transport import TransportConfig
 from mesh_llm.models.catalog import CATALOG
 from mesh_llm.models.resolve import on_disk_names
 from mesh_llm.node._models import NodeModels
@@ -37,7 +36,8 @@ class NodeMeshes(NodeModels):
             self.config.state_dir,
             self.config.bind_port,
             tuple(t.encode() for t in tokens),
-            transport=TransportConfig(quic_engine=self.config.quic_engine),
+            gossip=self.config.gossip,
+            transport=self.config.transport,
         )
         return MeshService(
             self.identity,

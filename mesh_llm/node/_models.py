@@ -73,7 +73,7 @@ class NodeModels(NodeServingView):
         """A standby takes the model the mesh-wide rules give it (identically computed everywhere)."""
         decision = choose_standby_work(
             self.node_id, self._standbys(), self._served_map(), self.demand.rates(now), self._model_sizes(),
-            recent=self.demand.recent(now),
+            recent=self.demand.recent(now), config=self.config.demand,
         )  # fmt: skip
         if decision is None or decision.model in self.declined:  # declined ones are never assigned
             return

@@ -18,8 +18,6 @@ from mesh_llm.serving.backend import ModelServer
 
 log = logging.getLogger(__name__)
 
-KNOWN_MODEL_MEMORY_S = 600.0  # a model seen in the mesh this recently answers 503, not 404
-
 
 class NodeServingView(NodeCore):
     """The node as the proxy sees it (`ServingView`): endpoints, model cards, routing, demand."""
@@ -82,7 +80,7 @@ class NodeServingView(NodeCore):
                     state = f"standby node {taker[model][:8]} is about to load it"
                     out.append(Endpoint(model, "", False, state=state))
         for model, seen in list(self.known_models.items()):
-            if now - seen > KNOWN_MODEL_MEMORY_S:
+            if now - seen > self.config.timing.known_model_memory_s:
                 del self.known_models[model]
             elif model not in served:
                 # Fail clearly rather than with a 404: the model was here and may come back.
@@ -93,7 +91,7 @@ class NodeServingView(NodeCore):
         """Model -> the standby the mesh-wide rules give it now (what every node computes)."""
         decisions = assign_standby_work(
             self._standbys(), served, self.demand.rates(now), self._model_sizes(),
-            recent=self.demand.recent(now),
+            recent=self.demand.recent(now), config=self.config.demand,
         )  # fmt: skip
         return {d.model: node_id for node_id, d in decisions.items()}
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from mesh_llm.errors import ConfigError
-from mesh_llm.planning.planner import fits
+from mesh_llm.planning.planner import FIT_FACTOR, fits
 
 __all__ = [
     "DEMAND_HALF_LIFE_S",
@@ -74,7 +74,7 @@ class DemandConfig:
     """A served model is hot from this many requests per minute per server."""
     hot_ratio: float = 3.0
     """...and when its per-server load is this many times the coldest other served model's."""
-    fit_factor: float = 1.1
+    fit_factor: float = FIT_FACTOR
     """A model fits a standby when ``size * fit_factor <= capacity`` (same rule as the planner)."""
     recent_s: float = 60.0
     """A model requested this recently counts as wanted, whatever its rate (first request on)."""

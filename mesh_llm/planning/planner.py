@@ -61,6 +61,7 @@ from typing import TypeAlias
 from mesh_llm.errors import ConfigError, ModelError
 
 __all__ = [
+    "FIT_FACTOR",
     "HostClaim",
     "ModelFacts",
     "Plan",
@@ -119,11 +120,17 @@ class ModelFacts:
             raise ModelError(f"model {self.name!r} has {self.n_layers} layers")
 
 
+FIT_FACTOR = 1.1
+"""Headroom a model needs: it fits in ``capacity`` when ``size * FIT_FACTOR <= capacity`` (10 % for
+the KV cache, buffers and fragmentation). The one definition: planner, standby rules, the model a
+new mesh serves and "does this need a split" all take it from here, through the frozen configs."""
+
+
 @dataclass(frozen=True, slots=True)
 class PlanConfig:
     """Tunables of the planner, built once at the edge from flags."""
 
-    fit_factor: float = 1.1
+    fit_factor: float = FIT_FACTOR
     """A model fits in ``capacity`` when ``size * fit_factor <= capacity``."""
     rtt_cap_ms: float = 80.0
     """Workers must be at most this far (round trip) from the host."""
@@ -509,8 +516,8 @@ def _by_capacity(by_id: Mapping[str, PlanNode]) -> list[PlanNode]:
 def required_bytes(size_bytes: int, fit_factor: float) -> Fraction:
     """Capacity a node needs to hold ``size_bytes`` of weights: ``size_bytes * fit_factor``, exactly.
 
-    The float 1.1 is slightly above 11/10; computing with the exact ratio keeps a node with
-    precisely ``size * 1.1`` bytes counted as fitting.
+    A float such as 1.1 is slightly above the ratio it is written as (11/10); computing with that
+    exact ratio keeps a node with precisely ``size * fit_factor`` bytes counted as fitting.
     """
     return size_bytes * Fraction(fit_factor).limit_denominator(1_000_000)
 

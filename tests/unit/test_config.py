@@ -108,3 +108,12 @@ def test_status_view_shows_split_layers_epoch_and_load_time_in_full() -> None:
     narrow = Console(width=80, record=True)
     narrow.print(view)
     assert "…" not in narrow.export_text()
+
+
+def test_every_part_gets_its_config_from_build_config_with_one_fit_factor() -> None:
+    from mesh_llm.planning.planner import FIT_FACTOR
+
+    c = build_config(models=["m"], split=True)
+    assert c.split.force and c.planner.fit_factor == c.demand.fit_factor == FIT_FACTOR
+    assert c.transport.quic_engine == c.quic_engine and c.planner.rtt_cap_ms == 80.0
+    assert c.timing.stop_grace_s == 5.0 and c.split.join_grace_s == 3.0
