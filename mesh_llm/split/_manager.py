@@ -199,7 +199,7 @@ class SplitManager:
         force = self.wants.get(model.name, self._config.force)
         current = self.hosts.get(model.name)
         return preview_plan(
-            self.view(), model, facts, current.plan if current is not None else None,
+            self.view(), facts, model.size_bytes, current.plan if current is not None else None,
             self._planner, force=force, rtt_to=self._ctx.rtt_min_ms,
         )  # fmt: skip
 

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from mesh_llm.models.resolve import ResolvedModel
 from mesh_llm.planning.planner import ModelFacts, PlanConfig, Waiting, describe_plan, plan_model
 from mesh_llm.split._decisions import Plan, mode, plan_config
 from mesh_llm.split._election import MeshView, elected, plan_nodes
@@ -14,8 +13,8 @@ from mesh_llm.split._election import MeshView, elected, plan_nodes
 
 def preview_plan(
     view: MeshView,
-    model: ResolvedModel,
     facts: ModelFacts,
+    size_bytes: int,
     current: Plan | None,
     base: PlanConfig,
     *,
@@ -24,13 +23,15 @@ def preview_plan(
 ) -> dict[str, Any]:
     """The plan a host already runs (`current`), else the one the elected host would choose.
 
+    `facts` are the model's (its memory with the KV cache); `size_bytes` is its file's size.
+
     The host is the one the election names; RTTs are this node's own, so a preview asked on
     another node than that host is an estimate where links differ.
     """
     plan = current
     if plan is None:
-        nodes = plan_nodes(view, model.name)
-        host = elected(view, model.name) or view.me
+        nodes = plan_nodes(view, facts.name)
+        host = elected(view, facts.name) or view.me
         if host != view.me:
             # RTTs are measured from the host: ours to it stands in for theirs to us.
             to_host = rtt_to(host)
@@ -42,8 +43,8 @@ def preview_plan(
             ]
         plan = plan_model(nodes, facts, plan_config(base, force=force, host=host))
     return {
-        "model": model.name,
-        "size_bytes": model.size_bytes,
+        "model": facts.name,
+        "size_bytes": size_bytes,
         "n_layers": facts.n_layers,
         "mode": mode(plan),
         "reason": plan.reason if isinstance(plan, Waiting) else None,

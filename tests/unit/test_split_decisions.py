@@ -77,3 +77,18 @@ def test_a_worker_leaving_the_mesh_moves_the_plan_to_a_new_epoch() -> None:
 def test_force_split_splits_a_model_that_would_fit() -> None:
     step = decide_host(HostSituation("Big", BIG, True, 0), mesh(64 * GB, worker()), PlanConfig())
     assert isinstance(step.plan, Split)
+
+
+def test_a_preview_plans_from_the_host_the_mesh_would_elect() -> None:
+    from mesh_llm.split._preview import preview_plan
+
+    big_peer = Member(B, 64 * GB, frozenset({"Big"}), rtt_min_ms=3.0)
+    out = preview_plan(
+        mesh(8 * GB, big_peer), BIG, 11 * GB, None, PlanConfig(), force=False, rtt_to=lambda _: 3.0
+    )
+    assert out["mode"] == "solo" and out["size_bytes"] == 11 * GB and out["n_layers"] == 32
+    assert [r["node_id"] for r in out["rows"]] == [B]
+    forced = preview_plan(
+        mesh(8 * GB, big_peer), BIG, 11 * GB, None, PlanConfig(), force=True, rtt_to=lambda _: 3.0
+    )
+    assert forced["mode"] == "split" and forced["rows"][0]["node_id"] == B
