@@ -141,3 +141,23 @@ def test_a_new_epoch_restarts_the_duty_and_a_vanished_plan_stops_it() -> None:
     assert stop == ["M", "N"]
     assert start == [("M", DutyAssignment(B, 2, (10, 20))), ("O", DutyAssignment(C, 1, (3, 4)))]
     assert duty_changes(old, old) == ([], [])
+
+
+def test_a_peer_record_becomes_a_member_with_its_intents_and_ready_workers() -> None:
+    from mesh_llm.mesh.gossip import ModelAd, NodeRecord, PeerStatus, PeerView
+    from mesh_llm.planning.claims import intents_record
+    from mesh_llm.split._manager import member
+
+    record = NodeRecord(
+        node_id=B, incarnation=1, software="0.1.0", capacity_bytes=16 * GB, on_disk=("M",),
+        models=(
+            ModelAd("M", True, "worker", layers=(5, 10), extra={"epoch": 2, "host": A}),
+            ModelAd("N", False, "worker", layers=(0, 3), extra={"epoch": 1, "host": A}),  # not ready
+            ModelAd("O", True, "worker", extra={"epoch": "x", "host": A}),  # malformed: ignored
+        ),
+        extra=intents_record([claim("K", 4, shards=((B, 0, 8),))], {"W": True}, ["M"]),
+    )  # fmt: skip
+    m = member(B, PeerView(record, 1, 0.0, True, PeerStatus.ALIVE), 4.5)
+    assert m.ready_workers == {("M", A, 2)} and m.rtt_min_ms == 4.5 and m.connected
+    assert list(m.claims) == ["K"] and m.wants == {"W": True} and m.declined == {"M"}
+    assert not m.has_copy("M")  # on disk, but declined there
