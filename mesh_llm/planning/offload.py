@@ -126,6 +126,14 @@ def kv_bytes_per_token(
     return n_layer * (k + v)
 
 
+def context_memory(free_after_bytes: int, weights_bytes: int, budget_bytes: int | None) -> int:
+    """Memory the KV caches may take: what the GPUs have free once the weights are loaded, and,
+    under ``--max-vram``, no more than the budget leaves after those weights."""
+    if budget_bytes is None:
+        return free_after_bytes
+    return max(0, min(free_after_bytes, budget_bytes - weights_bytes))
+
+
 def auto_ctx(
     free_bytes: int, bytes_per_token: float, n_slots: int, *, n_ctx_train: int, fallback: int
 ) -> int:

@@ -77,6 +77,8 @@ def gpu_server_args(config: BackendConfig, gpus: Sequence[tuple[str, int]], *, s
         args += plan.server_args()
         if config.n_ctx_auto:
             args.append("--auto-ctx")
+            if config.gpu_budget_bytes is not None:
+                args += ["--gpu-budget", str(config.gpu_budget_bytes)]
     elif split and gpus:
         args += ["--gpu-devices", gpus[0][0]]  # the draft model goes on the host's first GPU
     return args
