@@ -45,7 +45,7 @@ from mesh_llm.metrics import Gauge
 from mesh_llm.models.catalog import CATALOG, find_entry
 from mesh_llm.models.resolve import ResolvedModel, on_disk_names, resolve
 from mesh_llm.planning.demand import DemandTable, StandbyInfo, assign_standby_work, choose_standby_work
-from mesh_llm.planning.planner import Split
+from mesh_llm.planning.plans import Split
 from mesh_llm.planning.records import peer_claims
 from mesh_llm.runtime import RuntimeFile
 from mesh_llm.serving.backend import BackendState, ModelServer

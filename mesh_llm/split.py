@@ -33,17 +33,9 @@ from mesh_llm.mesh.tunnel import TcpTunnel, open_tcp_tunnel
 from mesh_llm.models.catalog import find_entry
 from mesh_llm.models.kv import kv_cache_bytes
 from mesh_llm.models.resolve import ResolvedModel, resolve
-from mesh_llm.planning.planner import (
-    HostClaim,
-    ModelFacts,
-    PlanConfig,
-    PlanNode,
-    Solo,
-    Split,
-    Waiting,
-    elect_host,
-    replan,
-)
+from mesh_llm.planning.election import HostClaim, elect_host
+from mesh_llm.planning.planner import PlanConfig, replan
+from mesh_llm.planning.plans import ModelFacts, PlanNode, Solo, Split, Waiting
 from mesh_llm.planning.records import PeerClaim, model_dir_name, peer_claims, peer_declined, peer_wants
 from mesh_llm.serving.backend import ModelServer
 from mesh_llm.serving.rpc import RpcWorker, RpcWorkerState, clear_rpc_cache, gguf_header, prefill_rpc_cache
@@ -322,7 +314,8 @@ class SplitManager:
         The host is the one `elect_host` names; RTTs are this node's own, so a preview asked on
         another node than that host is an estimate where links differ.
         """
-        from mesh_llm.planning.planner import describe_plan, plan_model
+        from mesh_llm.planning.planner import plan_model
+        from mesh_llm.planning.plans import describe_plan
 
         model = resolve(spec, allow_download=False, progress=False)
         facts = model_facts(model, self.node.config.backend)

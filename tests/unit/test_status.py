@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mesh_llm.mesh.gossip import ModelAd, NodeRecord, PeerStatus, PeerView
 from mesh_llm.models.resolve import ResolvedModel
-from mesh_llm.planning.planner import ModelFacts
+from mesh_llm.planning.plans import ModelFacts
 from mesh_llm.serving.backend import BackendState, BackendStatus
 from mesh_llm.serving.hardware import Capacity
 from mesh_llm.split import SplitHost
