@@ -43,6 +43,7 @@ class ModelServer:
     arrived: int = 0
     all_arrived: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)  # ends whatever still waits
+    left: asyncio.Event = field(default_factory=asyncio.Event)  # /events saw its client go
 
 
 def _app(state: ModelServer) -> FastAPI:
@@ -58,10 +59,14 @@ def _app(state: ModelServer) -> FastAPI:
     @app.get("/events")
     async def events() -> StreamingResponse:
         async def gen() -> AsyncIterator[bytes]:
-            for i, ack in enumerate(state.acks):
-                yield f"data: {i}\n\n".encode()
-                await ack.wait()  # the next event only once the client has this one
-            yield b"data: [DONE]\n\n"
+            try:
+                for i, ack in enumerate(state.acks):
+                    yield f"data: {i}\n\n".encode()
+                    await ack.wait()  # the next event only once the client has this one
+                yield b"data: [DONE]\n\n"
+            except asyncio.CancelledError:
+                state.left.set()
+                raise
 
         return StreamingResponse(gen(), media_type="text/event-stream")
 
@@ -155,6 +160,17 @@ async def test_an_event_stream_arrives_event_by_event(pair: Pair) -> None:
                     if line[6:].isdigit():
                         pair.state.acks[int(line[6:])].set()
     assert seen == ["0", "1", "2", "3", "4", "[DONE]"]
+
+
+async def test_a_client_that_leaves_mid_stream_is_seen_leaving_by_the_server(pair: Pair) -> None:
+    async with _client(pair.transport()) as client:
+        async with client.stream("GET", "/events") as r:
+            assert b"data: 0" in await anext(r.aiter_raw())
+        # Closing the answer half-way resets the stream; the peer drops its connection to the
+        # server, which cancels the generation (this is how a model server frees the slot).
+        async with asyncio.timeout(10):
+            await pair.state.left.wait()
+        assert not pair.state.acks[0].is_set()
 
 
 async def test_concurrent_requests_each_get_a_stream(pair: Pair) -> None:
