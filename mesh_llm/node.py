@@ -27,10 +27,12 @@ from mesh_llm.api.guard import AccessPolicy, allowed_hosts, guarded
 from mesh_llm.api.limits import limited_protocol
 from mesh_llm.api.proxy import Proxy
 from mesh_llm.api.routing import Endpoint, model_key
+from mesh_llm.api.upstream import Upstream
 from mesh_llm.config import HttpConfig, NodeConfig
 from mesh_llm.discovery import Discovery, MeshFacts, pick_model
 from mesh_llm.errors import BackendUnavailable, ConfigError, MeshError, ModelError
 from mesh_llm.mesh.gossip import ModelAd, PeerStatus
+from mesh_llm.mesh.http_transport import BASE_URL
 from mesh_llm.mesh.service import (
     MeshService,
     MeshSettings,
@@ -252,16 +254,16 @@ class Node:
             for model, eps in sorted(by_model.items())
         ]
 
-    async def base_url(self, endpoint: Endpoint) -> str:
+    async def upstream(self, endpoint: Endpoint) -> Upstream:
         self.routed[(endpoint.model, endpoint.node_id)] += 1
         if endpoint.local:
             server = self.servers.get(endpoint.model)
             if server is None or not server.ready:
                 raise BackendUnavailable(f"the model server of {endpoint.model} is not ready")
-            return server.base_url
+            return Upstream(server.base_url)
         if self.mesh is None:
             raise BackendUnavailable("this node is not in a mesh")
-        return f"http://127.0.0.1:{await self.mesh.http_port(endpoint.node_id, endpoint.model)}"
+        return Upstream(BASE_URL, await self.mesh.http_transport(endpoint.node_id, endpoint.model))
 
     def local_model_port(self, model: str) -> int | None:
         """Where a peer's HTTP tunnel for `model` lands: our ready model server, else refuse."""
