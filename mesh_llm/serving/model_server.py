@@ -35,7 +35,7 @@ from mesh_llm.errors import ConfigError, MeshError
 
 if TYPE_CHECKING:
     from mesh_llm.serving.engine._draft import Drafter
-    from mesh_llm.serving.engine._engine import EngineConfig
+    from mesh_llm.serving.engine._jobs import EngineConfig
     from mesh_llm.serving.engine._llama import Model
 
 
