@@ -58,13 +58,14 @@ n_layers=$("$py" -c "from gguf import GGUFReader; r=GGUFReader('$model'); a=r.ge
 half=$((n_layers / 2))
 PYTHONUNBUFFERED=1 timeout 180 "$py" - "$model" "$port" "$half" "$((n_layers - half))" <<'PY'
 import sys, time
-from mesh_llm.serving import rpc
+from mesh_llm.planning.placement import parse_placement
+from mesh_llm.serving.host_split import LlamaLogCapture, prepare_host_split
 from mesh_llm.serving.engine._llama import Batch, Context, Model
 path, port, host, worker = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-split = rpc.prepare_host_split([f"127.0.0.1:{port}"], [host, worker])
-capture = rpc.LlamaLogCapture()
+split = prepare_host_split([f"127.0.0.1:{port}"], [host, worker])
+capture = LlamaLogCapture()
 model = Model(path, n_gpu_layers=split.offload.n_gpu_layers, tensor_split=list(split.offload.tensor_split))
-split.check(rpc.parse_placement(capture.finish()))
+split.check(parse_placement(capture.finish()))
 ctx = Context(model, n_seq=1, n_ctx_seq=256, n_batch=64, n_threads=8, n_threads_batch=16)
 b = Batch(64); b.add(1, 0, 0, logits=True); ctx.decode(b)
 t = time.perf_counter()

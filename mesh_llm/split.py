@@ -38,7 +38,8 @@ from mesh_llm.planning.planner import PlanConfig, replan
 from mesh_llm.planning.plans import ModelFacts, PlanNode, Solo, Split, Waiting
 from mesh_llm.planning.records import PeerClaim, model_dir_name, peer_claims, peer_declined, peer_wants
 from mesh_llm.serving.backend import ModelServer
-from mesh_llm.serving.rpc import RpcWorker, RpcWorkerState, clear_rpc_cache, gguf_header, prefill_rpc_cache
+from mesh_llm.serving.rpc_cache import clear_rpc_cache, gguf_header, prefill_rpc_cache
+from mesh_llm.serving.rpc_supervisor import RpcWorker, RpcWorkerState
 from mesh_llm.states import (
     Loading,
     NoLinkToWorker,

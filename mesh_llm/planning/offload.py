@@ -5,7 +5,7 @@ them out (``llama_model_params.devices`` / ``n_gpu_layers`` / ``tensor_split``, 
 context's ``type_k`` / ``type_v``). With no GPU chosen every function here leaves the CPU
 path exactly as it was: no offload, the configured context size.
 
-llama.cpp's rule (replayed by :func:`mesh_llm.serving.rpc.llama_placement`): with ``N``
+llama.cpp's rule (replayed by :func:`mesh_llm.planning.placement.llama_placement`): with ``N``
 repeating layers the output head counts as layer ``N``; the last ``n_gpu_layers`` of those
 ``N + 1`` go to the listed devices, divided by the cumulative normalised ``tensor_split``.
 """

@@ -35,7 +35,7 @@ from mesh_llm.errors import ConfigError, MeshError
 
 if TYPE_CHECKING:
     from mesh_llm.serving.engine._draft import Drafter
-    from mesh_llm.serving.engine._engine import EngineConfig
+    from mesh_llm.serving.engine._jobs import EngineConfig
     from mesh_llm.serving.engine._llama import Model
 
 
@@ -197,18 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.rpc or args.layer_split:
         # A lost worker makes ggml abort; without this it first runs gdb for a backtrace.
         os.environ.setdefault("GGML_NO_BACKTRACE", "1")
-        from mesh_llm.serving import rpc
+        from mesh_llm.planning.placement import parse_placement
+        from mesh_llm.serving.host_split import LlamaLogCapture, prepare_host_split, watch_rpc_connections
 
         try:
             if not args.rpc or not args.layer_split:
                 raise ConfigError("--rpc and --layer-split go together")
             counts = [int(c) for c in args.layer_split.split(",")]
-            split = rpc.prepare_host_split(
+            split = prepare_host_split(
                 args.rpc, counts, output_on_host=args.output_on == "host", probe_timeout=args.rpc_timeout
             )
         except (MeshError, ValueError) as exc:
             return _fail(str(exc), EXIT_RPC_UNUSABLE)
-        capture = rpc.LlamaLogCapture()
+        capture = LlamaLogCapture()
 
     import uvicorn
 
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, object] = {}
     if split is not None and capture is not None:
         try:
-            placement = rpc.parse_placement(capture.finish())
+            placement = parse_placement(capture.finish())
             split.check(placement)
         except MeshError as exc:
             return _fail(str(exc), EXIT_RPC_UNUSABLE)
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             _fail(f"connection to RPC worker {endpoint} closed; the split model cannot run", EXIT_RPC_LOST)
             os._exit(EXIT_RPC_LOST)  # uvicorn and llama.cpp threads would not end on their own
 
-        rpc.watch_rpc_connections(split.endpoints, lost)
+        watch_rpc_connections(split.endpoints, lost)
 
     try:
         draft = _load_draft(args.draft, model, gpus)

@@ -17,9 +17,9 @@ from mesh_llm.planning.offload import (
     solo_offload,
     split_host_offload,
 )
+from mesh_llm.planning.placement import llama_placement
 from mesh_llm.serving.devices import Device, DeviceKind, parse_device_list, select_devices
 from mesh_llm.serving.hardware import capacity_from_devices, detect_capacity
-from mesh_llm.serving.rpc import llama_placement
 
 GIB = 1024**3
 CPU = Device("CPU", "AMD EPYC", DeviceKind.CPU, 20 * GIB, 32 * GIB)
