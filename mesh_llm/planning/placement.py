@@ -213,14 +213,17 @@ class HostSplit:
     layer_split: tuple[int, ...]
     offload: OffloadSettings
     devices: tuple[RpcDevice, ...]
+    host_device: str = "CPU"
+    """Where the host's own layers (and the output head, kept on the host) go: its CPU, or the
+    ggml name of its GPU (``"CUDA0"``), listed ahead of the RPC devices."""
 
     @property
     def n_layers(self) -> int:
         return sum(self.layer_split)
 
     def expected_devices(self) -> tuple[str, ...]:
-        """Device name per layer that the plan asks for (``"CPU"`` for the host's own layers)."""
-        names = ["CPU"] + [d.name for d in self.devices]
+        """Device name per layer that the plan asks for (``host_device`` for the host's own layers)."""
+        names = [self.host_device] + [d.name for d in self.devices]
         out: list[str] = []
         for name, count in zip(names, self.layer_split, strict=True):
             out += [name] * count
@@ -239,7 +242,7 @@ class HostSplit:
                 f"llama.cpp placed layers {wrong[:5]} on {[placement.layer_devices[i] for i in wrong[:5]]}, "
                 f"the plan says {[want[i] for i in wrong[:5]]}"
             )
-        want_output = "CPU" if self.offload.output_on_host else self.devices[-1].name
+        want_output = self.host_device if self.offload.output_on_host else self.devices[-1].name
         if placement.output_device != want_output:
             raise BackendError(
                 f"llama.cpp put the output head on {placement.output_device}, not {want_output}"
@@ -252,6 +255,3 @@ class HostSplit:
         for r in out["ranges"]:
             r["endpoint"] = endpoint.get(r["device"])
         return out
-
-
-_params_hook_refs: list[Any] = []  # ctypes arrays llama.cpp points into: must outlive the model

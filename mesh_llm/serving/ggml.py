@@ -120,6 +120,11 @@ def attach_rpc_devices(endpoints: Sequence[str]) -> list[RpcDevice]:
     return out
 
 
+def buffer_type(device: int) -> int:
+    """A device's default buffer type (for tensor buffer-type overrides)."""
+    return int(_Ggml.get().dev_buffer_type(device))
+
+
 def cpu_buffer_type() -> int:
     """The host CPU device's default buffer type (for tensor buffer-type overrides)."""
     g = _Ggml.get()

@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from mesh_llm.errors import ConfigError
-from mesh_llm.planning.placement import HostSplit, offload_settings, parse_endpoint
-from mesh_llm.serving.ggml import attach_rpc_devices, cpu_buffer_type
+from mesh_llm.planning.offload import split_host_offload
+from mesh_llm.planning.placement import HostSplit, OffloadSettings, offload_settings, parse_endpoint
+from mesh_llm.serving.ggml import attach_rpc_devices, buffer_type, cpu_buffer_type
 from mesh_llm.serving.rpc_probe import probe_rpc_server
 
 __all__ = ["OUTPUT_TENSOR_PATTERN", "LlamaLogCapture", "prepare_host_split", "watch_rpc_connections"]
@@ -40,6 +41,7 @@ def prepare_host_split(
     n_layers: int | None = None,
     output_on_host: bool = True,
     probe_timeout: float = 10.0,
+    host_gpu: str | None = None,
 ) -> HostSplit:
     """Probe and attach the RPC workers and make the next ``llama_cpp.Llama`` use exactly them.
 
@@ -51,6 +53,9 @@ def prepare_host_split(
     override keeping the output head on the host CPU. llama-cpp-python's own ``rpc_servers``
     setting is accepted but ignored by ``Llama`` in 0.3.36, and llama.cpp's default device list
     would add any local GPU after the RPC devices; explicit devices avoid both.
+
+    With ``host_gpu`` (a ggml device name such as ``"CUDA0"``) the host's own layers and its
+    output head go on that GPU, listed ahead of the RPC devices, instead of on its CPU.
     """
     counts = tuple(int(c) for c in layer_split)
     if len(counts) != len(endpoints) + 1:
@@ -59,16 +64,25 @@ def prepare_host_split(
         )
     if n_layers is not None and sum(counts) != n_layers:
         raise ConfigError(f"layer split {counts} covers {sum(counts)} layers; the model has {n_layers}")
-    offload = offload_settings(counts, output_on_host=output_on_host)
+    if host_gpu:
+        on_gpu = split_host_offload(host_gpu, counts)
+        offload = OffloadSettings(on_gpu.n_gpu_layers, on_gpu.tensor_split, output_on_host)
+    else:
+        offload = offload_settings(counts, output_on_host=output_on_host)
     for endpoint in endpoints:
         probe_rpc_server(endpoint, probe_timeout)
     devices = attach_rpc_devices(endpoints)
 
     from llama_cpp import llama_cpp as llama_c
 
-    dev_array = (ctypes.c_void_p * (len(devices) + 1))(*[d.handle for d in devices], None)
+    from mesh_llm.serving.devices import device_handle
+
+    host = [device_handle(host_gpu)] if host_gpu else []
+    handles = [*host, *[d.handle for d in devices]]
+    dev_array = (ctypes.c_void_p * (len(handles) + 1))(*handles, None)
+    head_buffer = buffer_type(host[0]) if host else cpu_buffer_type()
     overrides = (_BuftOverride * 2)(
-        _BuftOverride(OUTPUT_TENSOR_PATTERN.encode(), cpu_buffer_type()), _BuftOverride(None, None)
+        _BuftOverride(OUTPUT_TENSOR_PATTERN.encode(), head_buffer), _BuftOverride(None, None)
     )
     original = llama_c.llama_model_default_params
 
@@ -81,7 +95,7 @@ def prepare_host_split(
 
     _params_hook_refs[:] = [dev_array, overrides, original]
     llama_c.llama_model_default_params = params_with_devices
-    return HostSplit(tuple(endpoints), counts, offload, tuple(devices))
+    return HostSplit(tuple(endpoints), counts, offload, tuple(devices), host_gpu or "CPU")
 
 
 class LlamaLogCapture:

@@ -8,8 +8,8 @@ engine (`--parallel` slots of `--n-ctx` tokens each) and serves OpenAI's /v1 rou
 /mesh/health, /mesh/slots and, on split hosts, /mesh/placement.
 
 Split hosts add `--rpc HOST:PORT` once per RPC worker and `--layer-split H,W1,W2,...` (host
-first, then one count per worker in the same order): the host keeps layers [0, H) on its CPU,
-the first worker the next W1 layers, and so on. After loading, the placement llama.cpp really
+first, then one count per worker in the same order): the host keeps layers [0, H) on its CPU
+(on the first `--gpu-devices` GPU when given), the first worker the next W1 layers, and so on. After loading, the placement llama.cpp really
 made is checked against the split (a mismatch exits), logged, and served at /mesh/placement. A
 worker connection that closes ends the process at once (exit code 4), so its supervisor
 learns of a lost worker within a second instead of at the next request.
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         _die_with_parent(args.parent_pid)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
+    gpus = [g for g in (args.gpu_devices or "").split(",") if g]
     split = None
     capture = None
     if args.rpc or args.layer_split:
@@ -205,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--rpc and --layer-split go together")
             counts = [int(c) for c in args.layer_split.split(",")]
             split = prepare_host_split(
-                args.rpc, counts, output_on_host=args.output_on == "host", probe_timeout=args.rpc_timeout
-            )
+                args.rpc, counts, output_on_host=args.output_on == "host", probe_timeout=args.rpc_timeout,
+                host_gpu=gpus[0] if gpus else None,
+            )  # fmt: skip
         except (MeshError, ValueError) as exc:
             return _fail(str(exc), EXIT_RPC_UNUSABLE)
         capture = LlamaLogCapture()
@@ -218,7 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     from mesh_llm.serving.engine._chat import ChatTemplate
     from mesh_llm.serving.engine._llama import Model
 
-    gpus = [g for g in (args.gpu_devices or "").split(",") if g]
     sized = bool(args.auto_ctx and gpus and not split)
     free_before = _gpu_free(gpus) if sized else 0
     try:

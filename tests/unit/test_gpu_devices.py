@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mesh_llm.errors import ConfigError
+from mesh_llm.errors import BackendError, ConfigError
 from mesh_llm.planning.offload import (
     ALL_LAYERS,
     auto_ctx,
@@ -17,7 +17,7 @@ from mesh_llm.planning.offload import (
     solo_offload,
     split_host_offload,
 )
-from mesh_llm.planning.placement import llama_placement
+from mesh_llm.planning.placement import RpcDevice, llama_placement
 from mesh_llm.serving.devices import Device, DeviceKind, parse_device_list, select_devices
 from mesh_llm.serving.hardware import capacity_from_devices, detect_capacity
 
@@ -207,7 +207,7 @@ def test_model_server_flags_on_gpus_and_none_on_the_cpu_path() -> None:
     )
     assert budget[-3:] == ["--auto-ctx", "--gpu-budget", str(2 * GIB)]  # --max-vram bounds the context too
     split_host = gpu_server_args(BackendConfig(), [("CUDA1", 1), ("CUDA0", 1)], split=True)
-    assert split_host == ["--gpu-devices", "CUDA1"]  # only the draft model goes on the GPU
+    assert split_host == ["--gpu-devices", "CUDA1"]  # the host's own layers and a draft: its first GPU
 
 
 def test_several_models_on_one_node_keep_the_context_the_planner_counted() -> None:
@@ -234,3 +234,19 @@ def test_unknown_cache_type_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="q8_0"):
         build_config(models=["m"], cache_type_v="q2")
+
+
+def test_a_split_host_on_its_gpu_expects_its_layers_and_head_there() -> None:
+    from mesh_llm.planning.offload import split_host_offload
+    from mesh_llm.planning.placement import HostSplit, OffloadSettings, Placement
+
+    rpc = (RpcDevice("127.0.0.1:1", "RPC0", 1), RpcDevice("127.0.0.1:2", "RPC1", 2))
+    on_gpu = split_host_offload("CUDA0", (2, 1, 1))
+    offload = OffloadSettings(on_gpu.n_gpu_layers, on_gpu.tensor_split, output_on_host=True)
+    split = HostSplit(("127.0.0.1:1", "127.0.0.1:2"), (2, 1, 1), offload, rpc, host_device="CUDA0")
+    assert split.expected_devices() == ("CUDA0", "CUDA0", "RPC0", "RPC1")
+    split.check(Placement(("CUDA0", "CUDA0", "RPC0", "RPC1"), "CUDA0"))
+    with pytest.raises(BackendError, match="layers \\[0, 1\\]"):  # a host that stayed on its CPU
+        split.check(Placement(("CPU", "CPU", "RPC0", "RPC1"), "CUDA0"))
+    with pytest.raises(BackendError, match="output head"):
+        split.check(Placement(("CUDA0", "CUDA0", "RPC0", "RPC1"), "CPU"))
