@@ -27,9 +27,9 @@ import httpx
 from benchmarks.common import median, timed_stream
 from mesh_llm.config import BackendConfig
 from mesh_llm.models.resolve import ResolvedModel
-from mesh_llm.serving import rpc
 from mesh_llm.serving.backend import ModelServer
-from mesh_llm.serving.rpc import RpcWorker
+from mesh_llm.serving.rpc_cache import clear_rpc_cache, prefill_rpc_cache
+from mesh_llm.serving.rpc_supervisor import RpcWorker
 from tests.gguf_fixtures import write_wide_llama_gguf
 from tests.harness import NodeProcess, smollm2_path
 from tests.integration.test_rpc_split import CountingRelay, layer_bytes
@@ -123,7 +123,7 @@ async def bytes_moved(
         prefill_s = 0.0
         if label == "prefilled":
             t0 = time.perf_counter()
-            rpc.prefill_rpc_cache(model, worker_range, cache, include_output=not output_on_host)
+            prefill_rpc_cache(model, worker_range, cache, include_output=not output_on_host)
             prefill_s = time.perf_counter() - t0
         worker = RpcWorker(0, cache if label == "prefilled" else None, tmp, name=f"w-{model.stem}-{label}",
                            n_threads=threads)  # fmt: skip
@@ -136,7 +136,7 @@ async def bytes_moved(
         finally:
             relay.close()
             await worker.stop()
-            rpc.clear_rpc_cache(cache)
+            clear_rpc_cache(cache)
     return out
 
 

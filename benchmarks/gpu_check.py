@@ -40,7 +40,7 @@ def speedup_line(gpu: float, cpu: float) -> str:
 def _decode_speed(path: Path, device: str, n_tokens: int) -> tuple[float, str]:
     from mesh_llm.planning.offload import ALL_LAYERS
     from mesh_llm.serving.engine._llama import Batch, Context, Model
-    from mesh_llm.serving.rpc import LlamaLogCapture
+    from mesh_llm.serving.host_split import LlamaLogCapture
 
     capture = LlamaLogCapture()
     on_gpu = device.upper() != "CPU"

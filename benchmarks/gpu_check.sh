@@ -5,7 +5,7 @@
 #   2. serves a model solo on the GPU (the demo model where it is at hand, else a ~1 GB
 #      random-weight GGUF written with gguf) and checks from llama.cpp's load log that every
 #      layer was offloaded;
-#   3. runs a 2-node split through a local RPC worker on the GPU;
+#   3. runs a 2-node split, the host's layers and a local RPC worker's both on the GPU;
 #   4. prints decode tok/s on the GPU against the CPU.
 # Usage: bash benchmarks/gpu_check.sh [PREPARED_DIR=shared/gpu_check]   (about 10 minutes, build included)
 set -euo pipefail
@@ -48,7 +48,7 @@ say "model: $model"
 gpu_line=$("$py" -m benchmarks.gpu_check solo "$model" CUDA0 256 | tee /dev/stderr | tail -1)
 cpu_line=$("$py" -m benchmarks.gpu_check solo "$model" CPU 32 | tee /dev/stderr | tail -1)
 
-say "2-node split: an RPC worker on CUDA0 holds the upper layers"
+say "2-node split: the host keeps the lower layers on CUDA0, an RPC worker on CUDA0 the upper ones"
 port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$py" -m mesh_llm.serving.rpc_worker --port "$port" --device CUDA0 >"$venv/gpu-check-worker.log" 2>&1 &
 worker=$!
@@ -58,19 +58,20 @@ n_layers=$("$py" -c "from gguf import GGUFReader; r=GGUFReader('$model'); a=r.ge
 half=$((n_layers / 2))
 PYTHONUNBUFFERED=1 timeout 180 "$py" - "$model" "$port" "$half" "$((n_layers - half))" <<'PY'
 import sys, time
-from mesh_llm.serving import rpc
+from mesh_llm.planning.placement import parse_placement
+from mesh_llm.serving.host_split import LlamaLogCapture, prepare_host_split
 from mesh_llm.serving.engine._llama import Batch, Context, Model
 path, port, host, worker = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-split = rpc.prepare_host_split([f"127.0.0.1:{port}"], [host, worker])
-capture = rpc.LlamaLogCapture()
+split = prepare_host_split([f"127.0.0.1:{port}"], [host, worker], host_gpu="CUDA0")
+capture = LlamaLogCapture()
 model = Model(path, n_gpu_layers=split.offload.n_gpu_layers, tensor_split=list(split.offload.tensor_split))
-split.check(rpc.parse_placement(capture.finish()))
+split.check(parse_placement(capture.finish()))
 ctx = Context(model, n_seq=1, n_ctx_seq=256, n_batch=64, n_threads=8, n_threads_batch=16)
 b = Batch(64); b.add(1, 0, 0, logits=True); ctx.decode(b)
 t = time.perf_counter()
 for pos in range(1, 65):
     b.clear(); b.add(int(ctx.logits(0).argmax()), pos, 0, logits=True); ctx.decode(b)
-print(f"split (host {host} layers, RPC worker on CUDA0 {worker}): {64 / (time.perf_counter() - t):.1f} tok/s")
+print(f"split (host {host} layers on CUDA0, RPC worker on CUDA0 {worker}): {64 / (time.perf_counter() - t):.1f} tok/s")
 PY
 gpu=$(echo "$gpu_line" | awk '{print $2}')
 cpu=$(echo "$cpu_line" | awk '{print $2}')

@@ -54,7 +54,10 @@ class BackendConfig:
     request_timeout_s: float = 600.0  # upper bound on one proxied request
     draft: str | None = None  # None: the catalog pairing; "off"; "lookup"; a GGUF path or catalog name
     draft_max: int = 8  # most draft tokens verified per slot and step
-    n_ctx_auto: bool = False  # on GPUs, size n_ctx to the memory left after the weights (no --ctx-size)
+    # On GPUs, size n_ctx to the memory left after the weights: only without --ctx-size and for
+    # a node given at most one model (with several, each gets the n_ctx the planner counted).
+    n_ctx_auto: bool = False
+    gpu_budget_bytes: int | None = None  # --max-vram: weights, drafts and KV caches stay within it
     cache_type_k: str | None = None  # KV cache types (None: llama.cpp's f16); see planning/offload.py
     cache_type_v: str | None = None
 
@@ -212,7 +215,8 @@ def build_config(
         device=device,
         backend=BackendConfig(
             n_ctx=ctx_size or 4096,
-            n_ctx_auto=ctx_size is None,
+            n_ctx_auto=ctx_size is None and len(models) <= 1,
+            gpu_budget_bytes=int(max_vram * GIB) if max_vram is not None else None,
             cache_type_k=cache_type_k,
             cache_type_v=cache_type_v,
             n_parallel=parallel,

@@ -7,10 +7,8 @@ import contextlib
 import itertools
 import json
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -20,16 +18,15 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from mesh_llm.api import errors as api_errors
 from mesh_llm.api.auth import bearer_matches
 from mesh_llm.api.errors import ApiErrorResponse
+from mesh_llm.api.exchange import Exchange, error_code, parse_body, usage_not_asked
 from mesh_llm.api.routing import Endpoint, choose, model_key
-from mesh_llm.errors import BackendUnavailable, MeshError, ModelNotFound, NoHealthyHost
-from mesh_llm.metrics import CONTENT_TYPE, Gauge, RequestMetrics, RequestRecord, SseMeter, render, usage_of
+from mesh_llm.api.upstream import SHUTTING_DOWN, Upstream, UpstreamClient, unless_gone, unless_stopped
+from mesh_llm.errors import BackendUnavailable, ModelNotFound, NoHealthyHost
+from mesh_llm.metrics import CONTENT_TYPE, Gauge, RequestMetrics, SseMeter, render, usage_of
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("mesh_llm.access")  # one line per answered request
 T = TypeVar("T")
-
-# Errors that mean "this host never produced a byte of the answer": safe to try another host.
-_RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError)
 
 
 class ServingView(Protocol):
@@ -39,7 +36,9 @@ class ServingView(Protocol):
 
     def model_cards(self) -> list[dict[str, Any]]: ...
 
-    async def base_url(self, endpoint: Endpoint) -> str: ...
+    async def upstream(self, endpoint: Endpoint) -> Upstream:
+        """Where `endpoint`'s model server answers, and the transport that reaches it."""
+        ...
 
     def note_request(self, model: str) -> None:
         """Count demand for `model` before routing, so wanted models are seen too."""
@@ -52,71 +51,6 @@ class ServingView(Protocol):
     def mesh_problem(self) -> str | None:
         """Why this node is not in its mesh yet (it has tokens but no peer), else None."""
         ...
-
-
-def _parse_body(raw: bytes, required: str) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # bad JSON, a 5,000-digit number, 50,000-deep nesting
-        raise ApiErrorResponse(
-            api_errors.bad_request(f"The request body is not valid JSON: {exc}", code="invalid_json")
-        ) from exc
-    if not isinstance(body, dict):
-        raise ApiErrorResponse(
-            api_errors.bad_request("The request body must be a JSON object.", code="invalid_json")
-        )
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise ApiErrorResponse(
-            api_errors.bad_request(
-                "Missing required parameter: 'model' (a string).",
-                code="missing_required_parameter",
-                param="model",
-            )
-        )
-    if required not in body:
-        raise ApiErrorResponse(
-            api_errors.bad_request(
-                f"Missing required parameter: '{required}'.",
-                code="missing_required_parameter",
-                param=required,
-            )
-        )
-    if required == "messages" and (not isinstance(body["messages"], list) or not body["messages"]):
-        raise ApiErrorResponse(
-            api_errors.bad_request(
-                "'messages' must be a non-empty array.", code="invalid_value", param="messages"
-            )
-        )
-    return body
-
-
-async def _unless_gone(work: Awaitable[T], request: Request) -> T | None:
-    """The result of `work`, or None (with `work` cancelled) if the client hangs up first.
-
-    The request body is already read, so the only message left to receive is the disconnect.
-    Cancelling an httpx send or read closes its upstream connection, which is how the model
-    server learns to free the slot.
-    """
-
-    async def gone() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(gone())
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-    if task in done:
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError, MeshError):
-        await task
-    return None
 
 
 class Proxy:
@@ -144,16 +78,7 @@ class Proxy:
         self._max_body = max_body_bytes
         self._api_key = api_key
         self._rotation = itertools.count()
-        # Nagle's algorithm would hold the request body back until the headers are ACKed;
-        # with delayed ACKs that costs tens of ms per request on loopback.
-        transport = httpx.AsyncHTTPTransport(
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-        )
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(connect=5.0, read=request_timeout_s, write=30.0, pool=30.0),
-        )
+        self._client = UpstreamClient(request_timeout_s)
         self.app = self._build_app()
 
     async def aclose(self) -> None:
@@ -226,7 +151,7 @@ class Proxy:
         return b"".join(parts)
 
     async def _forward(self, request: Request, path: str, required: str) -> Response:
-        exchange = _Exchange(request.method, path, time.monotonic())
+        exchange = Exchange(request.method, path, time.monotonic())
         self._active += 1
         self._idle.clear()
         try:
@@ -249,14 +174,14 @@ class Proxy:
             self._finish(exchange)
         return response
 
-    async def _answer(self, request: Request, path: str, required: str, exchange: _Exchange) -> Response:
+    async def _answer(self, request: Request, path: str, required: str, exchange: Exchange) -> Response:
         raw = await self._read_body(request)
-        body = _parse_body(raw, required)
+        body = parse_body(raw, required)
         model: str = body["model"]
         exchange.model = model
         exchange.stream = body.get("stream") is True
         added_usage = False
-        if exchange.stream and _usage_not_asked(body):
+        if exchange.stream and usage_not_asked(body):
             # Ask the host for the usage chunk (the access log and /metrics count tokens) and
             # leave it out of the answer, which then reads exactly as the client asked.
             options = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -274,7 +199,9 @@ class Proxy:
         exchange.model = candidates[0].model
         finish = self._view.begin_request(candidates[0].model)
         try:
-            sent = await self._unless_gone(self._send_first(candidates, path, raw), request)
+            sent = await self._unless_gone(
+                self._client.send_first(candidates, self._view.upstream, path, raw), request
+            )
         except BaseException:
             finish()
             raise
@@ -313,7 +240,7 @@ class Proxy:
             if err is not None:
                 exchange.fail(err)
                 return err.response()
-            exchange.error = _error_code(content)
+            exchange.error = error_code(content)
         else:
             exchange.prompt_tokens, exchange.completion_tokens = usage_of(content)
         retry = response.headers.get("retry-after")
@@ -328,12 +255,12 @@ class Proxy:
         """`work`'s result, None if the client hung up first; a 503 if the node is stopping."""
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
-            result = await _unless_gone(_unless_stopped(work, stopping), request)
+            result = await unless_gone(unless_stopped(work, stopping), request)
         finally:
             stopping.cancel()
         return result
 
-    def _finish(self, exchange: _Exchange) -> None:
+    def _finish(self, exchange: Exchange) -> None:
         self._active -= 1
         if not self._active:
             self._idle.set()
@@ -365,29 +292,8 @@ class Proxy:
             await asyncio.wait_for(self._idle.wait(), end_s)
         return cut
 
-    async def _send_first(
-        self, candidates: list[Endpoint], path: str, raw: bytes
-    ) -> tuple[Endpoint, httpx.Response]:
-        """Send to the first host that accepts; move on only while nothing has been received."""
-        last: Exception | None = None
-        for endpoint in candidates:
-            try:
-                base = await self._view.base_url(endpoint)
-                upstream = self._client.build_request(
-                    "POST", base + path, content=raw, headers={"content-type": "application/json"}
-                )
-                return endpoint, await self._client.send(upstream, stream=True)
-            except (MeshError, *_RETRYABLE) as exc:
-                log.warning(
-                    "host %s for %s failed before answering: %s", endpoint.node_id[:8], endpoint.model, exc
-                )
-                last = exc
-        raise NoHealthyHost(
-            candidates[0].model, f"every host failed before answering ({type(last).__name__})"
-        )
-
     async def _relay(
-        self, response: httpx.Response, finish: Callable[[], None], meter: SseMeter, exchange: _Exchange
+        self, response: httpx.Response, finish: Callable[[], None], meter: SseMeter, exchange: Exchange
     ) -> AsyncIterator[bytes]:
         """Pass SSE events through; if the host dies or this node stops mid-stream, end with an
         error event and ``[DONE]`` (never after a ``[DONE]`` already sent).
@@ -411,7 +317,7 @@ class Proxy:
             except httpx.HTTPError as exc:
                 if self._stopping.is_set():
                     exchange.error = "node_shutting_down"
-                    ended = api_errors.sse_error_event(_SHUTTING_DOWN, "node_shutting_down")
+                    ended = api_errors.sse_error_event(SHUTTING_DOWN, "node_shutting_down")
                 else:
                     log.warning("upstream stream broke: %r", exc)
                     exchange.error = "backend_failed"
@@ -424,7 +330,7 @@ class Proxy:
                     stopping = self._stopping.is_set()
                     exchange.error = "node_shutting_down" if stopping else "backend_failed"
                     ended = (
-                        api_errors.sse_error_event(_SHUTTING_DOWN, "node_shutting_down")
+                        api_errors.sse_error_event(SHUTTING_DOWN, "node_shutting_down")
                         if stopping
                         else api_errors.sse_error_event(_BROKEN.format(error="EndOfStream"))
                     )
@@ -446,69 +352,3 @@ class Proxy:
 
 
 _BROKEN = "The model server stopped in the middle of the answer ({error}); the answer is incomplete."
-_SHUTTING_DOWN = (
-    "This mesh-llm node is shutting down; the answer is incomplete. Retry: another node of the mesh "
-    "may serve the model, or this one once it is back."
-)
-
-
-async def _unless_stopped(work: Awaitable[T], stopping: asyncio.Future[Any]) -> T:
-    """`work`'s result, or a 503 (with `work` cancelled) once the node begins to stop."""
-    task = asyncio.ensure_future(work)
-    try:
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():  # stopping, or we were cancelled (the client left): end `work` too
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError, MeshError):
-                await task
-    if not stopping.done() or not task.cancelled():
-        return task.result()
-    raise ApiErrorResponse(
-        api_errors.ApiError(
-            503, _SHUTTING_DOWN.replace("; the answer is incomplete", ""), type="server_error",
-            code="node_shutting_down", headers={"Retry-After": "5"},
-        )
-    )  # fmt: skip
-
-
-def _usage_not_asked(body: dict[str, Any]) -> bool:
-    options = body.get("stream_options")
-    if options is None:
-        return True
-    return isinstance(options, dict) and not options.get("include_usage")
-
-
-def _error_code(content: bytes) -> str:
-    try:
-        error = json.loads(content).get("error")
-    except (ValueError, AttributeError):
-        return "error"
-    return str(error.get("code") or error.get("type") or "error") if isinstance(error, dict) else "error"
-
-
-@dataclass
-class _Exchange:
-    """What the access log will say about a request, filled in as it is answered."""
-
-    method: str
-    path: str
-    started: float
-    model: str = "-"
-    host: str = ""
-    local: bool = False
-    status: int = 0
-    stream: bool = False
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    ttft_s: float | None = None
-    error: str = ""
-
-    def fail(self, error: api_errors.ApiError) -> None:
-        self.status, self.error = error.status, error.code or error.type
-
-    def record(self, now: float) -> RequestRecord:
-        return RequestRecord(
-            self.method, self.path, self.model, self.host, self.local, self.status, self.stream,
-            self.prompt_tokens, self.completion_tokens, self.ttft_s, now - self.started, self.error,
-        )  # fmt: skip

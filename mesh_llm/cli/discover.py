@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from mesh_llm.cli import console
+from mesh_llm.cli._output import console
 from mesh_llm.cli.render import human_bytes
 from mesh_llm.discovery import (
     DEFAULT_RELAYS,

@@ -5,6 +5,10 @@
     _config    frozen settings built by the CLI
     _nostr     relays through nostr-sdk (publish, delist, fetch), the Nostr key
     _mdns      the same signed listing over mDNS/DNS-SD with zeroconf
+    _host      the node as discovery sees it: `MeshFacts` in, actions out
+    _look      one look at the LAN and the relays
+    _publisher our listing, published and taken down
+    _states    what discovery is doing, as typed records (pure)
     _service   the orchestration the node runs
 
 A published mesh is public by design: its listing carries an invite token, and anyone who
@@ -17,16 +21,22 @@ from mesh_llm.discovery._config import DiscoveryConfig, DiscoveryTiming, check_r
 from mesh_llm.discovery._listing import DEFAULT_RELAYS, LISTING_KIND, LISTING_TAG, Found, Listing, matches
 from mesh_llm.discovery._scoring import Preferences, pick_model, rank, score, should_move
 
+
 # The I/O side (nostr-sdk, zeroconf) loads on first use, so that the CLI's flag parsing and the
 # pure modules stay light.
-_LAZY = {"Discovered", "Discovery", "DiscoveryHost", "MeshFacts", "discover", "mesh_rows"}
-
-
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
+    if name in {"Discovered", "discover", "mesh_rows"}:
+        from mesh_llm.discovery import _look
+
+        return getattr(_look, name)
+    if name in {"DiscoveryHost", "MeshFacts"}:
+        from mesh_llm.discovery import _host
+
+        return getattr(_host, name)
+    if name == "Discovery":
         from mesh_llm.discovery import _service
 
-        return getattr(_service, name)
+        return _service.Discovery
     raise AttributeError(f"module 'mesh_llm.discovery' has no attribute {name!r}")
 
 

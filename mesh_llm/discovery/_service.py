@@ -3,7 +3,8 @@
 The node is seen through `DiscoveryHost`, a narrow protocol: a frozen `MeshFacts` snapshot
 in, and three actions out (join a mesh by token, start our own, say something changed). All
 decisions come from the pure `_scoring` module; this file only sequences them and carries out
-the network calls, each with its deadline.
+the network calls, each with its deadline (`_publisher` owns the listing itself). What it is
+doing is a `_states` record, changed only through `Discovery._set_state`.
 """
 
 from __future__ import annotations
@@ -12,85 +13,29 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from mesh_llm.discovery._config import DiscoveryConfig
-from mesh_llm.discovery._listing import Found, Listing, by_mesh, latest_per_publisher
-from mesh_llm.discovery._mdns import LanAdvertiser, browse_lan
-from mesh_llm.discovery._nostr import NostrRelays, RelayReport, load_or_create_keys, signed_listing
-from mesh_llm.discovery._scoring import Preferences, rank, same_name, should_move
+from mesh_llm.discovery._host import DiscoveryHost, MeshFacts
+from mesh_llm.discovery._listing import Found
+from mesh_llm.discovery._look import Discovered, discover
+from mesh_llm.discovery._nostr import NostrRelays
+from mesh_llm.discovery._publisher import Notices, Publisher
+from mesh_llm.discovery._scoring import Preferences, rank, should_move
+from mesh_llm.discovery._states import (
+    Discovering,
+    DiscoveryState,
+    Joining,
+    LookingAgain,
+    Member,
+    Starting,
+)
 from mesh_llm.errors import DiscoveryError
-from mesh_llm.mesh.token import InviteToken
 
 log = logging.getLogger(__name__)
 
 LAST_MESH_FILE = "last-mesh"
-
-
-@dataclass(frozen=True)
-class MeshFacts:
-    """What discovery needs to know about this node's mesh right now."""
-
-    node_id: str
-    mesh_id: str
-    invite_token: str
-    mesh_port: int
-    node_count: int  # serving-capable nodes, this one included unless it is a client
-    client_count: int
-    serving: tuple[str, ...]
-    wanted: tuple[str, ...]
-    on_disk: tuple[str, ...]
-    total_vram_bytes: int
-    peers: frozenset[str]  # node ids of live peers
-    members: tuple[str, ...]  # node ids of serving-capable live members, this one included
-
-
-class DiscoveryHost(Protocol):
-    """The node as discovery sees it."""
-
-    @property
-    def is_client(self) -> bool: ...
-
-    def mesh_facts(self) -> MeshFacts | None: ...
-
-    async def join_mesh(self, token: InviteToken, timeout_s: float) -> bool: ...
-
-    async def start_own_mesh(self) -> None: ...
-
-    def discovery_changed(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Discovered:
-    """What one look at the LAN and the relays found."""
-
-    found: tuple[Found, ...]
-    errors: tuple[str, ...]  # relays or LAN that could not be used, said plainly
-    ignored: tuple[str, ...]  # listings refused, and why
-
-
-async def discover(relays: NostrRelays | None, *, lan_wait_s: float | None, nostr: bool = True) -> Discovered:
-    """Listen on the LAN (if `lan_wait_s`), then ask the relays (if `nostr`); never raises for either."""
-    found: list[Found] = []
-    errors: list[str] = []
-    ignored: list[str] = []
-    if lan_wait_s is not None:
-        try:
-            f, i = await browse_lan(lan_wait_s)
-            found += f
-            ignored += i
-        except DiscoveryError as exc:
-            errors.append(f"LAN: {exc}")
-    if nostr and relays is not None:
-        try:
-            f, _, i = await relays.fetch()
-            found += f
-            ignored += i
-        except DiscoveryError as exc:
-            errors.append(str(exc))
-    return Discovered(tuple(latest_per_publisher(found)), tuple(errors), tuple(ignored))
 
 
 class Discovery:
@@ -105,48 +50,50 @@ class Discovery:
         self.publishing = config.publish or (config.mesh_name is not None and not host.is_client)
         self.mesh_name = config.mesh_name
         self.relays = NostrRelays(config.relays, None, self.timing.relay_timeout_s)
-        self.lan: LanAdvertiser | None = None
-        self.state = "starting"
+        self.notices = Notices()
+        self.pub = Publisher(config, self.relays, state_dir, version, self.notices)
+        self.state: DiscoveryState = Starting()
         self.joined: Found | None = None
-        self.listing: Listing | None = None
-        self.published_at: float | None = None
-        self.report: RelayReport | None = None
-        self.lan_error: str | None = None
-        self.error: str | None = None
-        self.delisted: str | None = None
         self.took_over = False
-        self._event_id: Any = None
         self._alone_since: float | None = None
         self._missing_since: float | None = None
         self._due: dict[str, float] = {}
-        self._warned: set[str] = set()
+
+    def _set_state(self, new: DiscoveryState) -> None:
+        """The one transition: log old -> new, and tell the node (its console shows the state)."""
+        if new == self.state:
+            return
+        log.debug("discovery: %s -> %s", self.state.text, new.text)
+        self.state = new
+        self.host.discovery_changed()
 
     # ---- what the console shows ---------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         """Whether and where the mesh is published, its listing, and what discovery is doing."""
+        pub = self.pub
         return {
-            "state": self.state,
+            "state": self.state.text,
             "publishing": self.publishing,
-            "published": self._event_id is not None or (self.lan is not None and self.lan.advertised),
+            "published": pub.published,
             "public": self.publishing,
             "relays": [
                 {
                     "url": url,
-                    "ok": self.report is not None and url in self.report.ok,
-                    "error": self.report.failed.get(url) if self.report is not None else None,
+                    "ok": pub.report is not None and url in pub.report.ok,
+                    "error": pub.report.failed.get(url) if pub.report is not None else None,
                 }
                 for url in self.config.relays
             ],
             "lan": {
                 "enabled": self.config.lan,
-                "advertised": self.lan is not None and self.lan.advertised,
-                "error": self.lan_error,
+                "advertised": pub.lan is not None and pub.lan.advertised,
+                "error": pub.lan_error,
             },
             "listing": self._listing_dict(),
-            "published_at": self.published_at,
-            "delisted": self.delisted,
-            "error": self.error,
+            "published_at": pub.published_at,
+            "delisted": pub.delisted,
+            "error": self.notices.error,
             "mesh_name": self.mesh_name,
             "region": self.config.region,
             "max_clients": self.config.max_clients,
@@ -163,11 +110,11 @@ class Discovery:
         }
 
     def _listing_dict(self) -> dict[str, Any] | None:
-        if self.listing is None:
+        if self.pub.listing is None:
             return None
         import json
 
-        data: dict[str, Any] = json.loads(self.listing.to_json())
+        data: dict[str, Any] = json.loads(self.pub.listing.to_json())
         return data
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -176,7 +123,7 @@ class Discovery:
         """Find a mesh first if asked to, then keep publishing and watching."""
         if self.config.finds and self.host.mesh_facts() is None:
             await self._find()
-        self.state = "member"
+        self._set_state(Member())
         tick = min(1.0, self.timing.publish_interval_s / 4)
         while True:
             await self._tick(time.monotonic())
@@ -186,8 +133,7 @@ class Discovery:
         """Take our listing down (so nobody dials a node that left) and close relays and mDNS."""
         with contextlib.suppress(DiscoveryError):
             await self._delist(None)
-        if self.lan is not None:
-            await self.lan.close()
+        await self.pub.close()
         await self.relays.close()
 
     # ---- finding -----------------------------------------------------------------------
@@ -221,34 +167,33 @@ class Discovery:
             if err.startswith("LAN"):
                 log.debug("%s", err)
             else:
-                self.error = err
-                self._warn_once(err, f"{err}; discovery goes on with the LAN and the relays that answer")
+                self.notices.error = err
+                self.notices.warn_once(
+                    err, f"{err}; discovery goes on with the LAN and the relays that answer"
+                )
 
     async def _try(self, candidates: list[Found]) -> bool:
         for f in candidates:
-            token = f.listing.token
-            label = f"{f.listing.name or 'unnamed'} ({f.listing.mesh_id[:8]}, {f.listing.node_count} node(s), via {f.source})"
-            log.info("joining mesh %s", label)
-            self.state = f"joining {label}"
-            self.host.discovery_changed()
-            if await self.host.join_mesh(token, self.timing.join_timeout_s):
+            joining = Joining.of(f)
+            log.info("joining mesh %s", joining.label)
+            self._set_state(joining)
+            if await self.host.join_mesh(f.listing.token, self.timing.join_timeout_s):
                 self.joined = f
                 if self.mesh_name is None and f.listing.name:
                     self.mesh_name = f.listing.name
                 self._save_last_mesh(f.listing.mesh_id)
-                self.state = "member"
-                self.host.discovery_changed()
+                self._set_state(Member())
                 return True
             log.warning(
-                "mesh %s did not answer within %.0f s; trying the next", label, self.timing.join_timeout_s
-            )
+                "mesh %s did not answer within %.0f s; trying the next",
+                joining.label, self.timing.join_timeout_s,
+            )  # fmt: skip
         return False
 
     async def _find(self) -> None:
         """Join the best mesh found; else start our own (or, as a client, look again every 15 s)."""
         while True:
-            self.state = "discovering"
-            self.host.discovery_changed()
+            self._set_state(Discovering())
             candidates = await self._look(self._prefs())
             if await self._try(candidates):
                 return
@@ -256,12 +201,10 @@ class Discovery:
                 what = f"named {self.mesh_name!r}" if self.config.mesh_name else "to join"
                 log.info("no mesh %s found: starting our own", what)
                 await self.host.start_own_mesh()
-                self.state = "member"
-                self.host.discovery_changed()
+                self._set_state(Member())
                 return
-            self.state = f"no mesh found; looking again in {self.timing.client_retry_s:.0f} s"
             log.info("no mesh found; looking again in %.0f s", self.timing.client_retry_s)
-            self.host.discovery_changed()
+            self._set_state(LookingAgain(self.timing.client_retry_s))
             await asyncio.sleep(self.timing.client_retry_s)
 
     # ---- the periodic work -------------------------------------------------------------
@@ -378,95 +321,14 @@ class Discovery:
 
     # ---- publishing --------------------------------------------------------------------
 
-    def _listing_for(self, facts: MeshFacts) -> Listing:
-        return Listing(
-            invite_token=facts.invite_token,
-            mesh_id=facts.mesh_id,
-            serving=facts.serving,
-            wanted=facts.wanted,
-            on_disk=facts.on_disk,
-            total_vram_bytes=facts.total_vram_bytes,
-            node_count=facts.node_count,
-            client_count=facts.client_count,
-            max_clients=self.config.max_clients or 0,
-            name=self.mesh_name,
-            region=self.config.region,
-            version=self.version,
-        )
-
     async def _publish(self, facts: MeshFacts) -> None:
-        cap = self.config.max_clients
-        if cap is not None and facts.client_count >= cap:
-            await self._delist(f"{facts.client_count} client(s) connected; --max-clients is {cap}")
-            return
-        if self.delisted is not None:
-            log.info("listing the mesh again (%s client(s), --max-clients %s)", facts.client_count, cap)
-            self.delisted = None
-        listing = self._listing_for(facts)
-        if self.relays.keys is None:
-            self.relays.keys = await asyncio.to_thread(load_or_create_keys, self.state_dir)
-        event = signed_listing(listing, self.relays.keys, self.timing.ttl_s)
-        self.listing = listing
-        try:
-            self.report = await self.relays.publish(event)
-        except DiscoveryError as exc:
-            self.report = RelayReport([], {u: str(exc) for u in self.config.relays})
-        if self.report.ok:
-            self._event_id = event.id()
-            self.published_at = time.time()
-            self.error = None
-            if "published" not in self._warned:
-                self._warned.add("published")
-                log.info("mesh published on %s (public: anyone can join it)", ", ".join(self.report.ok))
-            if self.report.failed:
-                self._warn_once(
-                    f"partial:{sorted(self.report.failed)}",
-                    f"some relays refused the listing: {self.report.describe()}",
-                )
-        else:
-            self.error = f"no Nostr relay took the listing ({self.report.describe()})"
-            self._warn_once(
-                "publish-failed",
-                f"{self.error}; the mesh is not listed on Nostr (retrying every "
-                f"{self.timing.publish_interval_s:.0f} s); this node keeps serving",
-            )
-        if self.config.lan:
-            await self._advertise_lan(event.as_json(), facts)
+        await self.pub.publish(facts, self.mesh_name)
         self.host.discovery_changed()
-
-    async def _advertise_lan(self, event_json: str, facts: MeshFacts) -> None:
-        if self.lan is None:
-            self.lan = LanAdvertiser(
-                f"mesh-llm-{facts.node_id[:12]}", facts.mesh_port, self.timing.relay_timeout_s
-            )
-        try:
-            await self.lan.update(event_json)
-            self.lan_error = None
-        except DiscoveryError as exc:
-            self.lan_error = str(exc)
-            self._warn_once("lan", f"{exc}; the mesh is not listed on the LAN")
 
     async def _delist(self, reason: str | None) -> None:
         """Take our listing down from the relays and the LAN (reason None: we are leaving)."""
-        if reason is not None and self.delisted != reason:
-            log.info("delisting the mesh: %s", reason)
-        self.delisted = reason
-        if self.lan is not None:
-            await self.lan.withdraw()
-        if self._event_id is not None:
-            event_id, self._event_id = self._event_id, None
-            try:
-                await self.relays.delist(event_id)
-            except DiscoveryError as exc:
-                log.debug("delist: %s", exc)
+        await self.pub.delist(reason)
         self.host.discovery_changed()
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key in self._warned:
-            log.debug("%s", message)
-        else:
-            self._warned.add(key)
-            log.warning("%s", message)
 
     # ---- the last mesh joined ----------------------------------------------------------
 
@@ -482,9 +344,4 @@ class Discovery:
             (self.state_dir / LAST_MESH_FILE).write_text(mesh_id + "\n")
 
 
-def mesh_rows(found: tuple[Found, ...] | list[Found]) -> list[tuple[Found, int]]:
-    """`discover`'s rows: one per mesh."""
-    return by_mesh(list(found))
-
-
-__all__ = ["Discovered", "Discovery", "DiscoveryHost", "MeshFacts", "discover", "mesh_rows", "same_name"]
+__all__ = ["Discovery"]

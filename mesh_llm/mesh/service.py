@@ -1,8 +1,8 @@
-"""The mesh as the node sees it: transport + gossip engine + tunnels, run on the node's loop.
+"""The mesh as the node sees it: transport + gossip engine + streams, run on the node's loop.
 
 This is the thin I/O shell around the pure gossip engine: it feeds the engine transport events
 and the clock, carries its messages out, dials the peers it learns about, keeps retrying the
-invite tokens and recently lost peers, and opens HTTP tunnels to remote model servers.
+invite tokens and recently lost peers, and keeps an HTTP transport to each remote model server.
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ from mesh_llm.mesh.gossip import (
     PeerUpdated,
     PeerView,
 )
+from mesh_llm.mesh.http_transport import MeshHttpTransport
 from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.token import InviteToken, MeshCredentials, format_address, new_mesh
 from mesh_llm.mesh.transport import MeshTransport, PeerLink, TransportConfig
-from mesh_llm.mesh.tunnel import TcpTunnel, TunnelCounters, open_tcp_tunnel, serve_tcp_streams
+from mesh_llm.mesh.tunnel import TunnelCounters, serve_tcp_streams
 from mesh_llm.supervise import supervised
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def local_addresses(port: int) -> list[str]:
 
 
 class MeshService:
-    """Membership, gossip and tunnels of one node. Start with `start()`, end with `stop()`."""
+    """Membership, gossip and streams of one node. Start with `start()`, end with `stop()`."""
 
     def __init__(
         self,
@@ -169,8 +170,7 @@ class MeshService:
         self._rpc_target = rpc_target
         self.rpc_counters: TunnelCounters | None = None
         self._on_change = on_change
-        self._tunnels: dict[tuple[str, str], TcpTunnel] = {}
-        self._tunnel_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._http: dict[tuple[str, str], MeshHttpTransport] = {}  # (node id, model) -> transport
         self._lost: dict[str, tuple[tuple[str, ...], float]] = {}  # node id -> (addresses, when lost)
         self._dialing: set[str] = set()
         self._inviter_tries: dict[str, int] = {}  # inviter node id -> failed dials so far
@@ -212,7 +212,7 @@ class MeshService:
         self._spawn(supervised("redial", self._redial_loop), "redial")
 
     async def stop(self) -> None:
-        """Say goodbye (peers drop us at once), close tunnels and the transport."""
+        """Say goodbye (peers drop us at once), close HTTP transports and the transport."""
         if self._stopped:
             return
         self._stopped = True
@@ -221,9 +221,9 @@ class MeshService:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for tunnel in list(self._tunnels.values()):
-            await tunnel.close()
-        self._tunnels.clear()
+        for http in list(self._http.values()):
+            await http.aclose()
+        self._http.clear()
         await self.transport.close()
 
     @property
@@ -251,21 +251,18 @@ class MeshService:
             return
         self._send(self.engine.update_self(self._now(), **fields))
 
-    async def http_port(self, node_id: str, model: str) -> int:
-        """A local TCP port that reaches `model`'s server on `node_id` through the mesh."""
+    async def http_transport(self, node_id: str, model: str) -> MeshHttpTransport:
+        """The httpx transport that reaches `model`'s server on `node_id` over mesh streams."""
         key = (node_id, model)
-        lock = self._tunnel_locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            tunnel = self._tunnels.get(key)
-            link = self.transport.link(node_id)
-            if link is None or not link.is_open:
-                raise TransportError(f"no open link to {node_id[:8]}")
-            if tunnel is None or tunnel.link is not link:
-                if tunnel is not None:
-                    await tunnel.close()
-                tunnel = await open_tcp_tunnel(link, HTTP_STREAM, {"model": model})
-                self._tunnels[key] = tunnel
-            return tunnel.port
+        http = self._http.get(key)
+        link = self.transport.link(node_id)
+        if link is None or not link.is_open:
+            raise TransportError(f"no open link to {node_id[:8]}")
+        if http is None or http.link is not link:  # first use, or the peer was redialled
+            if http is not None:
+                self._spawn(http.aclose(), "http-close")
+            http = self._http[key] = MeshHttpTransport(link, HTTP_STREAM, {"model": model})
+        return http
 
     # ---- transport events --------------------------------------------------------------
 
@@ -308,7 +305,7 @@ class MeshService:
         if view is not None and view.record.addresses:
             self._lost[peer_id] = (view.record.addresses, self._now())
         self._send(self.engine.peer_disconnected(peer_id, self._now()))
-        self._spawn(self._close_tunnels(peer_id), "untunnel")
+        self._spawn(self._close_http(peer_id), "http-close")
         self._on_change()
 
     def _drain_events(self) -> None:
@@ -324,23 +321,23 @@ class MeshService:
                     rec.role,
                 )
                 if isinstance(event, PeerRestarted):
-                    self._spawn(self._close_tunnels(rec.node_id), "untunnel")
+                    self._spawn(self._close_http(rec.node_id), "http-close")
                 self._dial_soon(rec.node_id, rec.addresses)
             elif isinstance(event, PeerLeft):
                 log.info("peer %s left the mesh (%s)", event.node_id[:8], event.reason.value)
                 if event.reason.value == "bye":
                     self._lost.pop(event.node_id, None)
-                self._spawn(self._close_tunnels(event.node_id), "untunnel")
+                self._spawn(self._close_http(event.node_id), "http-close")
             elif isinstance(event, PeerUpdated):
                 pass
         if changed:
             self._on_change()
 
-    async def _close_tunnels(self, node_id: str) -> None:
-        for key in [k for k in self._tunnels if k[0] == node_id]:
-            tunnel = self._tunnels.pop(key, None)
-            if tunnel is not None:
-                await tunnel.close()
+    async def _close_http(self, node_id: str) -> None:
+        for key in [k for k in self._http if k[0] == node_id]:
+            http = self._http.pop(key, None)
+            if http is not None:
+                await http.aclose()
 
     def _resolve_rpc(self, peer_id: str, header: dict[str, Any]) -> int | None:
         # Only the node that planned the split may reach our RPC worker, and only for that plan.

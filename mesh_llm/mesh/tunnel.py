@@ -16,8 +16,8 @@ socket (`MeshStreamReader.forward`), so a tunneled request costs no task wake-up
 that arrive together leave in one QUIC packet. A slow consumer on either side slows the
 producer instead of filling memory: the socket stops being read while the peer has no credit
 left, and the stream stops being consumed while the socket's write buffer is full. This is how
-the proxy reaches a remote model server over HTTP and how a split host reaches a remote
-llama.cpp RPC worker.
+a split host reaches a remote llama.cpp RPC worker, and how a node's model server takes the HTTP
+streams a peer's proxy opens (with `http_transport.MeshHttpTransport`, no tunnel on that side).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from mesh_llm.mesh.tunnel import TcpTunnel, open_tcp_tunnel
 from mesh_llm.models.resolve import ResolvedModel
 from mesh_llm.planning.claims import intents_record
 from mesh_llm.planning.demand import DemandTable
-from mesh_llm.planning.planner import Split
+from mesh_llm.planning.plans import Split
 from mesh_llm.runtime import RuntimeFile
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity

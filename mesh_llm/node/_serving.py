@@ -8,8 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 from mesh_llm.api.routing import Endpoint, model_key
+from mesh_llm.api.upstream import Upstream
 from mesh_llm.errors import BackendUnavailable
 from mesh_llm.mesh.gossip import PeerStatus
+from mesh_llm.mesh.http_transport import BASE_URL
 from mesh_llm.models.catalog import CATALOG, find_entry
 from mesh_llm.node._base import NodeCore
 from mesh_llm.planning.claims import peer_claims, peer_declined
@@ -127,16 +129,16 @@ class NodeServingView(NodeCore):
             for model, eps in sorted(by_model.items())
         ]
 
-    async def base_url(self, endpoint: Endpoint) -> str:
+    async def upstream(self, endpoint: Endpoint) -> Upstream:
         self.routed[(endpoint.model, endpoint.node_id)] += 1
         if endpoint.local:
             server = self.servers.get(endpoint.model)
             if server is None or not server.ready:
                 raise BackendUnavailable(f"the model server of {endpoint.model} is not ready")
-            return server.base_url
+            return Upstream(server.base_url)
         if self.mesh is None:
             raise BackendUnavailable("this node is not in a mesh")
-        return f"http://127.0.0.1:{await self.mesh.http_port(endpoint.node_id, endpoint.model)}"
+        return Upstream(BASE_URL, await self.mesh.http_transport(endpoint.node_id, endpoint.model))
 
     def local_model_port(self, model: str) -> int | None:
         """Where a peer's HTTP tunnel for `model` lands: our ready model server, else refuse."""

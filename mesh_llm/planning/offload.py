@@ -5,7 +5,7 @@ them out (``llama_model_params.devices`` / ``n_gpu_layers`` / ``tensor_split``, 
 context's ``type_k`` / ``type_v``). With no GPU chosen every function here leaves the CPU
 path exactly as it was: no offload, the configured context size.
 
-llama.cpp's rule (replayed by :func:`mesh_llm.serving.rpc.llama_placement`): with ``N``
+llama.cpp's rule (replayed by :func:`mesh_llm.planning.placement.llama_placement`): with ``N``
 repeating layers the output head counts as layer ``N``; the last ``n_gpu_layers`` of those
 ``N + 1`` go to the listed devices, divided by the cumulative normalised ``tensor_split``.
 """
@@ -124,6 +124,14 @@ def kv_bytes_per_token(
     k = n_head_kv * head_dim_k * CACHE_TYPES[type_k.lower()][1]
     v = n_head_kv * head_dim_v * CACHE_TYPES[type_v.lower()][1]
     return n_layer * (k + v)
+
+
+def context_memory(free_after_bytes: int, weights_bytes: int, budget_bytes: int | None) -> int:
+    """Memory the KV caches may take: what the GPUs have free once the weights are loaded, and,
+    under ``--max-vram``, no more than the budget leaves after those weights."""
+    if budget_bytes is None:
+        return free_after_bytes
+    return max(0, min(free_after_bytes, budget_bytes - weights_bytes))
 
 
 def auto_ctx(

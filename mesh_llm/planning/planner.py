@@ -1,7 +1,7 @@
 """Where a model runs: on one node (solo), split by layers across nodes, or not yet (waiting).
 
 Pure: no I/O, no clock, no randomness. The node feeds in what gossip knows about its peers and
-what the GGUF says about the model, and gets back a typed plan record::
+what the GGUF says about the model, and gets back a typed plan record (all in `plans`)::
 
     Plan = Solo | Split | Waiting
 
@@ -26,9 +26,9 @@ Rules
 
 Coordination
 ------------
-:func:`elect_host` names the node that coordinates a model too big for the node asked to serve
-it (or forced to split): a settled claimant keeps it; otherwise the eligible node with the GGUF
-and the most capacity takes it. Every node computes the same answer from gossip, which is how a
+:func:`election.elect_host` names the node that coordinates a model too big for the node asked
+to serve it (or forced to split): a settled claimant keeps it; otherwise the eligible node with
+the GGUF and the most capacity takes it. Every node computes the same answer from gossip, which is how a
 dead host's model passes to the node with the next-most capacity. That node then plans with
 ``pinned_host`` set to itself.
 
@@ -56,68 +56,33 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TypeAlias
 
-from mesh_llm.errors import ConfigError, ModelError
+from mesh_llm.errors import ConfigError
+from mesh_llm.planning.plans import (
+    ModelFacts,
+    Plan,
+    PlanNode,
+    Shard,
+    Solo,
+    Split,
+    Waiting,
+    capacity_rank,
+    index_nodes,
+    is_eligible,
+)
 
 __all__ = [
     "FIT_FACTOR",
-    "HostClaim",
-    "ModelFacts",
-    "Plan",
     "PlanConfig",
-    "PlanNode",
-    "PlanRow",
-    "Shard",
-    "Solo",
-    "Split",
-    "Waiting",
-    "describe_plan",
-    "elect_host",
     "fits",
     "host_candidate",
     "plan_model",
     "replan",
     "required_bytes",
-    "summarize_plan",
 ]
 
 # ---------------------------------------------------------------------------------------------
-# Inputs
-
-
-@dataclass(frozen=True, slots=True)
-class PlanNode:
-    """What the planner needs to know about one node of the mesh."""
-
-    node_id: str
-    capacity_bytes: int
-    """Memory this node offers for the model being planned (VRAM, or RAM on CPU-only nodes).
-
-    Count memory that this same model already occupies on the node as offered; otherwise a
-    serving host looks full to its own re-plan and the model moves for nothing.
-    """
-    rtt_ms: float | None
-    """Round-trip time from the host candidate; ``None`` for the host candidate itself."""
-    has_model: bool
-    """Whether the model's GGUF is already on this node's disk."""
-    client: bool = False
-    """API-only member: never serves, never downloads."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelFacts:
-    """What the GGUF says about the model being placed."""
-
-    name: str
-    size_bytes: int
-    n_layers: int
-
-    def __post_init__(self) -> None:
-        if self.size_bytes <= 0:
-            raise ModelError(f"model {self.name!r} has a size of {self.size_bytes} bytes")
-        if self.n_layers < 1:
-            raise ModelError(f"model {self.name!r} has {self.n_layers} layers")
+# Tunables
 
 
 FIT_FACTOR = 1.1
@@ -152,78 +117,6 @@ class PlanConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Outputs
-
-
-@dataclass(frozen=True, slots=True)
-class Solo:
-    """The whole model runs on ``host``."""
-
-    host: str
-    model: str
-    bytes_estimate: int
-    n_layers: int
-
-
-@dataclass(frozen=True, slots=True)
-class Shard:
-    """Layers ``[start_layer, end_layer)`` of a split model, held by ``node_id``."""
-
-    node_id: str
-    start_layer: int
-    end_layer: int
-    bytes_estimate: int
-
-    @property
-    def n_layers(self) -> int:
-        """How many layers this shard holds."""
-        return self.end_layer - self.start_layer
-
-
-@dataclass(frozen=True, slots=True)
-class Split:
-    """The model is split by layers; ``host`` serves HTTP and holds the first shard."""
-
-    host: str
-    shards: tuple[Shard, ...]
-    model: str
-    n_layers: int
-
-    @property
-    def members(self) -> tuple[str, ...]:
-        """Node ids of all members, host first."""
-        return tuple(s.node_id for s in self.shards)
-
-
-@dataclass(frozen=True, slots=True)
-class Waiting:
-    """The mesh cannot place the model yet; ``missing_bytes`` more capacity would do."""
-
-    reason: str
-    missing_bytes: int
-    model: str
-
-
-Plan: TypeAlias = Solo | Split | Waiting
-
-
-@dataclass(frozen=True, slots=True)
-class PlanRow:
-    """One line of ``mesh-llm plan MODEL``: a node, its role and its share of the model."""
-
-    node_id: str
-    role: str  # "host" or "worker"
-    start_layer: int
-    end_layer: int
-    bytes_estimate: int
-
-    @property
-    def n_layers(self) -> int:
-        """How many layers this node holds."""
-        return self.end_layer - self.start_layer
-
-
-# ---------------------------------------------------------------------------------------------
 # Planning
 
 
@@ -233,10 +126,10 @@ def host_candidate(nodes: Iterable[PlanNode], previous: Plan | None = None) -> s
     The previous plan's host while it is still eligible (replans prefer it), else the eligible
     node with the most capacity (ties: smallest node id); ``None`` when no node is eligible.
     """
-    by_id = _index(nodes)
+    by_id = index_nodes(nodes)
     if isinstance(previous, Solo | Split):
         prev = by_id.get(previous.host)
-        if prev is not None and _eligible(prev):
+        if prev is not None and is_eligible(prev):
             return prev.node_id
     ranked = _by_capacity(by_id)
     return ranked[0].node_id if ranked else None
@@ -248,7 +141,7 @@ def plan_model(nodes: Iterable[PlanNode], facts: ModelFacts, config: PlanConfig 
     Deterministic: the order of ``nodes`` does not matter. Raises ``ValueError`` when two
     entries share a node id.
     """
-    return _plan(_index(nodes), facts, config or PlanConfig(), previous=None)
+    return _plan(index_nodes(nodes), facts, config or PlanConfig(), previous=None)
 
 
 def replan(
@@ -263,7 +156,7 @@ def replan(
     ``is`` to know whether to reload anything.
     """
     cfg = config or PlanConfig()
-    by_id = _index(nodes)
+    by_id = index_nodes(nodes)
     # Only a placement of this very model is worth keeping; a waiting one takes what it can get.
     kept = previous if isinstance(previous, Solo | Split) and _same_model(previous, facts) else None
     if kept is not None and _still_holds(kept, by_id, facts, cfg):
@@ -287,14 +180,14 @@ def _plan(by_id: Mapping[str, PlanNode], facts: ModelFacts, cfg: PlanConfig, pre
     prev_host = by_id.get(previous.host) if isinstance(previous, Solo | Split) else None
     if cfg.pinned_host is not None:
         prev_host = by_id.get(cfg.pinned_host)
-        if prev_host is None or not _eligible(prev_host):
+        if prev_host is None or not is_eligible(prev_host):
             return Waiting(
                 reason="the pinned host offers no capacity",
                 missing_bytes=math.ceil(required),
                 model=facts.name,
             )
         ranked = [prev_host] + [n for n in ranked if n is not prev_host]
-    elif prev_host is not None and not _eligible(prev_host):
+    elif prev_host is not None and not is_eligible(prev_host):
         prev_host = None
 
     fitting = [n for n in ranked if n.capacity_bytes >= required]
@@ -400,43 +293,6 @@ def _bytes_for(facts: ModelFacts, start: int, end: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Who coordinates a model
-
-
-@dataclass(frozen=True, slots=True)
-class HostClaim:
-    """A node that says it coordinates a model (published in its gossip record)."""
-
-    node_id: str
-    settled: bool
-    """Its plan places the model (solo or split), so moving it would reload it; an unsettled
-    claim (still waiting for capacity) has loaded nothing and yields to a better host."""
-
-
-def elect_host(nodes: Iterable[PlanNode], claims: Iterable[HostClaim]) -> str | None:
-    """The node that should coordinate a model, computed identically on every node.
-
-    A settled claimant that is still eligible keeps the model (the best ranked one, should two
-    claim it at once), so a bigger node joining never reloads a serving model. Otherwise the
-    host is the eligible node with the GGUF on disk that has the most capacity (ties: smallest
-    node id); that is also how a host that died or dropped the model is succeeded by the node
-    with the next-most capacity. ``None`` when no eligible node has the file.
-    """
-    by_id = _index(nodes)
-    settled = [
-        by_id[c.node_id] for c in claims if c.settled and c.node_id in by_id and _eligible(by_id[c.node_id])
-    ]
-    if settled:
-        return min(settled, key=_rank).node_id
-    holders = [n for n in by_id.values() if _eligible(n) and n.has_model]
-    return min(holders, key=_rank).node_id if holders else None
-
-
-def _rank(node: PlanNode) -> tuple[int, str]:
-    return (-node.capacity_bytes, node.node_id)
-
-
-# ---------------------------------------------------------------------------------------------
 # Hysteresis
 
 
@@ -447,7 +303,7 @@ def _still_holds(
     if isinstance(previous, Solo):
         host = by_id.get(previous.host)
         return (
-            not cfg.force_split and host is not None and _eligible(host) and host.capacity_bytes >= required
+            not cfg.force_split and host is not None and is_eligible(host) and host.capacity_bytes >= required
         )
 
     if not cfg.force_split and any(n.capacity_bytes >= required for n in _by_capacity(by_id)):
@@ -457,7 +313,7 @@ def _still_holds(
     total = 0
     for shard in previous.shards:
         node = by_id.get(shard.node_id)
-        if node is None or not _eligible(node):
+        if node is None or not is_eligible(node):
             return False
         if node.node_id != previous.host and not (
             node.has_model
@@ -495,22 +351,9 @@ def _same_model(previous: Solo | Split, facts: ModelFacts) -> bool:
 # Helpers
 
 
-def _index(nodes: Iterable[PlanNode]) -> dict[str, PlanNode]:
-    by_id: dict[str, PlanNode] = {}
-    for node in nodes:
-        if node.node_id in by_id:
-            raise ValueError(f"node {node.node_id!r} appears twice")
-        by_id[node.node_id] = node
-    return by_id
-
-
-def _eligible(node: PlanNode) -> bool:
-    return not node.client and node.capacity_bytes > 0
-
-
 def _by_capacity(by_id: Mapping[str, PlanNode]) -> list[PlanNode]:
     """Eligible nodes, most capacity first, ties by node id."""
-    return sorted((n for n in by_id.values() if _eligible(n)), key=_rank)
+    return sorted((n for n in by_id.values() if is_eligible(n)), key=capacity_rank)
 
 
 def required_bytes(size_bytes: int, fit_factor: float) -> Fraction:
@@ -529,43 +372,3 @@ def fits(capacity_bytes: int, size_bytes: int, fit_factor: float) -> bool:
 
 def _required(facts: ModelFacts, cfg: PlanConfig) -> Fraction:
     return required_bytes(facts.size_bytes, cfg.fit_factor)
-
-
-# ---------------------------------------------------------------------------------------------
-# Presentation (pure; the CLI renders)
-
-
-def describe_plan(plan: Plan) -> list[PlanRow]:
-    """Rows for ``mesh-llm plan MODEL``: each member's layer range and memory, host first.
-
-    A waiting plan has no rows; show :func:`summarize_plan` instead.
-    """
-    if isinstance(plan, Solo):
-        return [PlanRow(plan.host, "host", 0, plan.n_layers, plan.bytes_estimate)]
-    if isinstance(plan, Split):
-        return [
-            PlanRow(
-                s.node_id,
-                "host" if s.node_id == plan.host else "worker",
-                s.start_layer,
-                s.end_layer,
-                s.bytes_estimate,
-            )
-            for s in plan.shards
-        ]
-    return []
-
-
-def summarize_plan(plan: Plan) -> str:
-    """One human line about a plan, for logs, status tables and the console."""
-    if isinstance(plan, Solo):
-        return f"{plan.model}: solo on {plan.host} ({_gb(plan.bytes_estimate)})"
-    if isinstance(plan, Split):
-        return (
-            f"{plan.model}: split across {len(plan.shards)} nodes, host {plan.host} ({plan.n_layers} layers)"
-        )
-    return f"{plan.model}: waiting, {plan.reason}; needs {_gb(plan.missing_bytes)} more"
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB"

@@ -22,7 +22,7 @@ from mesh_llm.errors import ConfigError, MeshError
 from mesh_llm.models.draft import choose_draft
 from mesh_llm.models.resolve import ResolvedModel
 from mesh_llm.planning.offload import solo_offload
-from mesh_llm.serving.process import log_tail, stop_group
+from mesh_llm.serving.process import Exited, SupervisedChild, TimedOut
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,10 @@ def gpu_server_args(config: BackendConfig, gpus: Sequence[tuple[str, int]], *, s
         args += plan.server_args()
         if config.n_ctx_auto:
             args.append("--auto-ctx")
+            if config.gpu_budget_bytes is not None:
+                args += ["--gpu-budget", str(config.gpu_budget_bytes)]
     elif split and gpus:
-        args += ["--gpu-devices", gpus[0][0]]  # the draft model goes on the host's first GPU
+        args += ["--gpu-devices", gpus[0][0]]  # the host's own layers and a draft go on its first GPU
     return args
 
 
@@ -106,7 +108,7 @@ class ModelServer:
         wholly on them, divided by free memory (see planning/offload.py); none: the CPU.
 
         ``rpc_endpoints`` and ``layer_split`` make this a split host: ``layer_split`` holds the
-        host's layer count, then one per endpoint in the same order (see rpc.offload_settings).
+        host's layer count, then one per endpoint in the same order (see planning.placement.offload_settings).
         The child exits when a worker's connection closes; like any crash that is reported in
         the status message and retried with backoff, so the owner should re-plan and stop it.
         """
@@ -123,15 +125,17 @@ class ModelServer:
         self.gpus = tuple(gpus)
         self.model = model
         self._config = config
-        self._log_path = log_dir / f"{model.name}.log"
-        self._on_change = on_change
+        self._child = SupervisedChild(
+            f"model server {model.name}",
+            log_dir / f"{model.name}.log",
+            BackendState.STOPPED,
+            stop_timeout_s=config.stop_timeout_s,
+            on_change=on_change,
+            logger=log,
+        )
         self._sock = _listening_socket()
         self.port: int = self._sock.getsockname()[1]
-        self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
-        self._state = BackendState.STOPPED
-        self._since = time.time()
-        self._message = ""
         self.restarts = 0
         self._stopping = False
         self._ready_at: float | None = None
@@ -155,28 +159,18 @@ class ModelServer:
 
     @property
     def ready(self) -> bool:
-        return self._state is BackendState.READY
+        return self._child.state is BackendState.READY
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc and self._proc.returncode is None else None
+        return self._child.pid
 
     def status(self) -> BackendStatus:
-        return BackendStatus(
-            self.name, self._state, self.port, self.pid, self.restarts, self._since, self._message
-        )
-
-    def _set_state(self, state: BackendState, message: str = "") -> None:
-        if state is not self._state or message != self._message:
-            log.info("model server %s: %s -> %s %s", self.name, self._state.value, state.value, message)
-            self._state = state
-            self._message = message
-            self._since = time.time()
-            self._on_change()
+        c = self._child
+        return BackendStatus(self.name, c.state, self.port, c.pid, self.restarts, c.since, c.message)
 
     async def start(self) -> None:
         """Launch the supervisor; returns at once (watch `ready` or the on_change callback)."""
-        self._log_path.parent.mkdir(parents=True, exist_ok=True)
         self._task = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
 
     async def wait_ready(self, timeout: float) -> bool:
@@ -210,9 +204,9 @@ class ModelServer:
             self._task = None
         await self._kill_child()
         self._sock.close()
-        self._set_state(BackendState.STOPPED, "stopped")
+        self._child.set_state(BackendState.STOPPED, "stopped")
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
+    def _command(self) -> list[str]:
         cmd = [
             sys.executable,
             "-m",
@@ -244,18 +238,7 @@ class ModelServer:
         if self.layer_split:
             cmd += ["--layer-split", ",".join(map(str, self.layer_split))]
             cmd += ["--output-on", "host" if self.output_on_host else "last"]
-        logf = self._log_path.open("ab")
-        try:
-            return await asyncio.create_subprocess_exec(
-                *cmd,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=logf,
-                stderr=asyncio.subprocess.STDOUT,
-                pass_fds=(self._sock.fileno(),),
-                start_new_session=True,
-            )
-        finally:
-            logf.close()
+        return cmd
 
     async def _healthy(self, client: httpx.AsyncClient) -> bool:
         """One health check; it also refreshes the slot figures shown in status and gossip."""
@@ -280,10 +263,10 @@ class ModelServer:
         failures = 0
         async with httpx.AsyncClient() as client:
             while not self._stopping:
-                self._set_state(BackendState.STARTING, "loading model")
+                self._child.set_state(BackendState.STARTING, "loading model")
                 self._ready_at = None
                 self._spawned_at = time.monotonic()
-                self._proc = await self._spawn()
+                await self._child.spawn(self._command(), pass_fds=(self._sock.fileno(),))
                 reason = await self._run_once(client)
                 await self._kill_child()
                 if self._stopping:
@@ -293,46 +276,45 @@ class ModelServer:
                     failures = 0  # it ran fine for a while: this crash starts a new backoff series
                 delay = self._config.restart_backoff_s[min(failures, len(self._config.restart_backoff_s) - 1)]
                 failures += 1
-                self._set_state(BackendState.RESTARTING, f"{reason}; restarting in {delay:g} s")
+                self._child.set_state(BackendState.RESTARTING, f"{reason}; restarting in {delay:g} s")
                 await asyncio.sleep(delay)
 
     async def _run_once(self, client: httpx.AsyncClient) -> str:
         """Run one child until it exits or fails its health checks; return why it ended."""
-        assert self._proc is not None
-        proc = self._proc
-        deadline = time.monotonic() + self._config.startup_timeout_s
-        while not await self._healthy(client):
-            if proc.returncode is not None:
-                if proc.returncode == EXIT_BAD_DRAFT and self.draft is not None:
-                    # The draft cannot draft for this model: serve without it, and say why.
-                    self.draft_error = log_tail(self._log_path)
-                    log.warning("model server %s: draft refused: %s", self.name, self.draft_error)
-                    self.draft = None
-                    return "its draft was refused; starting without it"
-                return f"exited with code {proc.returncode} while loading ({log_tail(self._log_path)})"
-            if time.monotonic() > deadline:
-                return f"did not become healthy within {self._config.startup_timeout_s:g} s"
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 0.1)
+        child = self._child
+
+        async def healthy() -> bool:
+            return await self._healthy(client)
+
+        outcome = await child.wait_ready(healthy, self._config.startup_timeout_s, 0.1)
+        if isinstance(outcome, Exited):
+            if outcome.code == EXIT_BAD_DRAFT and self.draft is not None:
+                # The draft cannot draft for this model: serve without it, and say why.
+                self.draft_error = child.log_tail()
+                log.warning("model server %s: draft refused: %s", self.name, self.draft_error)
+                self.draft = None
+                return "its draft was refused; starting without it"
+            return f"exited with code {outcome.code} while loading ({child.log_tail()})"
+        if isinstance(outcome, TimedOut):
+            return f"did not become healthy within {outcome.after_s:g} s"
         self._ready_at = time.monotonic()
         if self._spawned_at is not None:
             self.load_s = self._ready_at - self._spawned_at
-        self._set_state(BackendState.READY, "")
+        child.set_state(BackendState.READY, "")
         misses = 0
         # Checks every half second keep the slot figures fresh; the miss budget stays in time.
         interval = min(self._config.health_interval_s, SLOTS_POLL_S)
         allowed_misses = max(3, round(3 * self._config.health_interval_s / interval))
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), interval)
-            if proc.returncode is not None:
+            code = await child.wait_exit(interval)
+            if code is not None:
                 if self.rpc_endpoints:  # say which worker went away
-                    return f"exited with code {proc.returncode} ({log_tail(self._log_path, 1)})"
-                return f"exited with code {proc.returncode}"
+                    return f"exited with code {code} ({child.log_tail(1)})"
+                return f"exited with code {code}"
             misses = 0 if await self._healthy(client) else misses + 1
             if misses >= allowed_misses:
                 return "stopped answering health checks"
 
     async def _kill_child(self) -> None:
         self.slots = None
-        await stop_group(self._proc, self._config.stop_timeout_s)
+        await self._child.stop()

@@ -217,23 +217,26 @@ if __name__ == "__main__":
 _handle_refs: list[Any] = []  # device arrays llama.cpp points into: must outlive the models
 
 
-def device_array(names: Sequence[str]) -> Any:
-    """A NULL-terminated ``ggml_backend_dev_t[]`` for ``llama_model_params.devices``.
-
-    Raises BackendError for a name this process's registry does not know.
-    """
+def device_handle(name: str) -> int:
+    """This process's ``ggml_backend_dev_t`` for a device name; BackendError if it has none."""
     from llama_cpp import llama_cpp as C
 
     C.llama_backend_init()
     lib = ctypes.CDLL(str(_libggml_path()))
     lib.ggml_backend_dev_by_name.restype = ctypes.c_void_p
     lib.ggml_backend_dev_by_name.argtypes = [ctypes.c_char_p]
-    handles = []
-    for name in names:
-        dev = lib.ggml_backend_dev_by_name(name.encode())
-        if not dev:
-            raise BackendError(f"ggml has no device {name!r} in this process")
-        handles.append(dev)
+    dev = lib.ggml_backend_dev_by_name(name.encode())
+    if not dev:
+        raise BackendError(f"ggml has no device {name!r} in this process")
+    return int(dev)
+
+
+def device_array(names: Sequence[str]) -> Any:
+    """A NULL-terminated ``ggml_backend_dev_t[]`` for ``llama_model_params.devices``.
+
+    Raises BackendError for a name this process's registry does not know.
+    """
+    handles = [device_handle(name) for name in names]
     arr = (ctypes.c_void_p * (len(handles) + 1))(*handles, None)
     _handle_refs.append(arr)
     return arr

@@ -8,8 +8,8 @@ engine (`--parallel` slots of `--n-ctx` tokens each) and serves OpenAI's /v1 rou
 /mesh/health, /mesh/slots and, on split hosts, /mesh/placement.
 
 Split hosts add `--rpc HOST:PORT` once per RPC worker and `--layer-split H,W1,W2,...` (host
-first, then one count per worker in the same order): the host keeps layers [0, H) on its CPU,
-the first worker the next W1 layers, and so on. After loading, the placement llama.cpp really
+first, then one count per worker in the same order): the host keeps layers [0, H) on its CPU
+(on the first `--gpu-devices` GPU when given), the first worker the next W1 layers, and so on. After loading, the placement llama.cpp really
 made is checked against the split (a mismatch exits), logged, and served at /mesh/placement. A
 worker connection that closes ends the process at once (exit code 4), so its supervisor
 learns of a lost worker within a second instead of at the next request.
@@ -35,7 +35,7 @@ from mesh_llm.errors import ConfigError, MeshError
 
 if TYPE_CHECKING:
     from mesh_llm.serving.engine._draft import Drafter
-    from mesh_llm.serving.engine._engine import EngineConfig
+    from mesh_llm.serving.engine._jobs import EngineConfig
     from mesh_llm.serving.engine._llama import Model
 
 
@@ -74,6 +74,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--auto-ctx", action="store_true", help="size --n-ctx to the GPU memory left after the weights"
     )
+    p.add_argument(
+        "--gpu-budget", type=int, default=None, help="bytes the weights and KV caches may take (--max-vram)"
+    )
     p.add_argument("--cache-type-k", default=None, help="KV cache type for K: f16, q8_0, q4_0, ...")
     p.add_argument("--cache-type-v", default=None, help="KV cache type for V")
     p.add_argument(
@@ -104,15 +107,13 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _drafter(
-    spec: str | None, model: Model, config: EngineConfig, gpus: Sequence[str] = ()
-) -> Drafter | None:
-    """The drafter `--draft` asks for, or None; a model draft goes on the first of ``gpus``."""
+def _load_draft(spec: str | None, model: Model, gpus: Sequence[str] = ()) -> Model | Drafter | None:
+    """The draft `--draft` asks for: a lookup drafter, a loaded draft model (on the first of
+    ``gpus``), or None. A draft model's context is sized later, with the model's."""
     from pathlib import Path
 
     from mesh_llm.planning.offload import draft_offload
     from mesh_llm.serving.engine._draft import LOOKUP, LookupDrafter, check_vocab
-    from mesh_llm.serving.engine._drafter import ModelDrafter
     from mesh_llm.serving.engine._llama import Model
 
     if spec is None:
@@ -132,9 +133,19 @@ def _drafter(
         draft.close()
         raise
     print(f"mesh-llm draft: {path.name} drafts for {model.n_layer}-layer model", file=sys.stderr, flush=True)
+    return draft
+
+
+def _drafter(draft: Model | Drafter | None, config: EngineConfig) -> Drafter | None:
+    """A loaded draft model becomes a drafter with the engine's slots and context."""
+    from mesh_llm.serving.engine._drafter import ModelDrafter
+    from mesh_llm.serving.engine._llama import Model
+
+    if not isinstance(draft, Model):
+        return draft
     return ModelDrafter(
         draft,
-        name=path.stem,
+        name=draft.path.stem,
         n_seq=config.n_slots,
         n_ctx_seq=config.n_ctx_slot,
         n_batch=config.prefill_chunk + config.n_slots,
@@ -143,20 +154,32 @@ def _drafter(
     )
 
 
-def _auto_ctx(model: Model, gpus: Sequence[str], args: argparse.Namespace) -> int:
-    """Per-slot context that the chosen GPUs' free memory holds after the weights loaded."""
-    from mesh_llm.planning.offload import DEFAULT_CACHE_TYPE, auto_ctx, kv_bytes_per_token
+def _gpu_free(gpus: Sequence[str]) -> int:
     from mesh_llm.serving.devices import registry_devices
 
-    free = sum(d.free_bytes for d in registry_devices() if d.name in gpus)
-    per_token = kv_bytes_per_token(
-        model.n_layer, model.n_head_kv, model.head_dim_k, model.head_dim_v,
-        type_k=args.cache_type_k or DEFAULT_CACHE_TYPE, type_v=args.cache_type_v or DEFAULT_CACHE_TYPE,
-    )  # fmt: skip
-    n_ctx = auto_ctx(free, per_token, args.parallel, n_ctx_train=model.n_ctx_train, fallback=args.n_ctx)
+    return sum(d.free_bytes for d in registry_devices() if d.name in gpus)
+
+
+def _auto_ctx(
+    models: Sequence[Model], gpus: Sequence[str], free_before: int, args: argparse.Namespace
+) -> int:
+    """Per-slot context that the chosen GPUs hold after the weights (the model's and a draft's)
+    loaded, within ``--gpu-budget``; every model's KV cache counts, since each slot has one."""
+    from mesh_llm.planning.offload import DEFAULT_CACHE_TYPE, auto_ctx, context_memory, kv_bytes_per_token
+
+    free = _gpu_free(gpus)
+    memory = context_memory(free, max(0, free_before - free), args.gpu_budget)
+    kinds = {
+        "type_k": args.cache_type_k or DEFAULT_CACHE_TYPE,
+        "type_v": args.cache_type_v or DEFAULT_CACHE_TYPE,
+    }
+    per_token = sum(
+        kv_bytes_per_token(m.n_layer, m.n_head_kv, m.head_dim_k, m.head_dim_v, **kinds) for m in models
+    )
+    n_ctx = auto_ctx(memory, per_token, args.parallel, n_ctx_train=models[0].n_ctx_train, fallback=args.n_ctx)
     print(
-        f"mesh-llm context: {n_ctx} tokens per slot x {args.parallel} ({free / 2**30:.1f} GiB free on "
-        f"{','.join(gpus)} after the weights)",
+        f"mesh-llm context: {n_ctx} tokens per slot x {args.parallel} ({memory / 2**30:.1f} GiB for "
+        f"KV caches on {','.join(gpus)} after the weights)",
         file=sys.stderr,
         flush=True,
     )
@@ -169,23 +192,26 @@ def main(argv: list[str] | None = None) -> int:
         _die_with_parent(args.parent_pid)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
+    gpus = [g for g in (args.gpu_devices or "").split(",") if g]
     split = None
     capture = None
     if args.rpc or args.layer_split:
         # A lost worker makes ggml abort; without this it first runs gdb for a backtrace.
         os.environ.setdefault("GGML_NO_BACKTRACE", "1")
-        from mesh_llm.serving import rpc
+        from mesh_llm.planning.placement import parse_placement
+        from mesh_llm.serving.host_split import LlamaLogCapture, prepare_host_split, watch_rpc_connections
 
         try:
             if not args.rpc or not args.layer_split:
                 raise ConfigError("--rpc and --layer-split go together")
             counts = [int(c) for c in args.layer_split.split(",")]
-            split = rpc.prepare_host_split(
-                args.rpc, counts, output_on_host=args.output_on == "host", probe_timeout=args.rpc_timeout
-            )
+            split = prepare_host_split(
+                args.rpc, counts, output_on_host=args.output_on == "host", probe_timeout=args.rpc_timeout,
+                host_gpu=gpus[0] if gpus else None,
+            )  # fmt: skip
         except (MeshError, ValueError) as exc:
             return _fail(str(exc), EXIT_RPC_UNUSABLE)
-        capture = rpc.LlamaLogCapture()
+        capture = LlamaLogCapture()
 
     import uvicorn
 
@@ -194,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     from mesh_llm.serving.engine._chat import ChatTemplate
     from mesh_llm.serving.engine._llama import Model
 
-    gpus = [g for g in (args.gpu_devices or "").split(",") if g]
+    sized = bool(args.auto_ctx and gpus and not split)
+    free_before = _gpu_free(gpus) if sized else 0
     try:
         type_k = cache_type(args.cache_type_k) if args.cache_type_k else None
         type_v = cache_type(args.cache_type_v) if args.cache_type_v else None
@@ -212,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, object] = {}
     if split is not None and capture is not None:
         try:
-            placement = rpc.parse_placement(capture.finish())
+            placement = parse_placement(capture.finish())
             split.check(placement)
         except MeshError as exc:
             return _fail(str(exc), EXIT_RPC_UNUSABLE)
@@ -224,12 +251,17 @@ def main(argv: list[str] | None = None) -> int:
             _fail(f"connection to RPC worker {endpoint} closed; the split model cannot run", EXIT_RPC_LOST)
             os._exit(EXIT_RPC_LOST)  # uvicorn and llama.cpp threads would not end on their own
 
-        rpc.watch_rpc_connections(split.endpoints, lost)
+        watch_rpc_connections(split.endpoints, lost)
 
+    try:
+        draft = _load_draft(args.draft, model, gpus)
+    except MeshError as exc:
+        return _fail(str(exc), EXIT_BAD_DRAFT)
+    loaded = [model, draft] if isinstance(draft, Model) else [model]
     cores = os.cpu_count() or 2
     engine_config = EngineConfig(
         n_slots=args.parallel,
-        n_ctx_slot=_auto_ctx(model, gpus, args) if args.auto_ctx and gpus and not split else args.n_ctx,
+        n_ctx_slot=_auto_ctx(loaded, gpus, free_before, args) if sized else args.n_ctx,
         max_queue=args.max_queue,
         # llama-cpp-python's defaults: half the cores for one-token steps, all for batches.
         n_threads=args.n_threads or max(1, cores // 2),
@@ -238,11 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         type_k=type_k,
         type_v=type_v,
     )
-    try:
-        drafter = _drafter(args.draft, model, engine_config, gpus)
-    except MeshError as exc:
-        return _fail(str(exc), EXIT_BAD_DRAFT)
-    engine = Engine(model, engine_config, drafter)
+    engine = Engine(model, engine_config, _drafter(draft, engine_config))
     source = model.chat_template()
     template = (
         ChatTemplate(source, bos_token=model.special_text("bos"), eos_token=model.special_text("eos"))

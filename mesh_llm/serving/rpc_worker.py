@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     _line_buffer_c_stdout()
 
-    from mesh_llm.serving.rpc import serve_rpc_forever
+    from mesh_llm.serving.ggml import serve_rpc_forever
 
     if args.cache_dir is not None:
         args.cache_dir.mkdir(parents=True, exist_ok=True)

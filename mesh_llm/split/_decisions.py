@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from mesh_llm.planning.planner import ModelFacts, PlanConfig, PlanNode, Solo, Split, Waiting, replan
+from mesh_llm.planning.planner import PlanConfig, replan
+from mesh_llm.planning.plans import ModelFacts, PlanNode, Solo, Split, Waiting
 from mesh_llm.split._election import MeshView, plan_nodes
 from mesh_llm.states import Loading, Serving, SplitHostState, WaitingForCapacity, WaitingForWorkers
 

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mesh_llm.planning.claims import PeerClaim
-from mesh_llm.planning.planner import HostClaim, PlanNode, elect_host
+from mesh_llm.planning.election import HostClaim, elect_host
+from mesh_llm.planning.plans import PlanNode
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 A node asked to serve a model that does not fit it (or with `--split`) *wants* it and says so in
 its gossip record (`extra["wants"]`). Every node computes the same coordinator for each wanted
-model (`planner.elect_host`): a host already placing it keeps it, else the node with the GGUF
+model (`planning.election.elect_host`): a host already placing it keeps it, else the node with the GGUF
 and the most capacity. Nodes remember the split models they have seen for ten minutes, so when a
 host dies or drops one, the node with the next-most capacity takes it over.
 

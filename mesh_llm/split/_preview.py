@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from mesh_llm.planning.planner import ModelFacts, PlanConfig, Waiting, describe_plan, plan_model
+from mesh_llm.planning.planner import PlanConfig, plan_model
+from mesh_llm.planning.plans import ModelFacts, Waiting, describe_plan
 from mesh_llm.split._decisions import Plan, mode, plan_config
 from mesh_llm.split._election import MeshView, elected, plan_nodes
 

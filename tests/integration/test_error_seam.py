@@ -23,6 +23,7 @@ from mesh_llm.api.console import ChangeFeed, create_console_app
 from mesh_llm.api.control import control_router
 from mesh_llm.api.proxy import Proxy
 from mesh_llm.api.routing import Endpoint
+from mesh_llm.api.upstream import Upstream
 from mesh_llm.errors import ConfigError, UnknownModelError
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -52,8 +53,8 @@ class OneHost:
     def model_cards(self) -> list[dict[str, Any]]:
         return self._cards()
 
-    async def base_url(self, endpoint: Endpoint) -> str:
-        return self.url
+    async def upstream(self, endpoint: Endpoint) -> Upstream:
+        return Upstream(self.url)
 
     def note_request(self, model: str) -> None:
         pass

@@ -29,9 +29,20 @@ from hypothesis import strategies as st
 from mesh_llm.config import BackendConfig
 from mesh_llm.errors import BackendError, BackendUnavailable, ConfigError
 from mesh_llm.models.resolve import ResolvedModel
-from mesh_llm.serving import rpc
+from mesh_llm.planning.placement import (
+    HostSplit,
+    Placement,
+    RpcDevice,
+    layer_split_from_ranges,
+    llama_placement,
+    offload_settings,
+    parse_endpoint,
+    shard_ranges,
+)
 from mesh_llm.serving.backend import BackendState, ModelServer
-from mesh_llm.serving.rpc import RpcWorker, RpcWorkerState
+from mesh_llm.serving.rpc_cache import clear_rpc_cache, fnv1a_64, gguf_tensors, prefill_rpc_cache
+from mesh_llm.serving.rpc_probe import probe_rpc_server
+from mesh_llm.serving.rpc_supervisor import RpcWorker, RpcWorkerState
 from tests.gguf_fixtures import write_wide_llama_gguf
 from tests.harness import smollm2_path, wait_gone
 
@@ -51,7 +62,7 @@ class CountingRelay:
     """
 
     def __init__(self, target: str) -> None:
-        self._target = rpc.parse_endpoint(target)
+        self._target = parse_endpoint(target)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.to_worker = 0
@@ -184,7 +195,7 @@ def layer_bytes(model: Path) -> tuple[list[int], dict[str, int]]:
     """Weight bytes per layer, and the bytes of each non-layer tensor."""
     per_layer: dict[int, int] = {}
     other: dict[str, int] = {}
-    for t in rpc.gguf_tensors(model):
+    for t in gguf_tensors(model):
         if t.tensor.startswith("blk."):
             il = int(t.tensor.split(".")[1])
             per_layer[il] = per_layer.get(il, 0) + t.n_bytes
@@ -220,29 +231,29 @@ def solo_outputs(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> lis
 @given(st.lists(st.integers(1, 40), min_size=1, max_size=6), st.integers(0, 40))
 def test_offload_settings_put_every_layer_on_its_planned_device(workers_layers: list[int], host: int) -> None:
     split = [host, *workers_layers]
-    s = rpc.offload_settings(split)
+    s = offload_settings(split)
     n_layers = sum(split)
-    placed = rpc.llama_placement(n_layers, s.n_gpu_layers, s.tensor_split)
+    placed = llama_placement(n_layers, s.n_gpu_layers, s.tensor_split)
     want = [-1] * host + [j for j, c in enumerate(workers_layers) for _ in range(c)]
     assert list(placed[:n_layers]) == want
     assert placed[n_layers] == len(workers_layers) - 1  # the head counts as the last device's layer
 
 
 def test_fnv1a_64_matches_the_reference_vectors() -> None:
-    assert rpc.fnv1a_64(b"") == 0xCBF29CE484222325
-    assert rpc.fnv1a_64(b"a") == 0xAF63DC4C8601EC8C
-    assert rpc.fnv1a_64(np.frombuffer(b"foobar", dtype=np.uint8)) == 0x85944171F73967E8
+    assert fnv1a_64(b"") == 0xCBF29CE484222325
+    assert fnv1a_64(b"a") == 0xAF63DC4C8601EC8C
+    assert fnv1a_64(np.frombuffer(b"foobar", dtype=np.uint8)) == 0x85944171F73967E8
 
 
 def test_layer_ranges_round_trip_and_bad_splits_are_refused() -> None:
-    assert rpc.shard_ranges([10, 12, 8]) == [(0, 10), (10, 22), (22, 30)]
-    assert rpc.layer_split_from_ranges([(0, 10), (10, 22), (22, 30)]) == (10, 12, 8)
+    assert shard_ranges([10, 12, 8]) == [(0, 10), (10, 22), (22, 30)]
+    assert layer_split_from_ranges([(0, 10), (10, 22), (22, 30)]) == (10, 12, 8)
     with pytest.raises(ConfigError):
-        rpc.layer_split_from_ranges([(0, 10), (11, 30)])
+        layer_split_from_ranges([(0, 10), (11, 30)])
     with pytest.raises(ConfigError):
-        rpc.offload_settings([30])
+        offload_settings([30])
     with pytest.raises(ConfigError):
-        rpc.offload_settings([10, 0, 20])
+        offload_settings([10, 0, 20])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +292,7 @@ async def test_split_over_one_and_two_workers_matches_solo_with_layers_where_pla
                 r.close()
     # Each worker received its own layers' weights and nothing else of size: the embeddings
     # and the output head stayed on the host.
-    for (start, end), got in zip(rpc.shard_ranges(split)[1:], loaded, strict=True):
+    for (start, end), got in zip(shard_ranges(split)[1:], loaded, strict=True):
         want = sum(per_layer[start:end])
         assert want <= got < want + 512 * 1024, (start, end, want, got)
 
@@ -330,7 +341,7 @@ async def test_killed_worker_fails_the_host_fast_and_stop_leaves_no_process(
 def test_worker_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
     parent = (
         "import asyncio, pathlib, sys, time\n"
-        "from mesh_llm.serving.rpc import RpcWorker\n"
+        "from mesh_llm.serving.rpc_supervisor import RpcWorker\n"
         "w = RpcWorker(0, None, pathlib.Path(sys.argv[1]), n_threads=1)\n"
         "asyncio.run(w.start())\n"
         "print(w.pid, flush=True)\n"
@@ -348,15 +359,15 @@ def test_worker_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
 
 
 def test_host_split_check_refuses_a_placement_that_differs_from_the_plan() -> None:
-    devices = (rpc.RpcDevice("127.0.0.1:1", "RPC0", 1), rpc.RpcDevice("127.0.0.1:2", "RPC1", 2))
-    split = rpc.HostSplit(("127.0.0.1:1", "127.0.0.1:2"), (1, 2, 1), rpc.offload_settings([1, 2, 1]), devices)
-    split.check(rpc.Placement(("CPU", "RPC0", "RPC0", "RPC1"), "CPU"))
+    devices = (RpcDevice("127.0.0.1:1", "RPC0", 1), RpcDevice("127.0.0.1:2", "RPC1", 2))
+    split = HostSplit(("127.0.0.1:1", "127.0.0.1:2"), (1, 2, 1), offload_settings([1, 2, 1]), devices)
+    split.check(Placement(("CPU", "RPC0", "RPC0", "RPC1"), "CPU"))
     with pytest.raises(BackendError, match="layers \\[2\\]"):
-        split.check(rpc.Placement(("CPU", "RPC0", "RPC1", "RPC1"), "CPU"))
+        split.check(Placement(("CPU", "RPC0", "RPC1", "RPC1"), "CPU"))
     with pytest.raises(BackendError, match="output head"):
-        split.check(rpc.Placement(("CPU", "RPC0", "RPC0", "RPC1"), "RPC1"))
+        split.check(Placement(("CPU", "RPC0", "RPC0", "RPC1"), "RPC1"))
     with pytest.raises(BackendError, match="the model has 5"):
-        split.check(rpc.Placement(("CPU", "RPC0", "RPC0", "RPC1", "RPC1"), "CPU"))
+        split.check(Placement(("CPU", "RPC0", "RPC0", "RPC1", "RPC1"), "CPU"))
 
 
 async def test_probe_gives_up_on_a_silent_listener() -> None:
@@ -364,7 +375,7 @@ async def test_probe_gives_up_on_a_silent_listener() -> None:
         endpoint = f"127.0.0.1:{silent.getsockname()[1]}"
         started = time.monotonic()
         with pytest.raises(BackendUnavailable, match="did not answer"):
-            rpc.probe_rpc_server(endpoint, timeout=0.5)
+            probe_rpc_server(endpoint, timeout=0.5)
         assert time.monotonic() - started < 2
 
 
@@ -390,7 +401,7 @@ async def test_prefilled_cache_spares_the_hashed_tensor_with_identical_output(
             cold_bytes = relay.to_worker
             assert await complete(server) == solo_outputs
         relay.close()
-        paths = rpc.prefill_rpc_cache(smollm2, worker_range, prefilled, include_output=True)
+        paths = prefill_rpc_cache(smollm2, worker_range, prefilled, include_output=True)
         assert [p.name for p in paths] == sorted(p.name for p in written.iterdir())
         relay = CountingRelay(warm.endpoint)
         async with serving(
@@ -404,7 +415,7 @@ async def test_prefilled_cache_spares_the_hashed_tensor_with_identical_output(
         cold_bytes,
         warm_bytes,
     )
-    assert rpc.clear_rpc_cache(prefilled) == other["token_embd.weight"]
+    assert clear_rpc_cache(prefilled) == other["token_embd.weight"]
     assert list(prefilled.iterdir()) == []
 
 
@@ -415,10 +426,10 @@ async def test_prefill_moves_under_one_percent_of_a_wide_models_share(
 
     model = write_wide_llama_gguf(tmp_path_factory.mktemp("wide") / "wide.gguf")
     reference = [(t.name, int(t.data_offset), int(t.n_bytes)) for t in GGUFReader(str(model), "r").tensors]
-    assert [(t.tensor, t.offset, t.n_bytes) for t in rpc.gguf_tensors(model)] == reference
+    assert [(t.tensor, t.offset, t.n_bytes) for t in gguf_tensors(model)] == reference
     per_layer, _ = layer_bytes(model)
     cache = tmp_path / "cache"
-    paths = rpc.prefill_rpc_cache(model, (1, 2), cache)
+    paths = prefill_rpc_cache(model, (1, 2), cache)
     assert len(paths) == 7
     async with workers(tmp_path, 1, [cache]) as (w,):
         relay = CountingRelay(w.endpoint)
@@ -429,4 +440,4 @@ async def test_prefill_moves_under_one_percent_of_a_wide_models_share(
     async with serving(tmp_path / "solo", model) as server:
         assert await complete(server, PROMPTS[:1]) == split_out
     assert moved < 0.01 * per_layer[1], (moved, per_layer[1])
-    rpc.clear_rpc_cache(cache, paths)
+    clear_rpc_cache(cache, paths)

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from mesh_llm.serving.engine._chat import ChatError, ChatTemplate, fallback_tool_prompt, normalize_messages
-from mesh_llm.serving.engine._tools import parse_tool_calls, validate_tools
+from mesh_llm.serving.engine._tool_formats import parse_tool_calls
+from mesh_llm.serving.engine._tools import validate_tools
 from tests.tool_gguf import TOOL_TEMPLATE
 
 # SmolLM2's own template: ChatML with no idea of tools.

@@ -124,9 +124,9 @@ def test_kv_cache_size_from_metadata() -> None:
 
 
 def test_json_grammar_keeps_control_characters_out_of_strings_and_enforces_small_ranges() -> None:
-    from mesh_llm.serving.engine._http import _LOOSE_CHAR, _json_grammar, _ranges_as_enums
+    from mesh_llm.serving.engine._grammar import _LOOSE_CHAR, _ranges_as_enums, json_grammar
 
-    grammar = _json_grammar({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]})
+    grammar = json_grammar({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]})
     # If llama-cpp-python changes its char rule, this says so instead of silently not fixing it.
     assert _LOOSE_CHAR not in grammar and "\\x00-\\x1F" in grammar
     assert _ranges_as_enums({"type": "integer", "minimum": 1, "maximum": 3}) == {"enum": [1, 2, 3]}

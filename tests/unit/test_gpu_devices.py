@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mesh_llm.errors import ConfigError
+from mesh_llm.errors import BackendError, ConfigError
 from mesh_llm.planning.offload import (
     ALL_LAYERS,
     auto_ctx,
@@ -17,9 +17,9 @@ from mesh_llm.planning.offload import (
     solo_offload,
     split_host_offload,
 )
+from mesh_llm.planning.placement import RpcDevice, llama_placement
 from mesh_llm.serving.devices import Device, DeviceKind, parse_device_list, select_devices
 from mesh_llm.serving.hardware import capacity_from_devices, detect_capacity
-from mesh_llm.serving.rpc import llama_placement
 
 GIB = 1024**3
 CPU = Device("CPU", "AMD EPYC", DeviceKind.CPU, 20 * GIB, 32 * GIB)
@@ -202,8 +202,31 @@ def test_model_server_flags_on_gpus_and_none_on_the_cpu_path() -> None:
         "--cache-type-k", "q8_0", "--cache-type-v", "q4_0",
         "--gpu-devices", "CUDA0,CUDA1", "--n-gpu-layers", str(ALL_LAYERS), "--tensor-split", "1,1",
     ]  # fmt: skip
+    budget = gpu_server_args(
+        build_config(models=["m"], max_vram=2).backend, [("CUDA0", 10 * GIB)], split=False
+    )
+    assert budget[-3:] == ["--auto-ctx", "--gpu-budget", str(2 * GIB)]  # --max-vram bounds the context too
     split_host = gpu_server_args(BackendConfig(), [("CUDA1", 1), ("CUDA0", 1)], split=True)
-    assert split_host == ["--gpu-devices", "CUDA1"]  # only the draft model goes on the GPU
+    assert split_host == ["--gpu-devices", "CUDA1"]  # the host's own layers and a draft: its first GPU
+
+
+def test_several_models_on_one_node_keep_the_context_the_planner_counted() -> None:
+    from mesh_llm.config import build_config
+    from mesh_llm.serving.backend import gpu_server_args
+
+    # Sized to free memory, the first model's KV caches would take the room the second needs.
+    two = build_config(models=["a", "b"]).backend
+    assert (two.n_ctx, two.n_ctx_auto) == (4096, False)
+    assert "--auto-ctx" not in gpu_server_args(two, [("CUDA0", 10 * GIB)], split=False)
+
+
+def test_context_memory_is_what_is_free_within_the_max_vram_budget() -> None:
+    from mesh_llm.planning.offload import context_memory
+
+    assert context_memory(20 * GIB, 4 * GIB, None) == 20 * GIB  # no budget: all that is free
+    assert context_memory(20 * GIB, 4 * GIB, 6 * GIB) == 2 * GIB  # the budget less the weights
+    assert context_memory(1 * GIB, 4 * GIB, 6 * GIB) == 1 * GIB  # never more than is free
+    assert context_memory(20 * GIB, 7 * GIB, 6 * GIB) == 0  # weights beyond the budget: the floor applies
 
 
 def test_unknown_cache_type_is_a_config_error() -> None:
@@ -211,3 +234,19 @@ def test_unknown_cache_type_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="q8_0"):
         build_config(models=["m"], cache_type_v="q2")
+
+
+def test_a_split_host_on_its_gpu_expects_its_layers_and_head_there() -> None:
+    from mesh_llm.planning.offload import split_host_offload
+    from mesh_llm.planning.placement import HostSplit, OffloadSettings, Placement
+
+    rpc = (RpcDevice("127.0.0.1:1", "RPC0", 1), RpcDevice("127.0.0.1:2", "RPC1", 2))
+    on_gpu = split_host_offload("CUDA0", (2, 1, 1))
+    offload = OffloadSettings(on_gpu.n_gpu_layers, on_gpu.tensor_split, output_on_host=True)
+    split = HostSplit(("127.0.0.1:1", "127.0.0.1:2"), (2, 1, 1), offload, rpc, host_device="CUDA0")
+    assert split.expected_devices() == ("CUDA0", "CUDA0", "RPC0", "RPC1")
+    split.check(Placement(("CUDA0", "CUDA0", "RPC0", "RPC1"), "CUDA0"))
+    with pytest.raises(BackendError, match="layers \\[0, 1\\]"):  # a host that stayed on its CPU
+        split.check(Placement(("CPU", "CPU", "RPC0", "RPC1"), "CUDA0"))
+    with pytest.raises(BackendError, match="output head"):
+        split.check(Placement(("CUDA0", "CUDA0", "RPC0", "RPC1"), "CPU"))

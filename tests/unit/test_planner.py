@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh_llm.errors import ConfigError, ModelError
-from mesh_llm.planning.planner import (
-    HostClaim,
+from mesh_llm.planning.election import HostClaim, elect_host
+from mesh_llm.planning.planner import PlanConfig, host_candidate, plan_model, replan
+from mesh_llm.planning.plans import (
     ModelFacts,
     Plan,
-    PlanConfig,
     PlanNode,
     PlanRow,
     Shard,
@@ -22,10 +22,6 @@ from mesh_llm.planning.planner import (
     Split,
     Waiting,
     describe_plan,
-    elect_host,
-    host_candidate,
-    plan_model,
-    replan,
     summarize_plan,
 )
 
@@ -569,7 +565,8 @@ def test_bad_inputs_are_refused() -> None:
 
 
 def test_pinned_host_hosts_even_with_less_capacity_and_splits_from_there() -> None:
-    from mesh_llm.planning.planner import ModelFacts, PlanConfig, PlanNode, Solo, Split, plan_model
+    from mesh_llm.planning.planner import PlanConfig, plan_model
+    from mesh_llm.planning.plans import ModelFacts, PlanNode, Solo, Split
 
     nodes = [
         PlanNode("small", 60, None, True),

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh_llm.mesh.rtt import RttEstimator
-from mesh_llm.planning.planner import ModelFacts, PlanConfig, PlanNode, Split, plan_model, replan
+from mesh_llm.planning.planner import PlanConfig, plan_model, replan
+from mesh_llm.planning.plans import ModelFacts, PlanNode, Split
 
 GB = 10**9
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from mesh_llm.planning.planner import ModelFacts, PlanConfig, Solo, Split, Waiting
+from mesh_llm.planning.planner import PlanConfig
+from mesh_llm.planning.plans import ModelFacts, Solo, Split, Waiting
 from mesh_llm.split._decisions import HostSituation, StartServer, decide_host
 from mesh_llm.split._election import Member, MeshView
 from mesh_llm.states import Loading, Serving, WaitingForCapacity, WaitingForWorkers

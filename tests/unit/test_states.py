@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mesh_llm.models.resolve import ResolvedModel
-from mesh_llm.planning.planner import ModelFacts
+from mesh_llm.planning.plans import ModelFacts
 from mesh_llm.split import SplitHost
 from mesh_llm.states import (
     Failed,

@@ -16,7 +16,7 @@ from mesh_llm.node.status import (
     WaitingSplit,
     build_status,
 )
-from mesh_llm.planning.planner import ModelFacts
+from mesh_llm.planning.plans import ModelFacts
 from mesh_llm.serving.backend import BackendState, BackendStatus
 from mesh_llm.serving.hardware import Capacity
 from mesh_llm.split import SplitHost

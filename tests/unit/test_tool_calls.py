@@ -10,19 +10,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mesh_llm.serving.engine._tool_formats import (
+    content_before_call,
+    may_become_tool_call,
+    parse_tool_calls,
+    streamable_prefix,
+)
 from mesh_llm.serving.engine._tools import (
     DEFAULT_PARAMETERS,
     ToolCall,
     ToolChoice,
     ToolError,
     call_id_factory,
-    content_before_call,
     forced_call_schema,
-    may_become_tool_call,
     new_call_id,
-    parse_tool_calls,
     resolve_tool_choice,
-    streamable_prefix,
     validate_tools,
 )
 

@@ -20,147 +20,30 @@ next turn of the same conversation prefills only its new tokens.
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
-import math
 import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
-
-import numpy as np
 
 from mesh_llm.errors import BackendError
 from mesh_llm.serving.engine._draft import Drafter, DraftGuard, DraftRequest, DraftStats, DraftTuner, StepCost
+from mesh_llm.serving.engine._jobs import (
+    Delta,
+    EngineConfig,
+    EngineStats,
+    Finished,
+    FinishReason,
+    Job,
+    QueueFull,
+    Slot,
+    SlotStats,
+    token_logprob,
+)
 from mesh_llm.serving.engine._llama import Batch, Context, Model, Sampler, SamplerSpec
 from mesh_llm.serving.engine._text import TextStream, common_prefix
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    n_slots: int = 4
-    n_ctx_slot: int = 4096
-    prefill_chunk: int = 256
-    max_queue: int = 64
-    n_threads: int = 1
-    n_threads_batch: int = 2
-    draft_max: int = 8  # most draft tokens verified per slot and step (with a drafter)
-    type_k: int | None = None  # KV cache ggml types (None: llama.cpp's f16)
-    type_v: int | None = None
-
-
-class QueueFull(BackendError):
-    """Every slot is busy and the wait queue is full."""
-
-
-class FinishReason(Enum):
-    STOP = "stop"
-    LENGTH = "length"
-    CANCELLED = "cancelled"
-    ERROR = "error"
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    token: str
-    logprob: float
-    bytes: list[int]
-    top: list[tuple[str, float, list[int]]]
-
-
-@dataclass(frozen=True)
-class Delta:
-    """New text for the client (may be empty when only logprobs or held-back text moved)."""
-
-    text: str
-    logprobs: tuple[TokenLogprob, ...] = ()
-
-
-@dataclass(frozen=True)
-class Finished:
-    reason: FinishReason
-    prompt_tokens: int
-    cached_tokens: int  # prompt tokens whose KV was reused from an earlier request
-    completion_tokens: int
-    error: str = ""
-
-
-Event = Delta | Finished
-
-
-@dataclass
-class Job:
-    """One generation request, from the queue to its Finished event."""
-
-    prompt: list[int]
-    max_tokens: int
-    sampling: SamplerSpec
-    emit: Callable[[Event], None]
-    stops: tuple[str, ...] = ()
-    logprobs: int | None = None  # None: none; k: the chosen token plus k alternatives
-    min_tokens: int = 0  # end-of-generation tokens are banned until this many were generated
-    id: int = field(default_factory=itertools.count().__next__)
-    cancelled: bool = False
-    # engine-thread state
-    slot: int = -1
-    n_done: int = 0  # prompt tokens in the KV cache (reused or prefilled)
-    reused: int = 0
-    sampler: Sampler | None = None
-    next_token: int | None = None
-    generated: int = 0
-    text: TextStream | None = None
-    queued_at: float = field(default_factory=time.monotonic)
-
-    def cancel(self) -> None:
-        """Ask the engine to drop this job; it frees its slot within one decode step."""
-        self.cancelled = True
-
-
-@dataclass
-class _Slot:
-    seq: int
-    cached: list[int] = field(default_factory=list)  # tokens whose KV is cached, position = index
-    job: Job | None = None
-    last_used: float = 0.0
-    tuner: DraftTuner | None = None
-
-
-@dataclass(frozen=True)
-class SlotStats:
-    id: int
-    busy: bool
-    cached_tokens: int
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    slots: tuple[SlotStats, ...]
-    queued: int
-    tokens_per_s: float  # generated tokens per second over the last few seconds
-    generated_total: int
-    prompt_total: int
-    prefilled_total: int  # prompt tokens actually decoded (prompt_total minus reuse)
-    draft: dict[str, Any] | None = None  # the drafter and its acceptance, when there is one
-
-    def as_dict(self) -> dict[str, Any]:
-        busy = sum(s.busy for s in self.slots)
-        return {
-            "speculative": self.draft,
-            "slots_total": len(self.slots),
-            "slots_busy": busy,
-            "slots_free": len(self.slots) - busy,
-            "queued": self.queued,
-            "tokens_per_s": round(self.tokens_per_s, 2),
-            "generated_total": self.generated_total,
-            "prompt_total": self.prompt_total,
-            "prefilled_total": self.prefilled_total,
-            "slots": [{"id": s.id, "busy": s.busy, "cached_tokens": s.cached_tokens} for s in self.slots],
-        }
 
 
 _RATE_WINDOW_S = 5.0
@@ -187,7 +70,7 @@ class Engine:
         self.n_ctx_slot = self.ctx.n_ctx_seq
         self._batch = Batch(n_batch)
         self._slots = [
-            _Slot(seq=i, tuner=DraftTuner(k_max=config.draft_max) if drafter else None)
+            Slot(seq=i, tuner=DraftTuner(k_max=config.draft_max) if drafter else None)
             for i in range(config.n_slots)
         ]
         self._draft_stats = DraftStats()
@@ -319,7 +202,7 @@ class Engine:
             slot = max(free, key=lambda s: (common_prefix(s.cached, job.prompt), -s.last_used))
             self._assign(slot, job)
 
-    def _assign(self, slot: _Slot, job: Job) -> None:
+    def _assign(self, slot: Slot, job: Job) -> None:
         reuse = common_prefix(slot.cached, job.prompt)
         reuse = min(reuse, len(job.prompt) - 1)  # the last prompt token is decoded for its logits
         if reuse < len(slot.cached) and not self.ctx.drop_from(slot.seq, reuse):
@@ -341,7 +224,7 @@ class Engine:
         slot.job = job
         self._prompt_total += len(job.prompt)
 
-    def _drafts(self, generating: list[_Slot]) -> dict[int, list[int]]:
+    def _drafts(self, generating: list[Slot]) -> dict[int, list[int]]:
         """Draft tokens per slot for this step (none without a drafter or while it does not pay)."""
         if self.drafter is None:
             return {}
@@ -369,7 +252,7 @@ class Engine:
         batch = self._batch
         batch.clear()
         # Per slot: the batch indices to sample at, in order, and the draft tokens behind them.
-        sample_at: list[tuple[_Slot, list[int], list[int]]] = []
+        sample_at: list[tuple[Slot, list[int], list[int]]] = []
         generating = [s for s in self._slots if s.job is not None and s.job.next_token is not None]
         started = time.perf_counter()
         drafting = self.drafter is not None and bool(generating) and self._guard.allow()
@@ -430,7 +313,7 @@ class Engine:
         if self.drafter is not None and generating and not prefilled:
             self._guard.record(drafting, time.perf_counter() - started, self._emitted)
 
-    def _take_tokens(self, s: _Slot, indices: list[int], draft: list[int], now: float) -> None:
+    def _take_tokens(self, s: Slot, indices: list[int], draft: list[int], now: float) -> None:
         """Sample at each index in turn while the samples agree with the draft behind them."""
         accepted = 0
         for j, index in enumerate(indices):
@@ -459,7 +342,7 @@ class Engine:
                 self._finish(s, FinishReason.ERROR, "this model cannot drop draft tokens from its cache")
             self.drafter = None
 
-    def _take_token(self, s: _Slot, index: int, now: float) -> int | None:
+    def _take_token(self, s: Slot, index: int, now: float) -> int | None:
         """Sample the slot's next token at batch `index`; the token, or None if the job ended."""
         job = s.job
         assert job is not None and job.sampler is not None and job.text is not None
@@ -467,7 +350,11 @@ class Engine:
             self._finish(s, FinishReason.CANCELLED)
             return None
         token = job.sampler.sample(self.ctx, index)
-        logprobs = (self._logprobs(index, token, job.logprobs),) if job.logprobs is not None else ()
+        logprobs = (
+            (token_logprob(self.ctx.logits(index), token, job.logprobs, self.model.piece),)
+            if job.logprobs is not None
+            else ()
+        )
         if self.model.is_eog(token):
             tail = job.text.flush()
             if tail or logprobs:
@@ -496,22 +383,7 @@ class Engine:
         job.next_token = token
         return token
 
-    def _logprobs(self, index: int, token: int, k: int | None) -> TokenLogprob:
-        logits = self.ctx.logits(index).astype(np.float64)
-        top = logits.max()
-        logz = top + math.log(float(np.exp(logits - top).sum()))
-        chosen = float(logits[token] - logz)
-        alts: list[tuple[str, float, list[int]]] = []
-        if k:
-            best = np.argpartition(-logits, k)[:k]
-            best = best[np.argsort(-logits[best])]
-            for t in best:
-                raw = self.model.piece(int(t))
-                alts.append((raw.decode("utf-8", errors="replace"), float(logits[t] - logz), list(raw)))
-        raw = self.model.piece(token)
-        return TokenLogprob(raw.decode("utf-8", errors="replace"), chosen, list(raw), alts)
-
-    def _finish(self, s: _Slot, reason: FinishReason, error: str = "") -> None:
+    def _finish(self, s: Slot, reason: FinishReason, error: str = "") -> None:
         job = s.job
         if job is None:
             return

@@ -62,6 +62,7 @@ class Model:
         if not ptr:
             raise BackendError(f"llama.cpp could not load {path}")
         self.ptr = ptr
+        self.path = Path(path)
         self.vocab = C.llama_model_get_vocab(ptr)
         self.n_vocab: int = C.llama_vocab_n_tokens(self.vocab)
         self.n_layer: int = C.llama_model_n_layer(ptr)
