@@ -42,7 +42,6 @@ from mesh_llm.mesh.service import (
     record_for,
 )
 from mesh_llm.mesh.token import InviteToken, MeshCredentials, new_mesh
-from mesh_llm.mesh.transport import TransportConfig
 from mesh_llm.metrics import Gauge
 from mesh_llm.models.catalog import CATALOG, find_entry
 from mesh_llm.models.resolve import ResolvedModel, on_disk_names, resolve
@@ -65,6 +64,7 @@ from mesh_llm.status import (
     build_status,
 )
 from mesh_llm.supervise import spawn_supervised
+from mesh_llm.transport import TransportConfig
 
 log = logging.getLogger(__name__)
 

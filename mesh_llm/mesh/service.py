@@ -42,9 +42,9 @@ from mesh_llm.mesh.gossip import (
 from mesh_llm.mesh.http_transport import MeshHttpTransport
 from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.token import InviteToken, MeshCredentials, format_address, new_mesh
-from mesh_llm.mesh.transport import MeshTransport, PeerLink, TransportConfig
 from mesh_llm.mesh.tunnel import TunnelCounters, serve_tcp_streams
 from mesh_llm.supervise import supervised
+from mesh_llm.transport import MeshTransport, PeerLink, TransportConfig
 
 log = logging.getLogger(__name__)
 

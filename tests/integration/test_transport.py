@@ -29,7 +29,9 @@ from qh3.tls import SignatureAlgorithm
 from mesh_llm.errors import AuthenticationError, ConfigError, MalformedFrame, PeerUnreachable, TransportError
 from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.token import MeshCredentials, new_mesh
-from mesh_llm.mesh.transport import (
+from mesh_llm.mesh.tunnel import open_tcp_tunnel, serve_tcp_streams
+from mesh_llm.mesh.wire import encode_frame
+from mesh_llm.transport import (
     ALPN,
     ENGINES,
     CloseCode,
@@ -39,8 +41,6 @@ from mesh_llm.mesh.transport import (
     PeerLink,
     TransportConfig,
 )
-from mesh_llm.mesh.tunnel import open_tcp_tunnel, serve_tcp_streams
-from mesh_llm.mesh.wire import encode_frame
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -565,7 +565,7 @@ _PEER_SCRIPT = """
 import asyncio, sys
 from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.token import MeshCredentials
-from mesh_llm.mesh.transport import MeshTransport, TransportConfig
+from mesh_llm.transport import MeshTransport, TransportConfig
 
 async def main():
     key, mesh_id, secret, address, node_id, engine = sys.argv[1:7]

@@ -9,8 +9,8 @@ import pytest
 
 from mesh_llm.errors import ConfigError
 from mesh_llm.mesh.identity import NodeIdentity
-from mesh_llm.mesh.transport._compat import ENGINES, QuicEngine, load_engine
-from mesh_llm.mesh.transport._endpoint import _destination_cid
+from mesh_llm.transport._compat import ENGINES, QuicEngine, load_engine
+from mesh_llm.transport._endpoint import _destination_cid
 
 A, B = ("10.0.0.1", 4433), ("10.0.0.2", 4433)
 

@@ -12,12 +12,12 @@ The package, one module a concern:
   _codes       close and stream error codes
 """
 
-from mesh_llm.mesh.transport._codes import CloseCode, StreamCode
-from mesh_llm.mesh.transport._compat import ALPN, DEFAULT_ENGINE, ENGINES
-from mesh_llm.mesh.transport._config import TransportConfig
-from mesh_llm.mesh.transport._connection import PeerLink
-from mesh_llm.mesh.transport._endpoint import MeshTransport, MessageHandler, StreamHandler
-from mesh_llm.mesh.transport._streams import MeshStreamReader, MeshStreamWriter, StreamSink
+from mesh_llm.transport._codes import CloseCode, StreamCode
+from mesh_llm.transport._compat import ALPN, DEFAULT_ENGINE, ENGINES
+from mesh_llm.transport._config import TransportConfig
+from mesh_llm.transport._connection import PeerLink
+from mesh_llm.transport._endpoint import MeshTransport, MessageHandler, StreamHandler
+from mesh_llm.transport._streams import MeshStreamReader, MeshStreamWriter, StreamSink
 
 __all__ = [
     "ALPN",

@@ -28,15 +28,15 @@ from typing import Any
 from mesh_llm.errors import AuthenticationError, ConfigError, PeerUnreachable, TransportError
 from mesh_llm.mesh.identity import NodeIdentity, is_node_id
 from mesh_llm.mesh.token import MeshCredentials, format_address, parse_address
-from mesh_llm.mesh.transport._codes import CloseCode, StreamCode
-from mesh_llm.mesh.transport._compat import QuicEngine, ServerCredentials, load_engine
-from mesh_llm.mesh.transport._config import TransportConfig
-from mesh_llm.mesh.transport._connection import Connection, ConnectionGone, PeerLink, State, display_address
-from mesh_llm.mesh.transport._handshake import DialerHandshake, Hello, ListenerHandshake, Refusal, Step
-from mesh_llm.mesh.transport._streams import MeshStreamReader, MeshStreamWriter, Stream
-from mesh_llm.mesh.transport._udp import bind_socket, datagram_size, drain_socket, enlarge_buffers
+from mesh_llm.transport._codes import CloseCode, StreamCode
+from mesh_llm.transport._compat import QuicEngine, ServerCredentials, load_engine
+from mesh_llm.transport._config import TransportConfig
+from mesh_llm.transport._connection import Connection, ConnectionGone, PeerLink, State, display_address
+from mesh_llm.transport._handshake import DialerHandshake, Hello, ListenerHandshake, Refusal, Step
+from mesh_llm.transport._streams import MeshStreamReader, MeshStreamWriter, Stream
+from mesh_llm.transport._udp import bind_socket, datagram_size, drain_socket, enlarge_buffers
 
-log = logging.getLogger("mesh_llm.mesh.transport")
+log = logging.getLogger("mesh_llm.transport")
 
 MessageHandler = Callable[[str, dict[str, Any]], object]
 StreamHandler = Callable[[str, dict[str, Any], MeshStreamReader, MeshStreamWriter], Awaitable[None]]

@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from mesh_llm.errors import TransportError
-from mesh_llm.mesh.transport._codes import StreamCode, code_name
-from mesh_llm.mesh.transport._credit import ReceiveCredit, SendCredit
+from mesh_llm.transport._codes import StreamCode, code_name
+from mesh_llm.transport._credit import ReceiveCredit, SendCredit
 
-log = logging.getLogger("mesh_llm.mesh.transport")
+log = logging.getLogger("mesh_llm.transport")
 
 
 class StreamHost(Protocol):

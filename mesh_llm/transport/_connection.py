@@ -30,16 +30,16 @@ from typing import TYPE_CHECKING, Any
 from mesh_llm.errors import ConfigError, MalformedFrame, PeerUnreachable, TransportError, WireError
 from mesh_llm.mesh.rtt import RttEstimator
 from mesh_llm.mesh.token import format_address
-from mesh_llm.mesh.transport._codes import CloseCode, StreamCode, code_name
-from mesh_llm.mesh.transport._compat import QuicEngine
-from mesh_llm.mesh.transport._streams import MeshStreamReader, MeshStreamWriter, Stream, fresh, wake
-from mesh_llm.mesh.transport._udp import drain_socket, send_datagrams
 from mesh_llm.mesh.wire import TYPE_FIELD, FrameDecoder, encode_frame, try_decode_frame
+from mesh_llm.transport._codes import CloseCode, StreamCode, code_name
+from mesh_llm.transport._compat import QuicEngine
+from mesh_llm.transport._streams import MeshStreamReader, MeshStreamWriter, Stream, fresh, wake
+from mesh_llm.transport._udp import drain_socket, send_datagrams
 
 if TYPE_CHECKING:
-    from mesh_llm.mesh.transport._endpoint import MeshTransport
+    from mesh_llm.transport._endpoint import MeshTransport
 
-log = logging.getLogger("mesh_llm.mesh.transport")
+log = logging.getLogger("mesh_llm.transport")
 
 MAX_PENDING_MESSAGES = 256
 MAX_OUTSTANDING_PINGS = 16
