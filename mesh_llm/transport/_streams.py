@@ -43,9 +43,6 @@ def fresh(exc: TransportError) -> TransportError:
     return type(exc)(*exc.args)
 
 
-# --- streams ----------------------------------------------------------------------------------
-
-
 class Stream:
     """What a stream's reader and writer share: the connection, the id, and teardown."""
 
@@ -397,6 +394,3 @@ class MeshStreamWriter:
         for waiter in self._waiters:
             wake(waiter)
         self._stream.maybe_forget()
-
-
-# --- one QUIC connection ----------------------------------------------------------------------
