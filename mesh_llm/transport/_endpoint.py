@@ -59,11 +59,11 @@ class MeshTransport:
         *,
         host: str = "::",
         port: int = 0,
-        config: TransportConfig | None = None,
+        config: TransportConfig,
     ) -> None:
         self.identity = identity
         self.credentials = credentials
-        self.config = config or TransportConfig()
+        self.config = config  # built by the caller
         self.on_message: MessageHandler | None = None
         self.on_peer_connected: Callable[[PeerLink], object] | None = None
         self.on_peer_lost: Callable[[str, str], object] | None = None
