@@ -13,7 +13,7 @@ from pathlib import Path
 from mesh_llm.discovery._config import DiscoveryConfig, DiscoveryTiming, check_relay_url, check_tag
 from mesh_llm.discovery._listing import DEFAULT_RELAYS
 from mesh_llm.errors import ConfigError
-from mesh_llm.mesh.transport import DEFAULT_ENGINE, ENGINES
+from mesh_llm.transport import DEFAULT_ENGINE, ENGINES
 
 DEFAULT_API_PORT = 9337
 DEFAULT_CONSOLE_PORT = 3131

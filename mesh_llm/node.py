@@ -31,18 +31,11 @@ from mesh_llm.api.upstream import Upstream
 from mesh_llm.config import HttpConfig, NodeConfig
 from mesh_llm.discovery import Discovery, MeshFacts, pick_model
 from mesh_llm.errors import BackendUnavailable, ConfigError, MeshError, ModelError
-from mesh_llm.mesh.gossip import ModelAd, PeerStatus
+from mesh_llm.mesh.gossip import GossipConfig, ModelAd, PeerStatus
 from mesh_llm.mesh.http_transport import BASE_URL
-from mesh_llm.mesh.service import (
-    MeshService,
-    MeshSettings,
-    decode_tokens,
-    load_identity,
-    load_or_create_credentials,
-    record_for,
-)
-from mesh_llm.mesh.token import InviteToken, MeshCredentials, new_mesh
-from mesh_llm.mesh.transport import TransportConfig
+from mesh_llm.mesh.service import MeshService, MeshSettings, record_for
+from mesh_llm.mesh.state_dir import load_identity, load_or_create_credentials
+from mesh_llm.mesh.token import InviteToken, MeshCredentials, decode_tokens, new_mesh
 from mesh_llm.metrics import Gauge
 from mesh_llm.models.catalog import CATALOG, find_entry
 from mesh_llm.models.resolve import ResolvedModel, on_disk_names, resolve
@@ -65,6 +58,7 @@ from mesh_llm.status import (
     build_status,
 )
 from mesh_llm.supervise import spawn_supervised
+from mesh_llm.transport import TransportConfig
 
 log = logging.getLogger(__name__)
 
@@ -674,6 +668,7 @@ class Node:
             self.config.state_dir,
             self.config.bind_port,
             tuple(t.encode() for t in tokens),
+            gossip=GossipConfig(),
             transport=TransportConfig(quic_engine=self.config.quic_engine),
         )
         return MeshService(
