@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from mesh_llm.mesh.identity import NodeIdentity
-from mesh_llm.mesh.transport._compat import ENGINES, QuicEngine, load_engine
-from mesh_llm.mesh.transport._endpoint import _destination_cid
+from mesh_llm.transport._compat import ENGINES, QuicEngine, load_engine
+from mesh_llm.transport._listener import destination_cid
 
 A, B = ("10.0.0.1", 4433), ("10.0.0.2", 4433)
 
@@ -29,7 +29,7 @@ def _pair(engine: QuicEngine, size: int) -> tuple[Any, Any]:
     for _ in range(100):
         for data, _ in client.datagrams_to_send(now=now):
             if server is None:
-                cid = _destination_cid(data, 8)
+                cid = destination_cid(data, 8)
                 assert cid is not None
                 server = engine.server_connection(
                     credentials, datagram_size=size, idle_timeout=30.0, original_dcid=cid[0]

@@ -156,7 +156,7 @@ async def run_mesh_host(
 async def _start_transport(datagram_size: int, engine: str, bind: str) -> Any:
     from mesh_llm.mesh.identity import NodeIdentity
     from mesh_llm.mesh.token import MeshCredentials
-    from mesh_llm.mesh.transport import MeshTransport, TransportConfig
+    from mesh_llm.transport import MeshTransport, TransportConfig
 
     # The parent hands both nodes the same (throwaway) mesh credentials on stdin.
     secrets = json.loads(sys.stdin.readline())

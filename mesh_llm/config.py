@@ -17,9 +17,9 @@ from mesh_llm.discovery._config import DiscoveryConfig, DiscoveryTiming, check_r
 from mesh_llm.discovery._listing import DEFAULT_RELAYS
 from mesh_llm.errors import ConfigError
 from mesh_llm.mesh.gossip import GossipConfig
-from mesh_llm.mesh.transport import DEFAULT_ENGINE, ENGINES, TransportConfig
 from mesh_llm.planning.demand import DemandConfig
 from mesh_llm.planning.planner import PlanConfig
+from mesh_llm.transport import DEFAULT_ENGINE, ENGINES, TransportConfig
 
 DEFAULT_API_PORT = 9337
 DEFAULT_CONSOLE_PORT = 3131

@@ -8,7 +8,7 @@ import os
 from mesh_llm import __version__
 from mesh_llm.cli._commands import SUBCOMMANDS
 from mesh_llm.config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT
-from mesh_llm.mesh.transport import DEFAULT_ENGINE, ENGINES
+from mesh_llm.transport import DEFAULT_ENGINE, ENGINES
 
 
 def _epilog() -> str:

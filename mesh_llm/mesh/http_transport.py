@@ -25,7 +25,7 @@ import httpcore
 import httpx
 
 from mesh_llm.errors import TransportError
-from mesh_llm.mesh.transport import MeshStreamReader, MeshStreamWriter, PeerLink, StreamCode
+from mesh_llm.transport import MeshStreamReader, MeshStreamWriter, PeerLink, StreamCode
 
 __all__ = ["BASE_URL", "MeshHttpTransport"]
 

@@ -8,11 +8,8 @@ invite tokens and recently lost peers, and keeps an HTTP transport to each remot
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -25,7 +22,6 @@ from mesh_llm.errors import (
     AuthenticationError,
     ConfigError,
     MeshError,
-    TokenError,
     TransportError,
     WireError,
 )
@@ -41,10 +37,11 @@ from mesh_llm.mesh.gossip import (
 )
 from mesh_llm.mesh.http_transport import MeshHttpTransport
 from mesh_llm.mesh.identity import NodeIdentity
-from mesh_llm.mesh.token import InviteToken, MeshCredentials, format_address, new_mesh
-from mesh_llm.mesh.transport import MeshTransport, PeerLink, TransportConfig
+from mesh_llm.mesh.state_dir import last_port, save_port
+from mesh_llm.mesh.token import InviteToken, MeshCredentials, format_address
 from mesh_llm.mesh.tunnel import TunnelCounters, serve_tcp_streams
 from mesh_llm.supervise import supervised
+from mesh_llm.transport import MeshTransport, PeerLink, TransportConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,60 +61,9 @@ class MeshSettings:
     state_dir: Path
     bind_port: int = 0
     join: tuple[str, ...] = ()
-    gossip: GossipConfig = field(default_factory=GossipConfig)
-    transport: TransportConfig = field(default_factory=TransportConfig)
-
-
-def load_identity(state_dir: Path) -> NodeIdentity:
-    """This node's persistent ed25519 identity (created on first start)."""
-    return NodeIdentity.load_or_create(state_dir / "node.key")
-
-
-def _credentials_path(state_dir: Path) -> Path:
-    return state_dir / "mesh.json"
-
-
-def load_or_create_credentials(state_dir: Path, tokens: list[InviteToken]) -> MeshCredentials:
-    """The mesh this node belongs to: the first token's, else the one it made before, else a new one.
-
-    Kept in the state directory (mode 0600) so a restarted node comes back to the same mesh and
-    the invite tokens it handed out stay valid.
-    """
-    path = _credentials_path(state_dir)
-    if tokens:
-        creds = tokens[0].credentials
-        for other in tokens[1:]:
-            if other.credentials.mesh_id != creds.mesh_id:
-                raise TokenError("the --join tokens belong to different meshes; give tokens of one mesh")
-    elif path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            creds = MeshCredentials(bytes.fromhex(data["mesh_id"]), bytes.fromhex(data["secret"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{path} is corrupt ({exc}); remove it to start a new mesh") from exc
-        return creds
-    else:
-        creds = new_mesh()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"mesh_id": creds.mesh_id.hex(), "secret": creds.secret.hex()}, f)
-    os.replace(tmp, path)
-    return creds
-
-
-def _port_path(state_dir: Path) -> Path:
-    return state_dir / "mesh-port"
-
-
-def last_port(state_dir: Path) -> int:
-    """The UDP port this node used last time (0 if unknown), so its invite tokens stay valid."""
-    try:
-        port = int(_port_path(state_dir).read_text().strip())
-    except (OSError, ValueError):
-        return 0
-    return port if 0 < port < 65536 else 0
+    # Built by the caller: nothing below the node defaults or reads a setting.
+    gossip: GossipConfig = field(kw_only=True)
+    transport: TransportConfig = field(kw_only=True)
 
 
 def local_addresses(port: int) -> list[str]:
@@ -204,8 +150,7 @@ class MeshService:
         self.http_counters = serve_tcp_streams(t, HTTP_STREAM, self._resolve_http)
         self.rpc_counters = serve_tcp_streams(t, RPC_STREAM, self._resolve_rpc)
         port = t.port or await t.start()
-        with contextlib.suppress(OSError):
-            _port_path(self.settings.state_dir).write_text(f"{port}\n")
+        save_port(self.settings.state_dir, port)
         self.addresses = tuple(local_addresses(port))
         self._send(self.engine.update_self(self._now(), addresses=self.addresses))
         self._spawn(supervised("gossip", self._gossip_loop), "gossip")
@@ -431,18 +376,3 @@ def record_for(node_id: str, software: str, **fields: Any) -> NodeRecord:
     return replace(
         NodeRecord(node_id=node_id, incarnation=int(time.time() * 1000), software=software), **fields
     )
-
-
-def decode_tokens(values: Iterable[str]) -> list[InviteToken]:
-    """Decode --join values, each with a clear error naming the bad one.
-
-    Whitespace anywhere is ignored: a token pasted from a wrapped terminal line or an e-mail
-    arrives with spaces or line breaks in it, and the token alphabet (base64url) has none.
-    """
-    tokens = []
-    for i, value in enumerate(values, 1):
-        try:
-            tokens.append(InviteToken.decode("".join(value.split())))
-        except TokenError as exc:
-            raise TokenError(f"--join token {i} is not valid: {exc}") from exc
-    return tokens

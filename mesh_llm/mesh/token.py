@@ -25,6 +25,7 @@ import ipaddress
 import os
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mesh_llm.errors import ConfigError, TokenError
@@ -245,3 +246,18 @@ def _decode_base64url(text: str) -> tuple[bytes, bool]:
     # Non-canonical spellings are rejected by the caller so that every altered string is an
     # error rather than an alias of a valid token.
     return raw, base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") == text
+
+
+def decode_tokens(values: Iterable[str]) -> list[InviteToken]:
+    """Decode --join values, each with a clear error naming the bad one.
+
+    Whitespace anywhere is ignored: a token pasted from a wrapped terminal line or an e-mail
+    arrives with spaces or line breaks in it, and the token alphabet (base64url) has none.
+    """
+    tokens = []
+    for i, value in enumerate(values, 1):
+        try:
+            tokens.append(InviteToken.decode("".join(value.split())))
+        except TokenError as exc:
+            raise TokenError(f"--join token {i} is not valid: {exc}") from exc
+    return tokens

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from mesh_llm.errors import TransportError
-from mesh_llm.mesh.transport import MeshStreamReader, MeshStreamWriter, MeshTransport, PeerLink, StreamCode
+from mesh_llm.transport import MeshStreamReader, MeshStreamWriter, MeshTransport, PeerLink, StreamCode
 
 __all__ = ["TcpTunnel", "TunnelCounters", "open_tcp_tunnel", "serve_tcp_streams"]
 

@@ -18,13 +18,9 @@ from mesh_llm.discovery import Discovery
 from mesh_llm.errors import MeshError
 from mesh_llm.mesh.gossip import ModelAd, PeerView
 from mesh_llm.mesh.identity import NodeIdentity
-from mesh_llm.mesh.service import (
-    RPC_STREAM,
-    MeshService,
-    decode_tokens,
-    load_identity,
-)
-from mesh_llm.mesh.token import MeshCredentials
+from mesh_llm.mesh.service import RPC_STREAM, MeshService
+from mesh_llm.mesh.state_dir import load_identity
+from mesh_llm.mesh.token import MeshCredentials, decode_tokens
 from mesh_llm.mesh.tunnel import TcpTunnel, open_tcp_tunnel
 from mesh_llm.models.resolve import ResolvedModel
 from mesh_llm.planning.claims import intents_record

@@ -9,12 +9,8 @@ import time
 from mesh_llm import __version__
 from mesh_llm.discovery import MeshFacts, pick_model
 from mesh_llm.mesh.gossip import PeerStatus
-from mesh_llm.mesh.service import (
-    MeshService,
-    MeshSettings,
-    load_or_create_credentials,
-    record_for,
-)
+from mesh_llm.mesh.service import MeshService, MeshSettings, record_for
+from mesh_llm.mesh.state_dir import load_or_create_credentials
 from mesh_llm.mesh.token import InviteToken, MeshCredentials, new_mesh
 from mesh_llm.models.catalog import CATALOG
 from mesh_llm.models.resolve import on_disk_names

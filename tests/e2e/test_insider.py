@@ -9,10 +9,11 @@ from pathlib import Path
 
 import httpx
 
-from mesh_llm.mesh.gossip import NodeRecord
+from mesh_llm.mesh.gossip import GossipConfig, NodeRecord
 from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.service import MeshService, MeshSettings, record_for
 from mesh_llm.mesh.token import InviteToken
+from mesh_llm.transport import TransportConfig
 from tests.harness import NodeProcess, wait_gone
 
 
@@ -21,7 +22,11 @@ async def _insider(token: str, state: Path, extra: dict) -> MeshService:  # type
     identity = NodeIdentity.generate()
     record = record_for(identity.node_id, "0.1.0", role="standby", capacity_bytes=10**12, extra=extra)
     service = MeshService(
-        identity, decoded.credentials, MeshSettings(state, join=(token,)), record, tokens=[decoded]
+        identity,
+        decoded.credentials,
+        MeshSettings(state, join=(token,), gossip=GossipConfig(), transport=TransportConfig()),
+        record,
+        tokens=[decoded],
     )
     await service.start()
     return service

@@ -29,8 +29,8 @@ from mesh_llm.api.upstream import Upstream
 from mesh_llm.mesh.http_transport import BASE_URL, MeshHttpTransport
 from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.token import new_mesh
-from mesh_llm.mesh.transport import MeshTransport, PeerLink, TransportConfig
 from mesh_llm.mesh.tunnel import TunnelCounters, serve_tcp_streams
+from mesh_llm.transport import MeshTransport, PeerLink, TransportConfig
 
 CONCURRENT = 8
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import logging
 import os
 import socket
 import ssl
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,9 @@ from qh3.tls import SignatureAlgorithm
 from mesh_llm.errors import AuthenticationError, ConfigError, MalformedFrame, PeerUnreachable, TransportError
 from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.token import MeshCredentials, new_mesh
-from mesh_llm.mesh.transport import (
+from mesh_llm.mesh.tunnel import open_tcp_tunnel, serve_tcp_streams
+from mesh_llm.mesh.wire import encode_frame
+from mesh_llm.transport import (
     ALPN,
     ENGINES,
     CloseCode,
@@ -39,8 +43,7 @@ from mesh_llm.mesh.transport import (
     PeerLink,
     TransportConfig,
 )
-from mesh_llm.mesh.tunnel import open_tcp_tunnel, serve_tcp_streams
-from mesh_llm.mesh.wire import encode_frame
+from mesh_llm.transport._state import State, can_move
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,6 +161,30 @@ async def test_two_nodes_authenticate_and_exchange_messages(make_node: NodeFacto
     assert await asyncio.wait_for(a.messages.get(), 2) == (b.id, {"t": "welcome", "peers": []})
     await eventually(lambda: link.rtt_ms is not None)  # measured by the first ping, size load-dependent
     assert link.rtt_ms is not None and link.rtt_ms > 0
+
+
+async def test_every_connection_state_change_is_logged_once_in_order(
+    make_node: NodeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="mesh_llm.transport")
+    a, b = await make_node(), await make_node()
+    link = await a.dial(b)
+    await eventually(lambda: len(b.connected) == 1)
+    link.close("done")
+    await eventually(lambda: not b.transport.links)
+    moves = [
+        (r.args[1], r.args[2])
+        for r in caplog.records
+        if r.name == "mesh_llm.transport" and r.msg.startswith("connection %s: %s -> %s")
+    ]
+    for old, new in moves:
+        assert can_move(State(old), State(new)), (old, new)
+    # The dialer's and the listener's connection, each through every state once.
+    assert Counter(moves) == {
+        ("handshaking", "authenticating"): 2,
+        ("authenticating", "ready"): 2,
+        ("ready", "closed"): 2,
+    }
 
 
 async def test_nodes_on_different_quic_engines_interoperate(make_node: NodeFactory, engine: str) -> None:
@@ -565,7 +592,7 @@ _PEER_SCRIPT = """
 import asyncio, sys
 from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.token import MeshCredentials
-from mesh_llm.mesh.transport import MeshTransport, TransportConfig
+from mesh_llm.transport import MeshTransport, TransportConfig
 
 async def main():
     key, mesh_id, secret, address, node_id, engine = sys.argv[1:7]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh_llm.mesh.transport._credit import ReceiveCredit, SendCredit
+from mesh_llm.transport._credit import ReceiveCredit, SendCredit
 
 
 def test_a_new_grant_is_due_once_half_the_window_has_been_read() -> None:

@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives import serialization
 
 from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.token import MeshCredentials, new_mesh
-from mesh_llm.mesh.transport._codes import CloseCode
-from mesh_llm.mesh.transport._handshake import (
+from mesh_llm.transport._codes import CloseCode
+from mesh_llm.transport._handshake import (
     DialerHandshake,
     ListenerHandshake,
     Step,

@@ -9,8 +9,8 @@ import pytest
 
 from mesh_llm.errors import ConfigError
 from mesh_llm.mesh.identity import NodeIdentity
-from mesh_llm.mesh.transport._compat import ENGINES, QuicEngine, load_engine
-from mesh_llm.mesh.transport._endpoint import _destination_cid
+from mesh_llm.transport._compat import ENGINES, QuicEngine, load_engine
+from mesh_llm.transport._listener import destination_cid
 
 A, B = ("10.0.0.1", 4433), ("10.0.0.2", 4433)
 
@@ -37,7 +37,7 @@ def _handshake(client_engine: QuicEngine, server_engine: QuicEngine) -> tuple[An
     for _ in range(200):
         for data, _ in _poll(client_engine, client, now):
             if server is None:
-                parsed = _destination_cid(data, 8)
+                parsed = destination_cid(data, 8)
                 assert parsed is not None and parsed[1], "the client's first datagram is an Initial"
                 server = server_engine.server_connection(
                     credentials, datagram_size=1452, idle_timeout=5.0, original_dcid=parsed[0]
@@ -105,11 +105,11 @@ def test_unknown_engines_are_a_clear_error() -> None:
 
 def test_destination_ids_are_read_from_long_and_short_headers() -> None:
     initial = bytes([0xC0]) + (1).to_bytes(4, "big") + bytes([4]) + b"abcd" + bytes([0]) + b"x" * 1200
-    assert _destination_cid(initial, 8) == (b"abcd", True)
+    assert destination_cid(initial, 8) == (b"abcd", True)
     handshake = bytes([0xE0]) + initial[1:]
-    assert _destination_cid(handshake, 8) == (b"abcd", False)
+    assert destination_cid(handshake, 8) == (b"abcd", False)
     other_version = bytes([0xC0]) + (2).to_bytes(4, "big") + initial[5:]
-    assert _destination_cid(other_version, 8) == (b"abcd", False)
-    assert _destination_cid(bytes([0x40]) + b"12345678" + b"payload", 8) == (b"12345678", False)
-    assert _destination_cid(b"", 8) is None
-    assert _destination_cid(bytes([0xC0, 0, 0, 0, 1, 30]) + b"z" * 40, 8) is None  # ids are at most 20 bytes
+    assert destination_cid(other_version, 8) == (b"abcd", False)
+    assert destination_cid(bytes([0x40]) + b"12345678" + b"payload", 8) == (b"12345678", False)
+    assert destination_cid(b"", 8) is None
+    assert destination_cid(bytes([0xC0, 0, 0, 0, 1, 30]) + b"z" * 40, 8) is None  # ids are at most 20 bytes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from mesh_llm.mesh.transport._udp import datagram_size, on_link, plain_ip
+from mesh_llm.transport._udp import datagram_size, on_link, plain_ip
 
 # /proc/net/route: a default route via 10.0.0.1 on eth0, and 10.0.0.0/24 attached to eth0.
 IPV4 = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT

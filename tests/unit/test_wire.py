@@ -165,7 +165,7 @@ def test_encode_rejects_unsendable_messages(msg: object, error: type[WireError])
 def test_pure_modules_import_no_io_libraries() -> None:
     code = (
         "import sys, mesh_llm.mesh.wire, mesh_llm.mesh.token, mesh_llm.mesh.identity, "
-        "mesh_llm.mesh.transport._handshake, mesh_llm.mesh.transport._credit; "
+        "mesh_llm.transport._handshake, mesh_llm.transport._credit; "
         "bad = [m for m in ('aioquic', 'qh3', 'fastapi', 'llama_cpp') if m in sys.modules]; "
         "assert not bad, bad"
     )

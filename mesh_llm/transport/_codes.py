@@ -35,3 +35,17 @@ def code_name(enum_type: type[enum.IntEnum], code: int) -> str:
         return enum_type(code).name.lower().replace("_", " ")
     except ValueError:
         return f"code {code:#x}"
+
+
+def termination_reason(
+    error_code: int, frame_type: int | None, reason_phrase: str, idle_timeout: float
+) -> str:
+    """Why a connection ended that this end did not close: the peer closed it, or the engine did."""
+    if frame_type is None:  # the peer's application closed it
+        reason = f"peer closed the connection ({code_name(CloseCode, error_code)})"
+        if reason_phrase and reason_phrase != code_name(CloseCode, error_code):
+            reason += f": {reason_phrase}"
+        return reason
+    if str(reason_phrase).lower() == "idle timeout":
+        return f"no answer for {idle_timeout:g} s (idle timeout)"
+    return f"QUIC error {error_code:#x}: {reason_phrase or 'no reason'}"

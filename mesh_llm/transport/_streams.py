@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from mesh_llm.errors import TransportError
-from mesh_llm.mesh.transport._codes import StreamCode, code_name
-from mesh_llm.mesh.transport._credit import ReceiveCredit, SendCredit
+from mesh_llm.transport._codes import StreamCode, code_name
+from mesh_llm.transport._credit import ReceiveCredit, SendCredit
 
-log = logging.getLogger("mesh_llm.mesh.transport")
+log = logging.getLogger("mesh_llm.transport")
 
 
 class StreamHost(Protocol):
@@ -41,9 +41,6 @@ def wake(waiter: asyncio.Future[None] | None) -> None:
 def fresh(exc: TransportError) -> TransportError:
     # Re-raising one stored instance from many places chains tracebacks onto it; raise a copy.
     return type(exc)(*exc.args)
-
-
-# --- streams ----------------------------------------------------------------------------------
 
 
 class Stream:
@@ -397,6 +394,3 @@ class MeshStreamWriter:
         for waiter in self._waiters:
             wake(waiter)
         self._stream.maybe_forget()
-
-
-# --- one QUIC connection ----------------------------------------------------------------------

@@ -275,3 +275,15 @@ def send_datagrams(
         for d, a in datagrams[i:j]:
             transport.sendto(d, a)
         i = j
+
+
+def display_address(addr: Any) -> str:
+    """'host:port' for a socket address, with IPv4-mapped IPv6 shown as plain IPv4."""
+    if not isinstance(addr, tuple) or len(addr) < 2:
+        return "?"
+    host = str(addr[0])
+    with contextlib.suppress(ValueError):
+        ip = ipaddress.ip_address(host.split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            host = str(ip.ipv4_mapped)
+    return format_address(host, int(addr[1]))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mesh_llm.errors import ConfigError
-from mesh_llm.mesh.transport._compat import DEFAULT_ENGINE, ENGINES
-from mesh_llm.mesh.transport._handshake import MAX_WINDOW, MIN_WINDOW
 from mesh_llm.mesh.wire import DEFAULT_MAX_FRAME
+from mesh_llm.transport._compat import DEFAULT_ENGINE, ENGINES
+from mesh_llm.transport._handshake import MAX_WINDOW, MIN_WINDOW
 
 MAX_DATAGRAM_SIZE = 16383
 

@@ -1,0 +1,150 @@
+"""A connection's data streams: opening frames, routing stream events, teardown.
+
+Each data stream starts with one frame {"t": "_open", "kind", "header"} (see _streams.py).
+The table decodes that frame from a new remote stream, asks its connection for a handler of the
+kind, and afterwards routes the stream's data, resets and stop-sendings to its reader or writer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from mesh_llm.errors import TransportError, WireError
+from mesh_llm.mesh.wire import TYPE_FIELD, encode_frame, try_decode_frame
+from mesh_llm.transport._codes import StreamCode, code_name
+from mesh_llm.transport._streams import Stream, StreamHost
+
+log = logging.getLogger("mesh_llm.transport")
+
+
+class StreamTableHost(StreamHost, Protocol):
+    """What the stream table needs of its connection, beyond what a stream needs."""
+
+    dialer: bool
+    peer_window: int
+
+    def who(self) -> str: ...
+    def stream_handler(self, kind: str) -> Any | None: ...
+    def run_stream_handler(self, stream: Stream, handler: Any, header: dict[str, Any]) -> None: ...
+    def next_stream_id(self) -> int: ...
+
+
+class StreamTable:
+    """The open data streams of one connection, by QUIC stream id."""
+
+    def __init__(self, host: StreamTableHost, *, window: int, max_frame: int) -> None:
+        self._host = host
+        self._window = window
+        self._max_frame = max_frame
+        self._streams: dict[int, Stream] = {}
+        self._opening: dict[int, bytearray] = {}  # remote streams whose open frame is incomplete
+        self._fed: dict[int, Stream] = {}  # streams fed during this burst, delivered after it
+        self._highest_remote_stream = -1
+
+    def get(self, stream_id: int) -> Stream | None:
+        return self._streams.get(stream_id)
+
+    def is_remote(self, stream_id: int) -> bool:
+        return bool(stream_id & 1) == self._host.dialer  # client-initiated ids are even
+
+    def open(self, kind: str, header: Mapping[str, Any]) -> Stream:
+        """A new local stream of `kind`; its open frame is queued at once."""
+        frame = encode_frame(
+            {TYPE_FIELD: "_open", "kind": kind, "header": dict(header)}, max_frame=self._max_frame
+        )
+        stream_id = self._host.next_stream_id()
+        stream = Stream(self._host, stream_id, kind, self._window, self._host.peer_window)
+        self._streams[stream_id] = stream
+        self._host.send_stream_data(stream_id, frame)
+        return stream
+
+    def forget(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+
+    def fail_all(self, exc: TransportError) -> None:
+        """The connection ended: fail every stream with `exc` and forget them."""
+        for stream in list(self._streams.values()):
+            stream.reader._fail(exc)
+            stream.writer._fail(exc)
+        self._streams.clear()
+        self._opening.clear()
+
+    def deliver_fed(self) -> None:
+        fed, self._fed = self._fed, {}
+        for stream in fed.values():
+            stream.reader._deliver()
+
+    # --- events of an authenticated connection ----------------------------------------------
+
+    def on_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            if data:
+                stream.reader._feed(data, deliver=False)
+                self._fed[stream_id] = stream
+            if end_stream:
+                stream.reader._feed_eof()
+        elif stream_id in self._opening or (
+            self.is_remote(stream_id) and stream_id > self._highest_remote_stream
+        ):
+            self._on_opening_data(stream_id, data, end_stream)
+        # else: late data for a stream we already finished with or reset; drop it.
+
+    def on_reset(self, stream_id: int, error_code: int) -> None:
+        self._opening.pop(stream_id, None)
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            reason = code_name(StreamCode, error_code)
+            stream.reader._fail(
+                TransportError(f"{self._host.who()} reset its side of stream {stream.kind!r} ({reason})")
+            )
+
+    def on_stop_sending(self, stream_id: int, error_code: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            reason = code_name(StreamCode, error_code)
+            stream.writer._fail(
+                TransportError(f"{self._host.who()} stopped reading stream {stream.kind!r} ({reason})")
+            )
+
+    def refuse(self, stream_id: int, code: StreamCode) -> None:
+        self._host.reset_stream(stream_id, code)
+        self._host.stop_stream(stream_id, code)
+
+    def _on_opening_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        self._highest_remote_stream = max(self._highest_remote_stream, stream_id)
+        buffer = self._opening.setdefault(stream_id, bytearray())
+        buffer += data
+        try:
+            decoded = try_decode_frame(buffer, self._max_frame)
+        except WireError as exc:
+            del self._opening[stream_id]
+            log.warning("reset stream %d from %s: bad open frame: %s", stream_id, self._host.who(), exc)
+            self.refuse(stream_id, StreamCode.PROTOCOL_ERROR)
+            return
+        if decoded is None:
+            if end_stream:
+                del self._opening[stream_id]
+                self.refuse(stream_id, StreamCode.PROTOCOL_ERROR)
+            return
+        msg, used = decoded
+        rest = bytes(buffer[used:])
+        del self._opening[stream_id]
+        kind, header = msg.get("kind"), msg.get("header", {})
+        if msg[TYPE_FIELD] != "_open" or not isinstance(kind, str) or not isinstance(header, dict):
+            self.refuse(stream_id, StreamCode.PROTOCOL_ERROR)
+            return
+        handler = self._host.stream_handler(kind)
+        if handler is None:
+            log.info("reset stream of unknown kind %r from %s", kind, self._host.who())
+            self.refuse(stream_id, StreamCode.UNKNOWN_KIND)
+            return
+        stream = Stream(self._host, stream_id, kind, self._window, self._host.peer_window)
+        self._streams[stream_id] = stream
+        if rest:
+            stream.reader._feed(rest)
+        if end_stream:
+            stream.reader._feed_eof()
+        self._host.run_stream_handler(stream, handler, header)
