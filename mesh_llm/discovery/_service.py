@@ -188,6 +188,8 @@ class Discovery:
                 "mesh %s did not answer within %.0f s; trying the next",
                 joining.label, self.timing.join_timeout_s,
             )  # fmt: skip
+        if candidates and self.host.mesh_facts() is not None:
+            self._set_state(Member())  # a failed switch leaves the node in the mesh it was in
         return False
 
     async def _find(self) -> None:

@@ -38,13 +38,14 @@ class FakeHost:
         self.joins = joins
         self.seen: list[str] = []
         self.started_own = False
+        self.facts: MeshFacts | None = None
 
     @property
     def is_client(self) -> bool:
         return self._client
 
     def mesh_facts(self) -> MeshFacts | None:
-        return None
+        return self.facts
 
     async def join_mesh(self, token: InviteToken, timeout_s: float) -> bool:
         return self.joins
@@ -112,3 +113,14 @@ def test_a_move_to_the_same_state_is_no_transition(tmp_path: Path) -> None:
     d._set_state(Member())
     d._set_state(Member())
     assert host.seen == ["member"]
+
+
+async def test_a_member_whose_switch_fails_is_a_member_again(tmp_path: Path) -> None:
+    d, host = make(tmp_path, client=False, joins=False)
+    token = new_mesh().invite("cd" * 32, ["127.0.0.1:4000"])
+    host.facts = MeshFacts(
+        "cd" * 32, token.mesh_id.hex(), token.encode(), 4000, 1, 0, (), (), (), 0, frozenset(), ("cd" * 32,)
+    )
+    d._set_state(Member())
+    assert not await d._try([found()])
+    assert host.seen[-2].startswith("joining Lab (") and host.seen[-1] == "member"
