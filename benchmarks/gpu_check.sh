@@ -62,7 +62,7 @@ from mesh_llm.planning.placement import parse_placement
 from mesh_llm.serving.host_split import LlamaLogCapture, prepare_host_split
 from mesh_llm.serving.engine._llama import Batch, Context, Model
 path, port, host, worker = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-split = prepare_host_split([f"127.0.0.1:{port}"], [host, worker], host_gpu="CUDA0")
+split = prepare_host_split([f"127.0.0.1:{port}"], [host, worker], host_gpus=[("CUDA0", 1)])
 capture = LlamaLogCapture()
 model = Model(path, n_gpu_layers=split.offload.n_gpu_layers, tensor_split=list(split.offload.tensor_split))
 split.check(parse_placement(capture.finish()))

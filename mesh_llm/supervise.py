@@ -4,7 +4,8 @@
 exception and its traceback are logged and the body starts again after a backoff that grows
 from 0.5 s to 30 s (a body that ran fine for a minute starts over at the shortest delay).
 Cancellation stops it, as it stops any task. A loop whose body returns normally has finished
-its work and is not restarted.
+its work and is not restarted. `spawn_logged(coro, name)` runs a one-shot task whose failure is
+logged with its traceback the moment it ends, instead of waiting to be noticed (or never).
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +53,15 @@ async def supervised(
 def spawn_supervised(name: str, body: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
     """`supervised` as a named task."""
     return asyncio.create_task(supervised(name, body), name=name)
+
+
+def _report_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background task %s failed", task.get_name(), exc_info=exc)
+
+
+def spawn_logged(coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+    """A one-shot task whose exception, if it raises, is logged with its traceback at once."""
+    task = asyncio.create_task(coro, name=name)
+    task.add_done_callback(_report_failure)
+    return task

@@ -40,7 +40,7 @@ from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.state_dir import last_port, save_port
 from mesh_llm.mesh.token import InviteToken, MeshCredentials, format_address
 from mesh_llm.mesh.tunnel import TunnelCounters, serve_tcp_streams
-from mesh_llm.supervise import supervised
+from mesh_llm.supervise import spawn_logged, supervised
 from mesh_llm.transport import MeshTransport, PeerLink, TransportConfig
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class MeshService:
         return time.monotonic()
 
     def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=f"mesh-{name}")
+        task = spawn_logged(coro, f"mesh-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

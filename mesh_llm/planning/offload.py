@@ -83,30 +83,48 @@ def draft_offload(gpus: Sequence[tuple[str, int]]) -> GpuOffload | None:
     return GpuOffload((gpus[0][0],), ALL_LAYERS, ())
 
 
+def divide_layers(n_layers: int, free_bytes: Sequence[int]) -> tuple[int, ...]:
+    """``n_layers`` whole layers among GPUs in proportion to their free memory (largest
+    remainder, ties to the earlier GPU), so the counts always sum to ``n_layers``."""
+    if not free_bytes:
+        raise ConfigError("dividing layers needs at least one GPU")
+    weights = [max(1, int(b)) for b in free_bytes]
+    total = sum(weights)
+    exact = [n_layers * w / total for w in weights]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_remainder[: n_layers - sum(counts)]:
+        counts[i] += 1
+    return tuple(counts)
+
+
 @dataclass(frozen=True)
 class SplitOffload:
-    """A split host's settings when its own layers go on its GPU, ahead of the RPC devices."""
+    """A split host's settings when its own layers go on its GPUs, ahead of the RPC devices."""
 
-    host_device: str
+    host_devices: tuple[str, ...]
+    host_counts: tuple[int, ...]  # the host's layers per GPU, in ``host_devices`` order
     n_gpu_layers: int
-    tensor_split: tuple[float, ...]  # host GPU first, then one share per RPC device
+    tensor_split: tuple[float, ...]  # one share per host GPU, then one per RPC device
 
 
-def split_host_offload(host_gpu: str, layer_split: Sequence[int]) -> SplitOffload:
-    """A split host whose range ``[0, H)`` goes on ``host_gpu``: devices ``[host_gpu, RPC...]``.
+def split_host_offload(host_gpus: Sequence[tuple[str, int]], layer_split: Sequence[int]) -> SplitOffload:
+    """A split host whose range ``[0, H)`` goes on its GPUs: devices ``[GPU..., RPC...]``.
 
-    Everything is offloaded (``n_gpu_layers = N + 1``); the host GPU's share is ``H`` and each
-    RPC device's its layer count, the last one plus one for the output head (kept on the host
-    GPU by a buffer-type override when asked), so every boundary lands on a whole layer.
+    ``host_gpus`` holds ``(ggml name, free bytes)`` per chosen GPU; ``H`` is divided among them
+    by free memory. Everything is offloaded (``n_gpu_layers = N + 1``); each device's share is
+    its layer count, the last RPC device's plus one for the output head (kept on the host's
+    first GPU by a buffer-type override when asked), so every boundary lands on a whole layer.
     """
     counts = [int(c) for c in layer_split]
     if len(counts) < 2:
         raise ConfigError("a layer split needs the host and at least one RPC device")
     if counts[0] < 0 or any(c < 1 for c in counts[1:]):
         raise ConfigError(f"each RPC device needs at least one layer, the host zero or more: {counts}")
-    shares = [float(c) for c in counts]
+    host = divide_layers(counts[0], [f for _, f in host_gpus])
+    shares = [float(c) for c in (*host, *counts[1:])]
     shares[-1] += 1.0
-    return SplitOffload(host_gpu, sum(counts) + 1, tuple(shares))
+    return SplitOffload(tuple(n for n, _ in host_gpus), host, sum(counts) + 1, tuple(shares))
 
 
 def cache_type(name: str) -> int:
@@ -126,6 +144,12 @@ def kv_bytes_per_token(
     return n_layer * (k + v)
 
 
+def compute_bytes_per_token(n_head: int, n_ubatch: int) -> float:
+    """Compute-buffer bytes one token of context adds: without flash attention llama.cpp holds
+    one layer's f32 attention scores, ``n_head`` x ``n_ubatch`` per cached token."""
+    return float(n_head * n_ubatch * 4)
+
+
 def context_memory(free_after_bytes: int, weights_bytes: int, budget_bytes: int | None) -> int:
     """Memory the KV caches may take: what the GPUs have free once the weights are loaded, and,
     under ``--max-vram``, no more than the budget leaves after those weights."""
@@ -135,17 +159,18 @@ def context_memory(free_after_bytes: int, weights_bytes: int, budget_bytes: int 
 
 
 def auto_ctx(
-    free_bytes: int, bytes_per_token: float, n_slots: int, *, n_ctx_train: int, fallback: int
+    free_bytes: int | None, bytes_per_token: float, n_slots: int, *, n_ctx_train: int, fallback: int
 ) -> int:
     """Context per slot that the free GPU memory left after the weights can hold.
 
-    A reserve (the larger of 512 MiB and 5 %) stays free for compute buffers. The result is a
-    multiple of 256 between 256 and the model's training context; ``fallback`` (the configured
-    size) is returned when nothing is known about the memory.
+    A reserve (the larger of 512 MiB and 5 %) stays free for fixed compute buffers. The result
+    is a multiple of 256 between 256 and the model's training context; ``fallback`` (the
+    configured size) is returned when nothing is known about the memory (``None``), while no
+    memory at all gives the floor.
     """
-    if free_bytes <= 0 or bytes_per_token <= 0 or n_slots <= 0:
+    if free_bytes is None or bytes_per_token <= 0 or n_slots <= 0:
         return fallback
     usable = free_bytes - max(COMPUTE_RESERVE_BYTES, int(free_bytes * COMPUTE_RESERVE_FRACTION))
-    per_slot = int(usable / (bytes_per_token * n_slots)) // CTX_STEP * CTX_STEP
+    per_slot = max(0, int(usable / (bytes_per_token * n_slots))) // CTX_STEP * CTX_STEP
     ceiling = n_ctx_train if n_ctx_train > 0 else fallback
     return max(MIN_CTX, min(per_slot, ceiling))

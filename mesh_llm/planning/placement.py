@@ -62,8 +62,9 @@ def layer_split_from_ranges(ranges: Iterable[tuple[int, int]]) -> tuple[int, ...
 class OffloadSettings:
     """What llama.cpp must be given so that each device holds exactly its planned layers.
 
-    Devices are the RPC devices in plan order, passed explicitly as ``llama_model_params.devices``
-    (not llama.cpp's default enumeration, which would also pull in any local GPU).
+    Devices are the host's GPUs, if it uses them, then the RPC devices in plan order, passed
+    explicitly as ``llama_model_params.devices`` (not llama.cpp's default enumeration, which
+    would also pull in any local GPU).
     """
 
     n_gpu_layers: int
@@ -213,19 +214,22 @@ class HostSplit:
     layer_split: tuple[int, ...]
     offload: OffloadSettings
     devices: tuple[RpcDevice, ...]
-    host_device: str = "CPU"
-    """Where the host's own layers (and the output head, kept on the host) go: its CPU, or the
-    ggml name of its GPU (``"CUDA0"``), listed ahead of the RPC devices."""
+    host_devices: tuple[str, ...] = ("CPU",)
+    """Where the host's own layers go: its CPU, or the ggml names of its GPUs (``"CUDA0"``),
+    listed ahead of the RPC devices. The output head, kept on the host, goes on the first."""
+    host_counts: tuple[int, ...] = ()
+    """The host's layers per device in ``host_devices`` (empty: all of them on the first)."""
 
     @property
     def n_layers(self) -> int:
         return sum(self.layer_split)
 
     def expected_devices(self) -> tuple[str, ...]:
-        """Device name per layer that the plan asks for (``host_device`` for the host's own layers)."""
-        names = [self.host_device] + [d.name for d in self.devices]
+        """Device name per layer that the plan asks for (``host_devices`` for the host's own layers)."""
+        host = self.host_counts or (self.layer_split[0],)
+        names = [*self.host_devices[: len(host)], *(d.name for d in self.devices)]
         out: list[str] = []
-        for name, count in zip(names, self.layer_split, strict=True):
+        for name, count in zip(names, (*host, *self.layer_split[1:]), strict=True):
             out += [name] * count
         return tuple(out)
 
@@ -242,7 +246,7 @@ class HostSplit:
                 f"llama.cpp placed layers {wrong[:5]} on {[placement.layer_devices[i] for i in wrong[:5]]}, "
                 f"the plan says {[want[i] for i in wrong[:5]]}"
             )
-        want_output = self.host_device if self.offload.output_on_host else self.devices[-1].name
+        want_output = self.host_devices[0] if self.offload.output_on_host else self.devices[-1].name
         if placement.output_device != want_output:
             raise BackendError(
                 f"llama.cpp put the output head on {placement.output_device}, not {want_output}"

@@ -80,7 +80,8 @@ def gpu_server_args(config: BackendConfig, gpus: Sequence[tuple[str, int]], *, s
             if config.gpu_budget_bytes is not None:
                 args += ["--gpu-budget", str(config.gpu_budget_bytes)]
     elif split and gpus:
-        args += ["--gpu-devices", gpus[0][0]]  # the host's own layers and a draft go on its first GPU
+        # The host's own layers, divided by free memory, and a draft (on the first GPU).
+        args += ["--gpu-devices", ",".join(name for name, _ in gpus)]
     return args
 
 

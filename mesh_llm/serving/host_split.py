@@ -23,8 +23,10 @@ from mesh_llm.serving.rpc_probe import probe_rpc_server
 __all__ = ["OUTPUT_TENSOR_PATTERN", "LlamaLogCapture", "prepare_host_split", "watch_rpc_connections"]
 
 # The output head's weights. A model with tied embeddings loads token_embd.weight a second time
-# as its output weight, under the token_embd name; the input copy is on the CPU anyway.
+# as its output weight, under the token_embd name; the input copy is on the CPU anyway. On a GPU
+# the input table is left out unless it is the head too (it would cost memory nobody counted).
 OUTPUT_TENSOR_PATTERN = r"^(output|output_norm|token_embd)\."
+UNTIED_OUTPUT_PATTERN = r"^(output|output_norm)\."
 
 
 class _BuftOverride(ctypes.Structure):
@@ -41,7 +43,8 @@ def prepare_host_split(
     n_layers: int | None = None,
     output_on_host: bool = True,
     probe_timeout: float = 10.0,
-    host_gpu: str | None = None,
+    host_gpus: Sequence[tuple[str, int]] = (),
+    tied_embeddings: bool = True,
 ) -> HostSplit:
     """Probe and attach the RPC workers and make the next ``llama_cpp.Llama`` use exactly them.
 
@@ -54,8 +57,10 @@ def prepare_host_split(
     setting is accepted but ignored by ``Llama`` in 0.3.36, and llama.cpp's default device list
     would add any local GPU after the RPC devices; explicit devices avoid both.
 
-    With ``host_gpu`` (a ggml device name such as ``"CUDA0"``) the host's own layers and its
-    output head go on that GPU, listed ahead of the RPC devices, instead of on its CPU.
+    With ``host_gpus`` (``(ggml name, free bytes)`` such as ``("CUDA0", ...)``) the host's own
+    layers go on those GPUs, divided by free memory and listed ahead of the RPC devices, and its
+    output head on the first of them, instead of on its CPU. ``tied_embeddings`` says whether
+    the model's output head is its input embedding table (no ``output.weight``).
     """
     counts = tuple(int(c) for c in layer_split)
     if len(counts) != len(endpoints) + 1:
@@ -64,8 +69,11 @@ def prepare_host_split(
         )
     if n_layers is not None and sum(counts) != n_layers:
         raise ConfigError(f"layer split {counts} covers {sum(counts)} layers; the model has {n_layers}")
-    if host_gpu:
-        on_gpu = split_host_offload(host_gpu, counts)
+    from mesh_llm.serving.devices import device_handle
+
+    host = [device_handle(name) for name, _ in host_gpus]  # an unknown GPU fails before any dial
+    on_gpu = split_host_offload(host_gpus, counts) if host_gpus else None
+    if on_gpu is not None:
         offload = OffloadSettings(on_gpu.n_gpu_layers, on_gpu.tensor_split, output_on_host)
     else:
         offload = offload_settings(counts, output_on_host=output_on_host)
@@ -75,15 +83,11 @@ def prepare_host_split(
 
     from llama_cpp import llama_cpp as llama_c
 
-    from mesh_llm.serving.devices import device_handle
-
-    host = [device_handle(host_gpu)] if host_gpu else []
     handles = [*host, *[d.handle for d in devices]]
     dev_array = (ctypes.c_void_p * (len(handles) + 1))(*handles, None)
     head_buffer = buffer_type(host[0]) if host else cpu_buffer_type()
-    overrides = (_BuftOverride * 2)(
-        _BuftOverride(OUTPUT_TENSOR_PATTERN.encode(), head_buffer), _BuftOverride(None, None)
-    )
+    pattern = UNTIED_OUTPUT_PATTERN if host and not tied_embeddings else OUTPUT_TENSOR_PATTERN
+    overrides = (_BuftOverride * 2)(_BuftOverride(pattern.encode(), head_buffer), _BuftOverride(None, None))
     original = llama_c.llama_model_default_params
 
     def params_with_devices() -> Any:
@@ -95,7 +99,11 @@ def prepare_host_split(
 
     _params_hook_refs[:] = [dev_array, overrides, original]
     llama_c.llama_model_default_params = params_with_devices
-    return HostSplit(tuple(endpoints), counts, offload, tuple(devices), host_gpu or "CPU")
+    if on_gpu is None:
+        return HostSplit(tuple(endpoints), counts, offload, tuple(devices))
+    return HostSplit(
+        tuple(endpoints), counts, offload, tuple(devices), on_gpu.host_devices, on_gpu.host_counts
+    )
 
 
 class LlamaLogCapture:

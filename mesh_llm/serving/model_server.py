@@ -154,6 +154,25 @@ def _drafter(draft: Model | Drafter | None, config: EngineConfig) -> Drafter | N
     )
 
 
+def _host_gpus(gpus: Sequence[str]) -> list[tuple[str, int]]:
+    """``(name, free bytes)`` of the chosen GPUs, in the order given."""
+    if not gpus:
+        return []
+    from mesh_llm.serving.devices import registry_devices
+
+    free = {d.name: d.free_bytes for d in registry_devices()}
+    return [(name, free.get(name, 0)) for name in gpus]
+
+
+def _tied_embeddings(path: str) -> bool:
+    """Whether the model's output head is its input embedding table (no ``output.weight``)."""
+    from pathlib import Path
+
+    from mesh_llm.serving.rpc_cache import gguf_tensors
+
+    return all(e.tensor != "output.weight" for e in gguf_tensors(Path(path)))
+
+
 def _gpu_free(gpus: Sequence[str]) -> int:
     from mesh_llm.serving.devices import registry_devices
 
@@ -164,22 +183,35 @@ def _auto_ctx(
     models: Sequence[Model], gpus: Sequence[str], free_before: int, args: argparse.Namespace
 ) -> int:
     """Per-slot context that the chosen GPUs hold after the weights (the model's and a draft's)
-    loaded, within ``--gpu-budget``; every model's KV cache counts, since each slot has one."""
-    from mesh_llm.planning.offload import DEFAULT_CACHE_TYPE, auto_ctx, context_memory, kv_bytes_per_token
+    loaded, within ``--gpu-budget``. Every model's KV cache and attention compute buffer count
+    per token, since each slot has one of each, and the smallest training context caps it."""
+    from mesh_llm.planning.offload import (
+        DEFAULT_CACHE_TYPE,
+        auto_ctx,
+        compute_bytes_per_token,
+        context_memory,
+        kv_bytes_per_token,
+    )
+    from mesh_llm.serving.engine import EngineConfig
 
     free = _gpu_free(gpus)
-    memory = context_memory(free, max(0, free_before - free), args.gpu_budget)
+    memory = None if free_before <= 0 else context_memory(free, max(0, free_before - free), args.gpu_budget)
     kinds = {
         "type_k": args.cache_type_k or DEFAULT_CACHE_TYPE,
         "type_v": args.cache_type_v or DEFAULT_CACHE_TYPE,
     }
+    chunk = EngineConfig.prefill_chunk
+    n_ubatch = chunk + args.parallel * (1 + (args.draft_max if len(models) > 1 else 0))  # the engine's batch
     per_token = sum(
-        kv_bytes_per_token(m.n_layer, m.n_head_kv, m.head_dim_k, m.head_dim_v, **kinds) for m in models
+        kv_bytes_per_token(m.n_layer, m.n_head_kv, m.head_dim_k, m.head_dim_v, **kinds)
+        + compute_bytes_per_token(m.n_head, n_ubatch if m is models[0] else chunk + args.parallel)
+        for m in models
     )
-    n_ctx = auto_ctx(memory, per_token, args.parallel, n_ctx_train=models[0].n_ctx_train, fallback=args.n_ctx)
+    ceiling = min(m.n_ctx_train for m in models)
+    n_ctx = auto_ctx(memory, per_token, args.parallel, n_ctx_train=ceiling, fallback=args.n_ctx)
     print(
-        f"mesh-llm context: {n_ctx} tokens per slot x {args.parallel} ({memory / 2**30:.1f} GiB for "
-        f"KV caches on {','.join(gpus)} after the weights)",
+        f"mesh-llm context: {n_ctx} tokens per slot x {args.parallel} ({(memory or 0) / 2**30:.1f} GiB for "
+        f"KV caches and attention on {','.join(gpus)} after the weights)",
         file=sys.stderr,
         flush=True,
     )
@@ -207,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             counts = [int(c) for c in args.layer_split.split(",")]
             split = prepare_host_split(
                 args.rpc, counts, output_on_host=args.output_on == "host", probe_timeout=args.rpc_timeout,
-                host_gpu=gpus[0] if gpus else None,
+                host_gpus=_host_gpus(gpus), tied_embeddings=_tied_embeddings(args.model) if gpus else True,
             )  # fmt: skip
         except (MeshError, ValueError) as exc:
             return _fail(str(exc), EXIT_RPC_UNUSABLE)

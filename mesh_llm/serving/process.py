@@ -21,6 +21,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from mesh_llm.supervise import spawn_logged
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Exited", "SupervisedChild", "TimedOut", "log_tail", "stop_group"]
@@ -182,7 +184,7 @@ class SupervisedChild(Generic[S]):
         async def watch() -> None:
             on_exit(await proc.wait())
 
-        self._watch = asyncio.create_task(watch(), name=f"watch-{self.label}")
+        self._watch = spawn_logged(watch(), f"watch-{self.label}")
 
     async def stop(self) -> None:
         """Stop watching, then SIGTERM (later SIGKILL) the child's process group; idempotent."""

@@ -150,14 +150,19 @@ class HostExecutor:
             host.set_state(step.state)
             return
         tunnels: list[TcpTunnel] = []
-        for worker in step.start.workers:
-            tunnel = await self._ctx.open_rpc_tunnel(worker, host.model.name, host.epoch)
-            if tunnel is None:
-                host.set_state(NoLinkToWorker(worker[:8]))
+        try:
+            for worker in step.start.workers:
+                tunnel = await self._ctx.open_rpc_tunnel(worker, host.model.name, host.epoch)
+                if tunnel is None:
+                    host.set_state(NoLinkToWorker(worker[:8]))
+                    break
+                tunnels.append(tunnel)
+        finally:
+            if len(tunnels) < len(step.start.workers):  # gave up, or opening one raised
                 for t in tunnels:
                     await t.close()
-                return
-            tunnels.append(tunnel)
+        if len(tunnels) < len(step.start.workers):
+            return
         host.tunnels = tunnels
         host.set_state(step.state)
         await self._start_server(

@@ -128,7 +128,7 @@ def test_draft_goes_on_the_hosts_first_gpu() -> None:
 
 @pytest.mark.parametrize("split", [(10, 12, 8), (0, 30), (29, 1), (5, 5, 5, 15)])
 def test_split_host_keeps_exactly_its_range_on_its_gpu(split: tuple[int, ...]) -> None:
-    plan = split_host_offload("CUDA0", split)
+    plan = split_host_offload([("CUDA0", 8 * GIB)], split)
     placement = llama_placement(sum(split), plan.n_gpu_layers, plan.tensor_split)
     want: list[int] = []
     for device, count in enumerate(split):
@@ -139,9 +139,9 @@ def test_split_host_keeps_exactly_its_range_on_its_gpu(split: tuple[int, ...]) -
 
 def test_split_host_offload_rejects_bad_splits() -> None:
     with pytest.raises(ConfigError):
-        split_host_offload("CUDA0", (30,))
+        split_host_offload([("CUDA0", 1)], (30,))
     with pytest.raises(ConfigError):
-        split_host_offload("CUDA0", (10, 0))
+        split_host_offload([("CUDA0", 1)], (10, 0))
 
 
 def test_cache_types_map_to_ggml_types() -> None:
@@ -160,7 +160,8 @@ def test_context_follows_free_memory_after_the_weights() -> None:
     assert auto_ctx(int(8.5 * GIB), per_token, 4, n_ctx_train=131072, fallback=4096) == 16384
     assert auto_ctx(200 * GIB, per_token, 4, n_ctx_train=8192, fallback=4096) == 8192  # the model's limit
     assert auto_ctx(600 * 1024 * 1024, per_token, 4, n_ctx_train=8192, fallback=4096) == 256  # the floor
-    assert auto_ctx(0, per_token, 4, n_ctx_train=8192, fallback=4096) == 4096  # nothing known
+    assert auto_ctx(None, per_token, 4, n_ctx_train=8192, fallback=4096) == 4096  # nothing known
+    assert auto_ctx(0, per_token, 4, n_ctx_train=8192, fallback=4096) == 256  # no memory: the floor
 
 
 def test_gpus_command_lists_this_machines_devices_as_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -207,7 +208,7 @@ def test_model_server_flags_on_gpus_and_none_on_the_cpu_path() -> None:
     )
     assert budget[-3:] == ["--auto-ctx", "--gpu-budget", str(2 * GIB)]  # --max-vram bounds the context too
     split_host = gpu_server_args(BackendConfig(), [("CUDA1", 1), ("CUDA0", 1)], split=True)
-    assert split_host == ["--gpu-devices", "CUDA1"]  # the host's own layers and a draft: its first GPU
+    assert split_host == ["--gpu-devices", "CUDA1,CUDA0"]  # the host's own layers on both, a draft on CUDA1
 
 
 def test_several_models_on_one_node_keep_the_context_the_planner_counted() -> None:
@@ -221,12 +222,15 @@ def test_several_models_on_one_node_keep_the_context_the_planner_counted() -> No
 
 
 def test_context_memory_is_what_is_free_within_the_max_vram_budget() -> None:
-    from mesh_llm.planning.offload import context_memory
+    from mesh_llm.planning.offload import auto_ctx, context_memory
 
     assert context_memory(20 * GIB, 4 * GIB, None) == 20 * GIB  # no budget: all that is free
     assert context_memory(20 * GIB, 4 * GIB, 6 * GIB) == 2 * GIB  # the budget less the weights
     assert context_memory(1 * GIB, 4 * GIB, 6 * GIB) == 1 * GIB  # never more than is free
-    assert context_memory(20 * GIB, 7 * GIB, 6 * GIB) == 0  # weights beyond the budget: the floor applies
+    assert context_memory(20 * GIB, 7 * GIB, 6 * GIB) == 0  # weights beyond the budget...
+    assert (
+        auto_ctx(context_memory(20 * GIB, 7 * GIB, 6 * GIB), 1e5, 4, n_ctx_train=8192, fallback=4096) == 256
+    )
 
 
 def test_unknown_cache_type_is_a_config_error() -> None:
@@ -241,12 +245,31 @@ def test_a_split_host_on_its_gpu_expects_its_layers_and_head_there() -> None:
     from mesh_llm.planning.placement import HostSplit, OffloadSettings, Placement
 
     rpc = (RpcDevice("127.0.0.1:1", "RPC0", 1), RpcDevice("127.0.0.1:2", "RPC1", 2))
-    on_gpu = split_host_offload("CUDA0", (2, 1, 1))
+    on_gpu = split_host_offload([("CUDA0", 8 * GIB)], (2, 1, 1))
     offload = OffloadSettings(on_gpu.n_gpu_layers, on_gpu.tensor_split, output_on_host=True)
-    split = HostSplit(("127.0.0.1:1", "127.0.0.1:2"), (2, 1, 1), offload, rpc, host_device="CUDA0")
+    split = HostSplit(
+        ("127.0.0.1:1", "127.0.0.1:2"), (2, 1, 1), offload, rpc, on_gpu.host_devices, on_gpu.host_counts
+    )
     assert split.expected_devices() == ("CUDA0", "CUDA0", "RPC0", "RPC1")
     split.check(Placement(("CUDA0", "CUDA0", "RPC0", "RPC1"), "CUDA0"))
     with pytest.raises(BackendError, match="layers \\[0, 1\\]"):  # a host that stayed on its CPU
         split.check(Placement(("CPU", "CPU", "RPC0", "RPC1"), "CUDA0"))
     with pytest.raises(BackendError, match="output head"):
         split.check(Placement(("CUDA0", "CUDA0", "RPC0", "RPC1"), "CPU"))
+
+
+def test_a_split_host_with_two_gpus_divides_its_layers_by_their_free_memory() -> None:
+    from mesh_llm.planning.offload import divide_layers, split_host_offload
+    from mesh_llm.planning.placement import HostSplit, OffloadSettings
+
+    assert divide_layers(9, [2 * GIB, 1 * GIB]) == (6, 3)
+    assert divide_layers(10, [1, 1, 1]) == (4, 3, 3)  # remainders to the earlier GPU
+    assert divide_layers(0, [5, 5]) == (0, 0)
+    plan = split_host_offload([("CUDA0", 16 * GIB), ("CUDA1", 8 * GIB)], (24, 6))
+    assert plan.host_counts == (16, 8) and plan.tensor_split == (16.0, 8.0, 7.0)
+    placement = llama_placement(30, plan.n_gpu_layers, plan.tensor_split)
+    assert placement == (0,) * 16 + (1,) * 8 + (2,) * 6 + (2,)  # CUDA0, CUDA1, then the RPC device
+    rpc = (RpcDevice("127.0.0.1:1", "RPC0", 1),)
+    offload = OffloadSettings(plan.n_gpu_layers, plan.tensor_split, output_on_host=True)
+    split = HostSplit(("127.0.0.1:1",), (24, 6), offload, rpc, plan.host_devices, plan.host_counts)
+    assert split.expected_devices() == ("CUDA0",) * 16 + ("CUDA1",) * 8 + ("RPC0",) * 6

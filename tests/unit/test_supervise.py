@@ -40,3 +40,22 @@ async def test_backoff_grows_and_cancel_stops_the_loop() -> None:
     with pytest.raises(asyncio.CancelledError):
         await supervised("gossip", body, backoff=(0.5, 1.0, 2.0), sleep=sleep)
     assert delays == [0.5, 1.0, 2.0, 2.0]
+
+
+async def test_a_one_shot_task_that_fails_is_logged_when_it_ends(caplog: pytest.LogCaptureFixture) -> None:
+    from mesh_llm.supervise import spawn_logged
+
+    async def boom() -> None:
+        raise RuntimeError("lost")
+
+    async def fine() -> int:
+        return 3
+
+    with caplog.at_level(logging.ERROR, logger="mesh_llm.supervise"):
+        failed = spawn_logged(boom(), "boom")
+        ok = spawn_logged(fine(), "fine")
+        await asyncio.wait([failed, ok])
+        await asyncio.sleep(0)  # done callbacks run on the next loop turn
+    assert ok.result() == 3
+    assert [r.getMessage() for r in caplog.records] == ["background task boom failed"]
+    assert caplog.records[0].exc_info is not None

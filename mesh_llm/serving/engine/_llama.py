@@ -72,6 +72,10 @@ class Model:
         self._piece_lock = threading.Lock()
 
     @property
+    def n_head(self) -> int:
+        return int(C.llama_model_n_head(self.ptr))
+
+    @property
     def n_head_kv(self) -> int:
         return int(C.llama_model_n_head_kv(self.ptr))
 
