@@ -17,6 +17,7 @@ from mesh_llm.discovery._config import DiscoveryConfig, DiscoveryTiming, check_r
 from mesh_llm.discovery._listing import DEFAULT_RELAYS
 from mesh_llm.errors import ConfigError
 from mesh_llm.mesh.gossip import GossipConfig
+from mesh_llm.models.kv import DEFAULT_CTX_SLOT
 from mesh_llm.planning.demand import DemandConfig
 from mesh_llm.planning.planner import PlanConfig
 from mesh_llm.transport import DEFAULT_ENGINE, ENGINES, TransportConfig
@@ -26,6 +27,7 @@ DEFAULT_CONSOLE_PORT = 3131
 # Share of system RAM a GPU-less node offers as its capacity: the rest stays for the OS,
 # the KV cache and whatever else the machine runs.
 CPU_RAM_FRACTION = 0.75
+API_KEY_ENV = "MESH_LLM_API_KEY"  # the API key when --api-key is not given
 GIB = 1024**3
 
 
@@ -41,7 +43,7 @@ class HttpConfig:
 class BackendConfig:
     """How model-server subprocesses are started and supervised."""
 
-    n_ctx: int = 4096  # per slot
+    n_ctx: int = DEFAULT_CTX_SLOT  # per slot
     n_parallel: int = 4  # slots per model server
     max_queue: int = 64
     max_body_bytes: int = 8 * 1024 * 1024
@@ -104,7 +106,6 @@ class NodeConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     allow_download: bool = True
     allow_hosts: tuple[str, ...] = ()  # extra Host names the API and console answer for
-    quic_engine: str = DEFAULT_ENGINE  # the QUIC library under the mesh transport
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     gossip: GossipConfig = field(default_factory=GossipConfig)
@@ -214,7 +215,7 @@ def build_config(
         timing=NodeTiming(),
         device=device,
         backend=BackendConfig(
-            n_ctx=ctx_size or 4096,
+            n_ctx=ctx_size or DEFAULT_CTX_SLOT,
             n_ctx_auto=ctx_size is None and len(models) <= 1,
             gpu_budget_bytes=int(max_vram * GIB) if max_vram is not None else None,
             cache_type_k=cache_type_k,
@@ -228,7 +229,6 @@ def build_config(
         ),
         allow_download=not client,
         allow_hosts=tuple(h.strip() for h in allow_hosts or [] if h.strip()),
-        quic_engine=engine,
         discovery=discovery,
     )
 
@@ -277,5 +277,5 @@ def _quic_engine(name: str) -> str:
 
 def api_key_from_env(environ: os._Environ[str] | dict[str, str]) -> str | None:
     """The CLI's documented fallback: MESH_LLM_API_KEY when --api-key is not given."""
-    value = environ.get("MESH_LLM_API_KEY", "").strip()
+    value = environ.get(API_KEY_ENV, "").strip()
     return value or None

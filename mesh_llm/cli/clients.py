@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from mesh_llm.config import API_KEY_ENV
+from mesh_llm.models.kv import DEFAULT_CTX_SLOT
+
 PROVIDER_ID = "mesh-llm"
 GOOSE_PROVIDER_ID = "mesh_llm"  # goose wants lowercase letters, digits and underscores
-KEY_ENV = "MESH_LLM_API_KEY"
-DEFAULT_CONTEXT = 4096
 
 
 def served_models(status: dict[str, Any]) -> list[tuple[str, int]]:
@@ -24,7 +25,7 @@ def served_models(status: dict[str, Any]) -> list[tuple[str, int]]:
             continue
         slots = row.get("slots") if isinstance(row.get("slots"), dict) else {}
         n_ctx = slots.get("n_ctx_slot") if slots else None
-        context = n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else DEFAULT_CONTEXT
+        context = n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else DEFAULT_CTX_SLOT
         found[name] = max(found.get(name, 0), context)
     return sorted(found.items())
 
@@ -50,7 +51,7 @@ def opencode_config(status: dict[str, Any]) -> dict[str, Any]:
                 "options": {
                     "baseURL": url,
                     # opencode's SDK sends some key; without --api-key the node takes any.
-                    "apiKey": f"{{env:{KEY_ENV}}}" if auth else "mesh-llm",
+                    "apiKey": f"{{env:{API_KEY_ENV}}}" if auth else "mesh-llm",
                 },
                 "models": {
                     name: {"name": name, "limit": {"context": ctx, "output": ctx}} for name, ctx in models
@@ -87,7 +88,7 @@ def goose_provider(status: dict[str, Any]) -> dict[str, Any]:
         "engine": "openai",
         "display_name": "mesh-llm",
         "description": f"mesh-llm node {status.get('short_id', '')} ({url})".strip(),
-        "api_key_env": KEY_ENV,
+        "api_key_env": API_KEY_ENV,
         "base_url": f"{url.rstrip('/')}/chat/completions",
         "models": [{"name": name, "context_limit": ctx} for name, ctx in served_models(status)],
         "requires_auth": auth,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+DEFAULT_CTX_SLOT = 4096  # tokens of context per request slot unless --ctx-size (or a GPU) says otherwise
+
 KV_BYTES_PER_VALUE = 2  # f16 keys and values, llama.cpp's default cache type
 
 

@@ -25,7 +25,6 @@ from mesh_llm.mesh.tunnel import TcpTunnel, open_tcp_tunnel
 from mesh_llm.models.resolve import ResolvedModel
 from mesh_llm.planning.claims import intents_record
 from mesh_llm.planning.demand import DemandTable
-from mesh_llm.planning.plans import Split
 from mesh_llm.runtime import RuntimeFile
 from mesh_llm.serving.backend import BackendState, ModelServer
 from mesh_llm.serving.hardware import Capacity, detect_capacity
@@ -192,11 +191,7 @@ class NodeCore:
         }
 
     def _host_layers(self, model: str) -> tuple[int, int] | None:
-        host = self.split.hosts.get(model)
-        if host is None or not isinstance(host.plan, Split):
-            return None
-        first = host.plan.shards[0]
-        return (first.start_layer, first.end_layer)
+        return self.split.host_layers(model)
 
     def _changed(self) -> None:
         self.feed.bump()

@@ -43,12 +43,9 @@ class NodeStatus(NodeServingView):
             for name, server in self.servers.items()
         )  # fmt: skip
         waiting = tuple(
-            WaitingSplit(
-                name, self.split.hosts[name].state.text, str(self.split.hosts[name].model.path),
-                self.split.hosts[name].model.size_bytes, self.requests[name], extra,
-            )
+            WaitingSplit(name, *self.split.host_facts(name), self.requests[name], extra)
             for name, extra in split_rows.items()
-        )  # fmt: skip
+        )
         mono = time.monotonic()
         served = self._served_map()
         rates = self.demand.rates(mono)
@@ -71,10 +68,7 @@ class NodeStatus(NodeServingView):
                 self.mesh.transport.engine, peers,
                 rpc.bytes_from_peer if rpc is not None else None, rpc.bytes_to_peer if rpc is not None else None,
             )  # fmt: skip
-        duties = tuple(
-            Duty(d.model, d.host, d.epoch, d.layers, d.worker.state.value, d.worker.port, len(d.cache_files))
-            for d in self.split.duties.values()
-        )
+        duties = tuple(Duty(*row) for row in self.split.duty_rows())
         return StatusSnapshot(
             node_id=self.node_id,
             started_at=self.started_at,

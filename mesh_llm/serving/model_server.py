@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mesh_llm.errors import ConfigError, MeshError
+from mesh_llm.models.kv import DEFAULT_CTX_SLOT
 
 if TYPE_CHECKING:
     from mesh_llm.serving.engine._draft import Drafter
@@ -56,7 +57,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fd", type=int, required=True, help="inherited listening socket")
     p.add_argument("--model", required=True, help="path to the GGUF file")
     p.add_argument("--alias", required=True, help="model name clients use")
-    p.add_argument("--n-ctx", type=int, default=4096)
+    p.add_argument("--n-ctx", type=int, default=DEFAULT_CTX_SLOT)
     p.add_argument("--n-threads", type=int, default=None)
     p.add_argument("--parallel", type=int, default=4, help="slots: requests decoded together")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a slot")

@@ -33,6 +33,7 @@ from mesh_llm.models.catalog import find_entry
 from mesh_llm.models.resolve import ResolvedModel, resolve
 from mesh_llm.planning.claims import PeerClaim, read_intents
 from mesh_llm.planning.planner import PlanConfig
+from mesh_llm.planning.plans import Split
 from mesh_llm.split._context import Holdings, SplitContext
 from mesh_llm.split._decisions import decide_host
 from mesh_llm.split._election import Known, Member, MeshView, OwnHost, Refusal, elect, wanted_duties
@@ -247,3 +248,23 @@ class SplitManager:
 
     def host_rows(self) -> dict[str, dict[str, Any]]:
         return {name: host.row() for name, host in self.hosts.items()}
+
+    def host_facts(self, name: str) -> tuple[str, str, int]:
+        """A hosted split model's state in words, its GGUF path and its size, for status."""
+        host = self.hosts[name]
+        return host.state.text, str(host.model.path), host.model.size_bytes
+
+    def host_layers(self, model: str) -> tuple[int, int] | None:
+        """The layer range this node holds as ``model``'s split host, if it hosts one."""
+        host = self.hosts.get(model)
+        if host is None or not isinstance(host.plan, Split):
+            return None
+        first = host.plan.shards[0]
+        return (first.start_layer, first.end_layer)
+
+    def duty_rows(self) -> list[tuple[str, str, int, tuple[int, int], str, int | None, int]]:
+        """``(model, host, epoch, layers, worker state, worker port, cache files)`` per duty."""
+        return [
+            (d.model, d.host, d.epoch, d.layers, d.worker.state.value, d.worker.port, len(d.cache_files))
+            for d in self.duties.values()
+        ]

@@ -349,7 +349,7 @@ class MeshTransport:
         old = self._links.get(hello.node_id)
         self._links[hello.node_id] = link
         if old is not None:
-            old._conn.close_with(CloseCode.DUPLICATE, "replaced by a newer connection", tell_peer="replaced")
+            old.replaced()
         conn.become_ready(link)
         log.info(
             "linked with %s at %s (%s)",

@@ -103,6 +103,10 @@ class PeerLink:
         """Close the connection now (goodbye); unsent stream data is dropped."""
         self._conn.close_with(CloseCode.GOODBYE, f"closed locally: {reason}", tell_peer=reason)
 
+    def replaced(self) -> None:
+        """Close this link because a newer connection to the same peer took its place."""
+        self._conn.close_with(CloseCode.DUPLICATE, "replaced by a newer connection", tell_peer="replaced")
+
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
         return f"PeerLink({self.short_id} at {self.remote_address}, {state}, rtt={ms_text(self.rtt_ms)})"

@@ -115,5 +115,5 @@ def test_every_part_gets_its_config_from_build_config_with_one_fit_factor() -> N
 
     c = build_config(models=["m"], split=True)
     assert c.split.force and c.planner.fit_factor == c.demand.fit_factor == FIT_FACTOR
-    assert c.transport.quic_engine == c.quic_engine and c.planner.rtt_cap_ms == 80.0
+    assert c.transport.quic_engine == "qh3" and c.planner.rtt_cap_ms == 80.0
     assert c.timing.stop_grace_s == 5.0 and c.split.join_grace_s == 3.0

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mesh_llm.errors import BackendError
+from mesh_llm.models.kv import DEFAULT_CTX_SLOT
 from mesh_llm.serving.engine._draft import DraftTuner
 from mesh_llm.serving.engine._llama import Sampler, SamplerSpec
 from mesh_llm.serving.engine._text import TextStream
@@ -25,7 +26,7 @@ from mesh_llm.serving.engine._text import TextStream
 @dataclass(frozen=True)
 class EngineConfig:
     n_slots: int = 4
-    n_ctx_slot: int = 4096
+    n_ctx_slot: int = DEFAULT_CTX_SLOT
     prefill_chunk: int = 256
     max_queue: int = 64
     n_threads: int = 1
