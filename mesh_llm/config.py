@@ -17,6 +17,7 @@ from mesh_llm.discovery._config import DiscoveryConfig, DiscoveryTiming, check_r
 from mesh_llm.discovery._listing import DEFAULT_RELAYS
 from mesh_llm.errors import ConfigError
 from mesh_llm.mesh.gossip import GossipConfig
+from mesh_llm.mesh.service import MeshTimings
 from mesh_llm.models.kv import DEFAULT_CTX_SLOT
 from mesh_llm.planning.demand import DemandConfig
 from mesh_llm.planning.planner import PlanConfig
@@ -111,6 +112,7 @@ class NodeConfig:
     gossip: GossipConfig = field(default_factory=GossipConfig)
     demand: DemandConfig = field(default_factory=DemandConfig)
     timing: NodeTiming = field(default_factory=NodeTiming)
+    mesh_timing: MeshTimings = field(default_factory=MeshTimings)
 
     @property
     def idle(self) -> bool:
@@ -213,6 +215,7 @@ def build_config(
         transport=TransportConfig(quic_engine=engine),
         gossip=GossipConfig(),
         timing=NodeTiming(),
+        mesh_timing=MeshTimings(),
         device=device,
         backend=BackendConfig(
             n_ctx=ctx_size or DEFAULT_CTX_SLOT,

@@ -47,11 +47,17 @@ log = logging.getLogger(__name__)
 
 HTTP_STREAM = "http"
 RPC_STREAM = "rpc"
-DIAL_TIMEOUT_S = 5.0
-BOOTSTRAP_RETRY_S = 2.0
-LOST_PEER_RETRY_S = 3.0
-LOST_PEER_MEMORY_S = 600.0  # how long a peer that vanished without a goodbye is redialled
 INVITER_REPORT_EVERY = 15  # after the first failure, repeat it in the log every this many tries
+
+
+@dataclass(frozen=True)
+class MeshTimings:
+    """How the mesh service redials: built once by `build_config`, like the other configs."""
+
+    dial_timeout_s: float = 5.0  # one attempt at an inviter or a lost peer
+    bootstrap_retry_s: float = 2.0  # between attempts while no peer is linked yet
+    lost_peer_retry_s: float = 3.0  # between attempts at peers lost without a goodbye
+    lost_peer_memory_s: float = 600.0  # how long such a peer is redialled
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class MeshSettings:
     # Built by the caller: nothing below the node defaults or reads a setting.
     gossip: GossipConfig = field(kw_only=True)
     transport: TransportConfig = field(kw_only=True)
+    timing: MeshTimings = field(kw_only=True)
 
 
 def local_addresses(port: int) -> list[str]:
@@ -102,6 +109,7 @@ class MeshService:
         self.identity = identity
         self.credentials = credentials
         self.settings = settings
+        self._timing = settings.timing
         self.tokens = list(tokens)
         # Records and relayed goodbyes count only when signed by the node they are about.
         self.engine = GossipEngine(
@@ -308,7 +316,9 @@ class MeshService:
 
     async def _dial(self, node_id: str, addresses: tuple[str, ...]) -> None:
         try:
-            await self.transport.dial(list(addresses), expected_node_id=node_id, timeout=DIAL_TIMEOUT_S)
+            await self.transport.dial(
+                list(addresses), expected_node_id=node_id, timeout=self._timing.dial_timeout_s
+            )
         except MeshError as exc:
             log.debug("dial %s failed: %s", node_id[:8], exc)
         finally:
@@ -321,7 +331,9 @@ class MeshService:
         if tries == 0 and not self.transport.links:
             log.info("joining the mesh: dialling inviter %s at %s", node_id[:8], ", ".join(addresses))
         try:
-            await self.transport.dial(list(addresses), expected_node_id=node_id, timeout=DIAL_TIMEOUT_S)
+            await self.transport.dial(
+                list(addresses), expected_node_id=node_id, timeout=self._timing.dial_timeout_s
+            )
         except AuthenticationError as exc:
             self._inviter_failed(node_id, tries, f"it refused us: {exc}")
         except MeshError as exc:
@@ -344,7 +356,7 @@ class MeshService:
         if tries == 1 or tries % INVITER_REPORT_EVERY == 0:
             log.warning(
                 "could not join through inviter %s (attempt %d, %g s deadline): %s; retrying every %g s",
-                node_id[:8], tries, DIAL_TIMEOUT_S, reason, BOOTSTRAP_RETRY_S,
+                node_id[:8], tries, self._timing.dial_timeout_s, reason, self._timing.bootstrap_retry_s,
             )  # fmt: skip
 
     async def _redial_loop(self) -> None:
@@ -354,11 +366,14 @@ class MeshService:
             for token in self.tokens:
                 self._dial_soon(token.node_id, token.addresses, inviter=True)
             for node_id, (addresses, since) in list(self._lost.items()):
-                if now - since > LOST_PEER_MEMORY_S:
+                if now - since > self._timing.lost_peer_memory_s:
                     del self._lost[node_id]
                 else:
                     self._dial_soon(node_id, addresses)
-            await asyncio.sleep(BOOTSTRAP_RETRY_S if not self.transport.links else LOST_PEER_RETRY_S)
+            timing = self._timing
+            await asyncio.sleep(
+                timing.bootstrap_retry_s if not self.transport.links else timing.lost_peer_retry_s
+            )
 
     async def _gossip_loop(self) -> None:
         interval = self.settings.gossip.push_interval_s

@@ -34,6 +34,7 @@ class NodeMeshes(NodeModels):
             tuple(t.encode() for t in tokens),
             gossip=self.config.gossip,
             transport=self.config.transport,
+            timing=self.config.mesh_timing,
         )
         return MeshService(
             self.identity,

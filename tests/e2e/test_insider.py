@@ -11,7 +11,7 @@ import httpx
 
 from mesh_llm.mesh.gossip import GossipConfig, NodeRecord
 from mesh_llm.mesh.identity import NodeIdentity
-from mesh_llm.mesh.service import MeshService, MeshSettings, record_for
+from mesh_llm.mesh.service import MeshService, MeshSettings, MeshTimings, record_for
 from mesh_llm.mesh.token import InviteToken
 from mesh_llm.transport import TransportConfig
 from tests.harness import NodeProcess, wait_gone
@@ -24,7 +24,9 @@ async def _insider(token: str, state: Path, extra: dict) -> MeshService:  # type
     service = MeshService(
         identity,
         decoded.credentials,
-        MeshSettings(state, join=(token,), gossip=GossipConfig(), transport=TransportConfig()),
+        MeshSettings(
+            state, join=(token,), gossip=GossipConfig(), transport=TransportConfig(), timing=MeshTimings()
+        ),
         record,
         tokens=[decoded],
     )
