@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mesh_llm.errors import ConfigError
+from mesh_llm.planning.placement import OffloadSettings, offload_settings
 
 ALL_LAYERS = 9999  # more than any model has: llama.cpp offloads min(n_gpu_layers, N + 1)
 
@@ -104,27 +105,26 @@ class SplitOffload:
 
     host_devices: tuple[str, ...]
     host_counts: tuple[int, ...]  # the host's layers per GPU, in ``host_devices`` order
-    n_gpu_layers: int
-    tensor_split: tuple[float, ...]  # one share per host GPU, then one per RPC device
+    settings: OffloadSettings  # one ``tensor_split`` share per host GPU, then one per RPC device
 
 
-def split_host_offload(host_gpus: Sequence[tuple[str, int]], layer_split: Sequence[int]) -> SplitOffload:
+def split_host_offload(
+    host_gpus: Sequence[tuple[str, int]], layer_split: Sequence[int], *, output_on_host: bool = True
+) -> SplitOffload:
     """A split host whose range ``[0, H)`` goes on its GPUs: devices ``[GPU..., RPC...]``.
 
     ``host_gpus`` holds ``(ggml name, free bytes)`` per chosen GPU; ``H`` is divided among them
-    by free memory. Everything is offloaded (``n_gpu_layers = N + 1``); each device's share is
-    its layer count, the last RPC device's plus one for the output head (kept on the host's
-    first GPU by a buffer-type override when asked), so every boundary lands on a whole layer.
+    by free memory. The RPC devices' shares are :func:`offload_settings`' (the last one plus the
+    output head, kept on the host's first GPU by a buffer-type override when asked); the host's
+    GPUs come first with their layer counts, and everything is offloaded (``n_gpu_layers =
+    N + 1``), so every boundary lands on a whole layer.
     """
-    counts = [int(c) for c in layer_split]
-    if len(counts) < 2:
-        raise ConfigError("a layer split needs the host and at least one RPC device")
-    if counts[0] < 0 or any(c < 1 for c in counts[1:]):
-        raise ConfigError(f"each RPC device needs at least one layer, the host zero or more: {counts}")
-    host = divide_layers(counts[0], [f for _, f in host_gpus])
-    shares = [float(c) for c in (*host, *counts[1:])]
-    shares[-1] += 1.0
-    return SplitOffload(tuple(n for n, _ in host_gpus), host, sum(counts) + 1, tuple(shares))
+    rpc = offload_settings(layer_split, output_on_host=output_on_host)  # checks the split
+    host = divide_layers(int(layer_split[0]), [f for _, f in host_gpus])
+    settings = OffloadSettings(
+        rpc.n_gpu_layers + sum(host), (*(float(c) for c in host), *rpc.tensor_split), output_on_host
+    )
+    return SplitOffload(tuple(n for n, _ in host_gpus), host, settings)
 
 
 def cache_type(name: str) -> int:

@@ -11,6 +11,7 @@ process never opens a GPU context that would hold device memory for as long as i
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import json
 import subprocess
@@ -217,15 +218,21 @@ if __name__ == "__main__":
 _handle_refs: list[Any] = []  # device arrays llama.cpp points into: must outlive the models
 
 
-def device_handle(name: str) -> int:
-    """This process's ``ggml_backend_dev_t`` for a device name; BackendError if it has none."""
+@functools.cache
+def _dev_by_name() -> Any:
+    """ggml's ``ggml_backend_dev_by_name``, after llama.cpp's backends are loaded (once)."""
     from llama_cpp import llama_cpp as C
 
     C.llama_backend_init()
     lib = ctypes.CDLL(str(_libggml_path()))
     lib.ggml_backend_dev_by_name.restype = ctypes.c_void_p
     lib.ggml_backend_dev_by_name.argtypes = [ctypes.c_char_p]
-    dev = lib.ggml_backend_dev_by_name(name.encode())
+    return lib.ggml_backend_dev_by_name
+
+
+def device_handle(name: str) -> int:
+    """This process's ``ggml_backend_dev_t`` for a device name; BackendError if it has none."""
+    dev = _dev_by_name()(name.encode())
     if not dev:
         raise BackendError(f"ggml has no device {name!r} in this process")
     return int(dev)

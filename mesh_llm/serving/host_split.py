@@ -16,7 +16,7 @@ from typing import Any
 
 from mesh_llm.errors import ConfigError
 from mesh_llm.planning.offload import split_host_offload
-from mesh_llm.planning.placement import HostSplit, OffloadSettings, offload_settings, parse_endpoint
+from mesh_llm.planning.placement import HostSplit, offload_settings, parse_endpoint
 from mesh_llm.serving.ggml import attach_rpc_devices, buffer_type, cpu_buffer_type
 from mesh_llm.serving.rpc_probe import probe_rpc_server
 
@@ -72,11 +72,10 @@ def prepare_host_split(
     from mesh_llm.serving.devices import device_handle
 
     host = [device_handle(name) for name, _ in host_gpus]  # an unknown GPU fails before any dial
-    on_gpu = split_host_offload(host_gpus, counts) if host_gpus else None
-    if on_gpu is not None:
-        offload = OffloadSettings(on_gpu.n_gpu_layers, on_gpu.tensor_split, output_on_host)
-    else:
-        offload = offload_settings(counts, output_on_host=output_on_host)
+    on_gpu = split_host_offload(host_gpus, counts, output_on_host=output_on_host) if host_gpus else None
+    offload = (
+        on_gpu.settings if on_gpu is not None else offload_settings(counts, output_on_host=output_on_host)
+    )
     for endpoint in endpoints:
         probe_rpc_server(endpoint, probe_timeout)
     devices = attach_rpc_devices(endpoints)

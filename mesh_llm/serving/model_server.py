@@ -149,7 +149,7 @@ def _drafter(draft: Model | Drafter | None, config: EngineConfig) -> Drafter | N
         name=draft.path.stem,
         n_seq=config.n_slots,
         n_ctx_seq=config.n_ctx_slot,
-        n_batch=config.prefill_chunk + config.n_slots,
+        n_batch=config.batch_size(drafting=False),
         n_threads=config.n_threads,
         n_threads_batch=config.n_threads_batch,
     )
@@ -175,9 +175,7 @@ def _tied_embeddings(path: str) -> bool:
 
 
 def _gpu_free(gpus: Sequence[str]) -> int:
-    from mesh_llm.serving.devices import registry_devices
-
-    return sum(d.free_bytes for d in registry_devices() if d.name in gpus)
+    return sum(free for _, free in _host_gpus(gpus))
 
 
 def _auto_ctx(
@@ -201,12 +199,13 @@ def _auto_ctx(
         "type_k": args.cache_type_k or DEFAULT_CACHE_TYPE,
         "type_v": args.cache_type_v or DEFAULT_CACHE_TYPE,
     }
-    chunk = EngineConfig.prefill_chunk
-    n_ubatch = chunk + args.parallel * (1 + (args.draft_max if len(models) > 1 else 0))  # the engine's batch
+    engine = EngineConfig(n_slots=args.parallel, draft_max=args.draft_max)
+    # The model verifies drafts of either kind; a draft model's own context never drafts.
+    batches = [engine.batch_size(drafting=args.draft is not None), engine.batch_size(drafting=False)]
     per_token = sum(
         kv_bytes_per_token(m.n_layer, m.n_head_kv, m.head_dim_k, m.head_dim_v, **kinds)
-        + compute_bytes_per_token(m.n_head, n_ubatch if m is models[0] else chunk + args.parallel)
-        for m in models
+        + compute_bytes_per_token(m.n_head, n_batch)
+        for m, n_batch in zip(models, batches, strict=False)
     )
     ceiling = min(m.n_ctx_train for m in models)
     n_ctx = auto_ctx(memory, per_token, args.parallel, n_ctx_train=ceiling, fallback=args.n_ctx)

@@ -129,7 +129,7 @@ def test_draft_goes_on_the_hosts_first_gpu() -> None:
 @pytest.mark.parametrize("split", [(10, 12, 8), (0, 30), (29, 1), (5, 5, 5, 15)])
 def test_split_host_keeps_exactly_its_range_on_its_gpu(split: tuple[int, ...]) -> None:
     plan = split_host_offload([("CUDA0", 8 * GIB)], split)
-    placement = llama_placement(sum(split), plan.n_gpu_layers, plan.tensor_split)
+    placement = llama_placement(sum(split), plan.settings.n_gpu_layers, plan.settings.tensor_split)
     want: list[int] = []
     for device, count in enumerate(split):
         want += [device] * count
@@ -242,11 +242,11 @@ def test_unknown_cache_type_is_a_config_error() -> None:
 
 def test_a_split_host_on_its_gpu_expects_its_layers_and_head_there() -> None:
     from mesh_llm.planning.offload import split_host_offload
-    from mesh_llm.planning.placement import HostSplit, OffloadSettings, Placement
+    from mesh_llm.planning.placement import HostSplit, Placement
 
     rpc = (RpcDevice("127.0.0.1:1", "RPC0", 1), RpcDevice("127.0.0.1:2", "RPC1", 2))
     on_gpu = split_host_offload([("CUDA0", 8 * GIB)], (2, 1, 1))
-    offload = OffloadSettings(on_gpu.n_gpu_layers, on_gpu.tensor_split, output_on_host=True)
+    offload = on_gpu.settings
     split = HostSplit(
         ("127.0.0.1:1", "127.0.0.1:2"), (2, 1, 1), offload, rpc, on_gpu.host_devices, on_gpu.host_counts
     )
@@ -260,16 +260,16 @@ def test_a_split_host_on_its_gpu_expects_its_layers_and_head_there() -> None:
 
 def test_a_split_host_with_two_gpus_divides_its_layers_by_their_free_memory() -> None:
     from mesh_llm.planning.offload import divide_layers, split_host_offload
-    from mesh_llm.planning.placement import HostSplit, OffloadSettings
+    from mesh_llm.planning.placement import HostSplit
 
     assert divide_layers(9, [2 * GIB, 1 * GIB]) == (6, 3)
     assert divide_layers(10, [1, 1, 1]) == (4, 3, 3)  # remainders to the earlier GPU
     assert divide_layers(0, [5, 5]) == (0, 0)
     plan = split_host_offload([("CUDA0", 16 * GIB), ("CUDA1", 8 * GIB)], (24, 6))
-    assert plan.host_counts == (16, 8) and plan.tensor_split == (16.0, 8.0, 7.0)
-    placement = llama_placement(30, plan.n_gpu_layers, plan.tensor_split)
+    assert plan.host_counts == (16, 8) and plan.settings.tensor_split == (16.0, 8.0, 7.0)
+    placement = llama_placement(30, plan.settings.n_gpu_layers, plan.settings.tensor_split)
     assert placement == (0,) * 16 + (1,) * 8 + (2,) * 6 + (2,)  # CUDA0, CUDA1, then the RPC device
     rpc = (RpcDevice("127.0.0.1:1", "RPC0", 1),)
-    offload = OffloadSettings(plan.n_gpu_layers, plan.tensor_split, output_on_host=True)
+    offload = plan.settings
     split = HostSplit(("127.0.0.1:1",), (24, 6), offload, rpc, plan.host_devices, plan.host_counts)
     assert split.expected_devices() == ("CUDA0",) * 16 + ("CUDA1",) * 8 + ("RPC0",) * 6

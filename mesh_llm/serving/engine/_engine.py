@@ -56,7 +56,7 @@ class Engine:
         self.model = model
         self.config = config
         self.drafter = drafter
-        n_batch = config.prefill_chunk + config.n_slots * (1 + (config.draft_max if drafter else 0))
+        n_batch = config.batch_size(drafting=drafter is not None)
         self.ctx = Context(
             model,
             n_seq=config.n_slots,

@@ -35,6 +35,11 @@ class EngineConfig:
     type_k: int | None = None  # KV cache ggml types (None: llama.cpp's f16)
     type_v: int | None = None
 
+    def batch_size(self, *, drafting: bool) -> int:
+        """Tokens one decode step may hold: a prompt chunk plus every slot's next token and,
+        when drafting, its draft tokens (a draft model's own context never drafts)."""
+        return self.prefill_chunk + self.n_slots * (1 + (self.draft_max if drafting else 0))
+
 
 class QueueFull(BackendError):
     """Every slot is busy and the wait queue is full."""
