@@ -85,6 +85,8 @@ class NodeTiming:
     # a peer's record changed), so a model that lost its last server is picked up within seconds.
     standby_eval_s: float = 0.5
     stop_grace_s: float = 5.0  # how long SIGTERM lets answers in progress finish before ending them
+    stop_step_s: float = 15.0  # a step of the stop (delisting, leaving the mesh…) that overruns is left
+    stop_deadline_s: float = 60.0  # a stop still not done this long after it began ends the process
     known_model_memory_s: float = 600.0  # a model seen in the mesh this recently answers 503, not 404
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -17,6 +18,8 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts" / "console"  # the browser tests' screenshots
+# What a node logs when a step of its stop overruns, or when its watchdog ends a stuck stop.
+STUCK_STOP_LINES = ("; going on without it", "still not stopped")
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -66,6 +69,7 @@ class NodeProcess:
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
+            "PYTHONFAULTHANDLER": "1",  # a node that hangs can be made to print its threads' stacks
             "HF_HUB_OFFLINE": "1",
             "COLUMNS": "200",
             **(self.env or {}),
@@ -125,13 +129,23 @@ class NodeProcess:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            for child in self.children():
-                child.kill()
-            self.proc.kill()
-            self.proc.wait()
+            children = self.children()
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to the log
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            for child in children:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
             raise AssertionError(f"node did not stop within {timeout} s\n{self.log()}") from None
+        log = self.log()
+        if any(line in log for line in STUCK_STOP_LINES):  # it stopped, but only by cutting a step short
+            raise AssertionError(f"the node's stop got stuck (it exited with {code})\n{log}")
+        return code
 
 
 def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:

@@ -87,7 +87,7 @@ def run_node(argv: Sequence[str]) -> int:
         where = " on " + ", ".join(config.discovery.relays) + " and the LAN"
         console.print(PUBLIC_WARNING.format(where=where))
 
-    from mesh_llm.node import Node, load_resources
+    from mesh_llm.node import Node, StopWatch, load_resources
 
     def ready(node: Node) -> None:
         if args.log_format == "json":
@@ -119,7 +119,9 @@ def run_node(argv: Sequence[str]) -> int:
             console.print(f"mesh     looking for a mesh {what} (LAN, then Nostr)…")
 
     try:
-        node = Node(config, load_resources(config), on_ready=ready)
+        # Armed when the stop begins and never disarmed: it also bounds asyncio.run's cleanup.
+        watch = StopWatch(config.timing.stop_deadline_s)
+        node = Node(config, load_resources(config), on_ready=ready, stop_watch=watch)
         code = asyncio.run(node.run())
     except MeshError as exc:
         error(f"{exc}")

@@ -8,5 +8,6 @@ state and split seam (`_base.py`), what the proxy sees (`_serving.py`), the mode
 
 from mesh_llm.node._base import NodeResources, load_resources
 from mesh_llm.node._lifecycle import Node
+from mesh_llm.node._stop_watch import StopWatch
 
-__all__ = ["Node", "NodeResources", "load_resources"]
+__all__ = ["Node", "NodeResources", "StopWatch", "load_resources"]

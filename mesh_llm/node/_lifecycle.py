@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -30,6 +30,7 @@ from mesh_llm.errors import ConfigError, MeshError
 from mesh_llm.node._base import NodeResources
 from mesh_llm.node._meshes import NodeMeshes
 from mesh_llm.node._snapshot import NodeStatus
+from mesh_llm.node._stop_watch import StopWatch, bounded_step, kill_children
 from mesh_llm.supervise import spawn_supervised
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,18 @@ class Node(NodeMeshes, NodeStatus):
     """A mesh-llm node. `await Node(config, load_resources(config)).run()` serves until stopped."""
 
     def __init__(
-        self, config: NodeConfig, resources: NodeResources, *, on_ready: Callable[[Node], None] | None = None
+        self,
+        config: NodeConfig,
+        resources: NodeResources,
+        *,
+        on_ready: Callable[[Node], None] | None = None,
+        stop_watch: StopWatch | None = None,
     ) -> None:
         super().__init__(config, resources)
         self._on_ready = on_ready
         self._http: list[tuple[_EmbeddedServer, asyncio.Task[None]]] = []  # console first, then API
+        # The process's watchdog (the CLI's); without one, a stuck stop is only logged by step.
+        self._stop_watch = stop_watch or StopWatch(None)
 
     def request_stop(self, sig: int | None = None) -> None:
         """Begin an orderly shutdown (the signal handlers call this).
@@ -81,8 +89,10 @@ class Node(NodeMeshes, NodeStatus):
         ended with an SSE error event and ``[DONE]``. A second request exits at once.
         """
         if self._stop.is_set():
-            log.warning("second stop request: exiting without waiting")
+            log.warning("second stop request: exiting without waiting (children killed)")
+            kill_children()
             os._exit(130)
+        self._stop_watch.start()
         self._grace_s = 0.0 if sig == signal.SIGINT else self.config.timing.stop_grace_s
         name = signal.Signals(sig).name if sig is not None else "request"
         log.info(
@@ -170,11 +180,14 @@ class Node(NodeMeshes, NodeStatus):
             await self._start_models()
             await self._stop.wait()
         finally:
+            self._stop_watch.start()  # also when the node stops by itself
             if discovering is not None:
                 discovering.cancel()
-                await asyncio.gather(discovering, return_exceptions=True)
-            if self.discovery is not None:
-                await self.discovery.stop()  # take the listing down before leaving the mesh
+                await self._step(
+                    "discovery's last round", asyncio.gather(discovering, return_exceptions=True)
+                )
+            if self.discovery is not None:  # take the listing down before leaving the mesh
+                await self._step("delisting the mesh", self.discovery.stop())
             if advertiser is not None:
                 advertiser.cancel()
             await self._shutdown()
@@ -182,6 +195,11 @@ class Node(NodeMeshes, NodeStatus):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         return 1 if self.fatal is not None else 0
+
+    async def _step(self, what: str, work: Awaitable[object], extra_s: float = 0.0) -> None:
+        """One step of the stop, bounded by `timing.stop_step_s` (plus `extra_s`)."""
+        self._stop_watch.step = what
+        await bounded_step(what, work, self.config.timing.stop_step_s + extra_s)
 
     async def _advertise_loop(self) -> None:
         """Every second, or soon after a peer's record changes: merge demand, reconcile, advertise.
@@ -219,17 +237,23 @@ class Node(NodeMeshes, NodeStatus):
         for server, _ in api:
             server.should_exit = True  # no new connections; idle keep-alive ones close
         if self._proxy is not None:
-            cut = await self._proxy.drain(self._grace_s)
-            if cut:
-                log.info("ended %d answer(s) in progress: this node is stopping", cut)
-        await asyncio.gather(*(t for _, t in api), return_exceptions=True)
-        await self.split.stop()
+            await self._step("answers in progress", self._drain(self._proxy), extra_s=self._grace_s)
+        await self._step("the API server", asyncio.gather(*(t for _, t in api), return_exceptions=True))
+        await self._step("split models", self.split.stop())
         if self.mesh is not None:
-            await self.mesh.stop()
-        await asyncio.gather(*(s.stop() for s in self.servers.values()), return_exceptions=True)
+            await self._step("leaving the mesh", self.mesh.stop())
+        await self._step(
+            "model servers",
+            asyncio.gather(*(s.stop() for s in self.servers.values()), return_exceptions=True),
+        )
         if self._proxy is not None:
-            await self._proxy.aclose()
+            await self._step("the proxy's connections", self._proxy.aclose())
         self.feed.close()
         for server, _ in self._http:
             server.should_exit = True
-        await asyncio.gather(*(t for _, t in self._http), return_exceptions=True)
+        await self._step("the console", asyncio.gather(*(t for _, t in self._http), return_exceptions=True))
+
+    async def _drain(self, proxy: Proxy) -> None:
+        cut = await proxy.drain(self._grace_s)
+        if cut:
+            log.info("ended %d answer(s) in progress: this node is stopping", cut)

@@ -238,10 +238,9 @@ class SplitManager:
                 await self._host.stop(host)
 
     async def stop(self) -> None:
-        for host in self.hosts.values():
-            await self._host.stop(host)
-        for duty in self.duties.values():
-            await self._worker.stop(duty)
+        """Stop the split hosts, then the worker duties: each set at once, not one after another."""
+        await asyncio.gather(*(self._host.stop(host) for host in self.hosts.values()))
+        await asyncio.gather(*(self._worker.stop(duty) for duty in self.duties.values()))
         self.duties.clear()
 
     # ---- status --------------------------------------------------------------------------
