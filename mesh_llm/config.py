@@ -161,6 +161,7 @@ def build_config(
     region: str | None = None,
     max_clients: int | None = None,
     nostr_relays: list[str] | None = None,
+    no_lan: bool = False,
     discovery_timing: str | None = None,
 ) -> NodeConfig:
     """Validate flag values and build the node's configuration."""
@@ -169,7 +170,7 @@ def build_config(
         raise ConfigError("--client nodes never serve models: drop --model or --client")
     discovery = _discovery(
         client=client, joins=bool(join), auto=auto, publish=publish, mesh_name=mesh_name, region=region,
-        max_clients=max_clients, relays=nostr_relays, timing=discovery_timing,
+        max_clients=max_clients, relays=nostr_relays, lan=not no_lan, timing=discovery_timing,
     )  # fmt: skip
     if client and not join and not discovery.finds:
         raise ConfigError("--client needs a mesh to use: add --join <token>, or --auto to find one")
@@ -248,6 +249,7 @@ def _discovery(
     region: str | None,
     max_clients: int | None,
     relays: list[str] | None,
+    lan: bool,
     timing: str | None,
 ) -> DiscoveryConfig:
     name = check_tag(mesh_name, "--mesh-name")
@@ -270,6 +272,7 @@ def _discovery(
         region=check_tag(region, "--region"),
         max_clients=max_clients,
         relays=tuple(check_relay_url(u) for u in relays) if relays else DEFAULT_RELAYS,
+        lan=lan,
         timing=DiscoveryTiming().with_overrides(timing) if timing else DiscoveryTiming(),
     )
 

@@ -175,6 +175,10 @@ def _discovery_flags(p: argparse.ArgumentParser) -> None:
         help="take the listing down while N clients are connected",
     )  # fmt: skip
     g.add_argument(
+        "--no-lan", action="store_true",
+        help="neither advertise nor look for meshes on the LAN (mDNS): Nostr relays only",
+    )  # fmt: skip
+    g.add_argument(
         "--nostr-relay", action="append", default=[], metavar="URL",
         help="a Nostr relay (ws:// or wss://) to publish and look on; repeatable; replaces the default list",
     )  # fmt: skip

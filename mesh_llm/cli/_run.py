@@ -66,6 +66,7 @@ def run_node(argv: Sequence[str]) -> int:
             region=args.region,
             max_clients=args.max_clients,
             nostr_relays=args.nostr_relay,
+            no_lan=args.no_lan,
             discovery_timing=args.discovery_timing,
         )
         from mesh_llm.models.draft import OFF, resolve_draft_spec
@@ -84,7 +85,7 @@ def run_node(argv: Sequence[str]) -> int:
         )
 
     if config.discovery.publish:
-        where = " on " + ", ".join(config.discovery.relays) + " and the LAN"
+        where = " on " + ", ".join(config.discovery.relays) + (" and the LAN" if config.discovery.lan else "")
         console.print(PUBLIC_WARNING.format(where=where))
 
     from mesh_llm.node import Node, StopWatch, load_resources

@@ -51,7 +51,9 @@ def nodes() -> Iterator[list[NodeProcess]]:
 
 
 def start(nodes: list[NodeProcess], args: list[str], state: Path) -> NodeProcess:
-    node = NodeProcess(args, state).start()
+    """A node on the test's relay only: the machine's real LAN is not ours to advertise on (the
+    LAN path is tested between network namespaces, in test_discovery_lan.py)."""
+    node = NodeProcess([*args, "--no-lan"], state).start()
     nodes.append(node)
     return node
 
@@ -92,6 +94,12 @@ def test_published_mesh_is_discovered_joined_by_a_client_and_delisted_when_full(
     assert "public:" in wait_until(lambda: a.log(), 30, "the public warning") or "public:" in a.log()
     a.wait_serving()
     mesh_id = a.status()["mesh_id"]
+    # --no-lan: the warning names the relay alone, and nothing is advertised over mDNS.
+    assert "and the LAN" not in a.log() and discovery(a)["lan"] == {
+        "enabled": False,
+        "advertised": False,
+        "error": None,
+    }
     a.wait_for(lambda s: "SmolLM2-135M" in ((s["discovery"] or {}).get("listing") or {}).get("serving", []),
                60, "a listing that serves the model")  # fmt: skip
     rows = wait_until(

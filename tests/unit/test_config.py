@@ -117,3 +117,9 @@ def test_every_part_gets_its_config_from_build_config_with_one_fit_factor() -> N
     assert c.split.force and c.planner.fit_factor == c.demand.fit_factor == FIT_FACTOR
     assert c.transport.quic_engine == "qh3" and c.planner.rtt_cap_ms == 80.0
     assert c.timing.stop_grace_s == 5.0 and c.split.join_grace_s == 3.0
+
+
+def test_no_lan_keeps_discovery_to_the_relays() -> None:
+    assert build_config(publish=True).discovery.lan
+    args = node_parser().parse_args(["--publish", "--no-lan"])
+    assert args.no_lan and not build_config(publish=True, no_lan=args.no_lan).discovery.lan
