@@ -85,10 +85,11 @@ class StopWatch:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        """Arm the watchdog (once; later calls do nothing). Call from the event loop."""
+        """Arm the watchdog (once; later calls do nothing)."""
         if self._timer is not None or self.deadline_s is None:
             return
-        self._loop = asyncio.get_running_loop()
+        with contextlib.suppress(RuntimeError):  # no running loop: no task stacks, threads still
+            self._loop = asyncio.get_running_loop()
         self._timer = threading.Timer(self.deadline_s, self._expired)
         self._timer.daemon = True
         self._timer.name = "stop-watchdog"
