@@ -22,9 +22,8 @@ from mesh_llm.api import errors as api_errors
 from mesh_llm.api.console import ChangeFeed, create_console_app
 from mesh_llm.api.control import control_router
 from mesh_llm.api.proxy import Proxy
-from mesh_llm.api.routing import Endpoint
-from mesh_llm.api.upstream import Upstream
 from mesh_llm.errors import ConfigError, UnknownModelError
+from tests.serving_view import OneHost
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -38,32 +37,6 @@ def _assert_openai_error(r: httpx.Response, status: int, code: str | None = None
     if code is not None:
         assert error["code"] == code, error
     return dict(error)
-
-
-class OneHost:
-    """A ServingView with one host for model `m` at `url`."""
-
-    def __init__(self, url: str, cards: Callable[[], list[dict[str, Any]]] | None = None) -> None:
-        self.url = url
-        self._cards = cards or (lambda: [{"id": "m", "object": "model"}])
-
-    def endpoints(self) -> list[Endpoint]:
-        return [Endpoint("m", "node-a", ready=True, local=True)]
-
-    def model_cards(self) -> list[dict[str, Any]]:
-        return self._cards()
-
-    async def upstream(self, endpoint: Endpoint) -> Upstream:
-        return Upstream(self.url)
-
-    def note_request(self, model: str) -> None:
-        pass
-
-    def begin_request(self, model: str) -> Callable[[], None]:
-        return lambda: None
-
-    def mesh_problem(self) -> str | None:
-        return None
 
 
 async def _serve(app: Any) -> tuple[uvicorn.Server, asyncio.Task[None], int]:

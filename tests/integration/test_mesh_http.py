@@ -13,9 +13,8 @@ import asyncio
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import pytest
@@ -24,13 +23,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from mesh_llm.api.proxy import Proxy
-from mesh_llm.api.routing import Endpoint
-from mesh_llm.api.upstream import Upstream
 from mesh_llm.mesh.http_transport import BASE_URL, MeshHttpTransport
 from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.token import new_mesh
 from mesh_llm.mesh.tunnel import TunnelCounters, serve_tcp_streams
 from mesh_llm.transport import MeshTransport, PeerLink, TransportConfig
+from tests.serving_view import OneHost
 
 CONCURRENT = 8
 
@@ -207,31 +205,6 @@ async def test_a_peer_that_goes_away_mid_answer_ends_the_stream_with_a_read_erro
                 pass
 
 
-class RemoteHost:
-    """A ServingView whose one host of `m` is the peer, reached over the mesh."""
-
-    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
-        self.transport = transport
-
-    def endpoints(self) -> list[Endpoint]:
-        return [Endpoint("m", "node-b", ready=True)]
-
-    def model_cards(self) -> list[dict[str, Any]]:
-        return [{"id": "m", "object": "model"}]
-
-    async def upstream(self, endpoint: Endpoint) -> Upstream:
-        return Upstream(BASE_URL, self.transport)
-
-    def note_request(self, model: str) -> None:
-        pass
-
-    def begin_request(self, model: str) -> Callable[[], None]:
-        return lambda: None
-
-    def mesh_problem(self) -> str | None:
-        return None
-
-
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
@@ -251,7 +224,7 @@ class Answered(httpx.AsyncBaseTransport):
 async def test_the_proxy_ends_a_stream_cut_by_the_peer_with_an_error_event(pair: Pair) -> None:
     transport = pair.transport()
     answered = Answered(transport)
-    proxy = Proxy(RemoteHost(answered))
+    proxy = Proxy(OneHost(BASE_URL, transport=answered))
     try:
         app = httpx.ASGITransport(app=proxy.app)
         async with httpx.AsyncClient(transport=app, base_url="http://127.0.0.1:9337") as c:
@@ -278,7 +251,7 @@ async def test_the_proxy_ends_a_stream_cut_by_the_peer_with_an_error_event(pair:
 
 async def test_the_proxy_answers_503_when_the_peer_refuses(pair: Pair) -> None:
     transport = pair.transport("unknown")
-    proxy = Proxy(RemoteHost(transport))
+    proxy = Proxy(OneHost(BASE_URL, transport=transport))
     try:
         app = httpx.ASGITransport(app=proxy.app)
         async with httpx.AsyncClient(transport=app, base_url="http://127.0.0.1:9337") as c:
