@@ -65,3 +65,10 @@ def spawn_logged(coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
     task = asyncio.create_task(coro, name=name)
     task.add_done_callback(_report_failure)
     return task
+
+
+async def all_logged(what: str, works: Sequence[Awaitable[object]], logger: logging.Logger = log) -> None:
+    """Await several things side by side; each one's failure is logged (none lost, none stops the rest)."""
+    for result in await asyncio.gather(*works, return_exceptions=True):
+        if isinstance(result, Exception):
+            logger.warning("stopping: %s: %s", what, result, exc_info=result)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts" / "console"  # the browser tests' screenshots
 # What a node logs when a step of its stop overruns, or when its watchdog ends a stuck stop.
 STUCK_STOP_LINES = ("; going on without it", "still not stopped")
+
+
+def _no_core_files() -> None:
+    """The SIGABRT that makes a hung node print its stacks must not leave a core file behind."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -75,7 +82,9 @@ class NodeProcess:
             **(self.env or {}),
         }
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, preexec_fn=_no_core_files
+            )
         return self
 
     def log(self) -> str:
@@ -146,6 +155,18 @@ class NodeProcess:
         if any(line in log for line in STUCK_STOP_LINES):  # it stopped, but only by cutting a step short
             raise AssertionError(f"the node's stop got stuck (it exited with {code})\n{log}")
         return code
+
+
+def stop_all(nodes: Iterable[NodeProcess]) -> None:
+    """Stop every node, even after one fails to stop cleanly; then raise the first failure."""
+    failures: list[AssertionError] = []
+    for node in nodes:
+        try:
+            node.stop()
+        except AssertionError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:

@@ -117,7 +117,8 @@ def run_node(argv: Sequence[str]) -> int:
             print_token(node.mesh.invite_token)
         elif config.discovery.finds:
             what = f"named {config.discovery.mesh_name!r}" if config.discovery.mesh_name else "to join"
-            console.print(f"mesh     looking for a mesh {what} (LAN, then Nostr)…")
+            where = "LAN, then Nostr" if config.discovery.lan else "Nostr"
+            console.print(f"mesh     looking for a mesh {what} ({where})…")
 
     try:
         # Armed when the stop begins and never disarmed: it also bounds asyncio.run's cleanup.

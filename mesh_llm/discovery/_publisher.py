@@ -138,8 +138,13 @@ class Publisher:
         if reason is not None and self.delisted != reason:
             log.info("delisting the mesh: %s", reason)
         self.delisted = reason
+        await asyncio.gather(self._withdraw_lan(), self._delist_relays())
+
+    async def _withdraw_lan(self) -> None:
         if self.lan is not None:
             await self.lan.withdraw()
+
+    async def _delist_relays(self) -> None:
         if self._event_id is not None:
             event_id, self._event_id = self._event_id, None
             try:

@@ -129,12 +129,16 @@ class Discovery:
             await self._tick(time.monotonic())
             await asyncio.sleep(tick)
 
+    @property
+    def stop_s(self) -> float:
+        """The longest `stop()` takes: a relay connect and send, then the closes side by side."""
+        return 3 * self.timing.relay_timeout_s + 1
+
     async def stop(self) -> None:
         """Take our listing down (so nobody dials a node that left) and close relays and mDNS."""
-        with contextlib.suppress(DiscoveryError):
-            await self._delist(None)
-        await self.pub.close()
-        await self.relays.close()
+        with contextlib.suppress(DiscoveryError, TimeoutError):
+            await asyncio.wait_for(self._delist(None), 2 * self.timing.relay_timeout_s + 1)
+        await asyncio.gather(self.pub.close(), self.relays.close())
 
     # ---- finding -----------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import uvicorn
@@ -31,7 +31,7 @@ from mesh_llm.node._base import NodeResources
 from mesh_llm.node._meshes import NodeMeshes
 from mesh_llm.node._snapshot import NodeStatus
 from mesh_llm.node._stop_watch import StopWatch, bounded_step, kill_children
-from mesh_llm.supervise import spawn_supervised
+from mesh_llm.supervise import all_logged, spawn_supervised
 
 log = logging.getLogger(__name__)
 
@@ -183,20 +183,19 @@ class Node(NodeMeshes, NodeStatus):
             self._stop_watch.start()  # also when the node stops by itself
             if discovering is not None:
                 discovering.cancel()
-                await self._step(
-                    "discovery's last round", asyncio.gather(discovering, return_exceptions=True)
-                )
+                await self._step("discovery's last round", all_logged("discovery", [discovering], log))
             if self.discovery is not None:  # take the listing down before leaving the mesh
-                await self._step("delisting the mesh", self.discovery.stop())
+                await self._step("delisting the mesh", self.discovery.stop(), extra_s=self.discovery.stop_s)
             if advertiser is not None:
                 advertiser.cancel()
             await self._shutdown()
             self.runtime.remove()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+            self._stop_watch.step = "exiting (asyncio's cleanup, the interpreter's exit)"
         return 1 if self.fatal is not None else 0
 
-    async def _step(self, what: str, work: Awaitable[object], extra_s: float = 0.0) -> None:
+    async def _step(self, what: str, work: Coroutine[Any, Any, object], extra_s: float = 0.0) -> None:
         """One step of the stop, bounded by `timing.stop_step_s` (plus `extra_s`)."""
         self._stop_watch.step = what
         await bounded_step(what, work, self.config.timing.stop_step_s + extra_s)
@@ -238,20 +237,19 @@ class Node(NodeMeshes, NodeStatus):
             server.should_exit = True  # no new connections; idle keep-alive ones close
         if self._proxy is not None:
             await self._step("answers in progress", self._drain(self._proxy), extra_s=self._grace_s)
-        await self._step("the API server", asyncio.gather(*(t for _, t in api), return_exceptions=True))
+        await self._step("the API server", all_logged("the API server", [t for _, t in api], log))
         await self._step("split models", self.split.stop())
         if self.mesh is not None:
             await self._step("leaving the mesh", self.mesh.stop())
         await self._step(
-            "model servers",
-            asyncio.gather(*(s.stop() for s in self.servers.values()), return_exceptions=True),
+            "model servers", all_logged("model servers", [s.stop() for s in self.servers.values()], log)
         )
         if self._proxy is not None:
             await self._step("the proxy's connections", self._proxy.aclose())
         self.feed.close()
         for server, _ in self._http:
             server.should_exit = True
-        await self._step("the console", asyncio.gather(*(t for _, t in self._http), return_exceptions=True))
+        await self._step("the console", all_logged("the console", [t for _, t in self._http], log))
 
     async def _drain(self, proxy: Proxy) -> None:
         cut = await proxy.drain(self._grace_s)

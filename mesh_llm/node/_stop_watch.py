@@ -18,7 +18,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Awaitable
+from collections.abc import Coroutine
+from typing import Any
 
 import psutil
 
@@ -27,19 +28,19 @@ log = logging.getLogger("mesh_llm.node")
 EXIT_STUCK = 3  # the exit code of a stop the watchdog had to end
 
 
-def task_stack(task: asyncio.Task[object]) -> str:
+def task_stack(task: asyncio.Task[Any]) -> str:
     """Where a suspended task waits, as a traceback."""
     out = io.StringIO()
     task.print_stack(limit=30, file=out)
     return out.getvalue().rstrip()
 
 
-async def bounded_step(what: str, work: Awaitable[object], limit_s: float) -> bool:
+async def bounded_step(what: str, work: Coroutine[Any, Any, object], limit_s: float) -> bool:
     """Wait up to `limit_s` for one step of the stop; True if it finished (or failed) in time.
 
     A step that overruns is logged with where it waits, cancelled and not waited for again.
     """
-    task = asyncio.ensure_future(work)
+    task = asyncio.create_task(work, name=f"stop: {what}")
     done, _ = await asyncio.wait({task}, timeout=limit_s)
     if not done:
         log.warning(
@@ -62,6 +63,8 @@ def kill_children() -> int:
     killed = 0
     for child in psutil.Process().children():
         with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+            if not child.is_running():  # reaped since (is_running also notices a reused pid)
+                continue
             if os.getpgid(child.pid) == child.pid:
                 os.killpg(child.pid, signal.SIGKILL)
             else:
@@ -90,6 +93,9 @@ class StopWatch:
             return
         with contextlib.suppress(RuntimeError):  # no running loop: no task stacks, threads still
             self._loop = asyncio.get_running_loop()
+        # The backstop should this thread itself never get to run (the GIL held by a C call):
+        # faulthandler's own C thread writes the stacks and exits.
+        faulthandler.dump_traceback_later(self.deadline_s + 10, exit=True)
         self._timer = threading.Timer(self.deadline_s, self._expired)
         self._timer.daemon = True
         self._timer.name = "stop-watchdog"
@@ -111,20 +117,24 @@ class StopWatch:
             return "(the event loop does not answer: a call blocks it; see the threads below)"
 
     def _expired(self) -> None:
-        log.error(
-            "still not stopped %.0f s after the stop began (at: %s); writing every task's and "
-            "thread's stack, then stopping this node's children and exiting",
-            self.deadline_s, self.step,
-        )  # fmt: skip
-        with contextlib.suppress(Exception):
+        try:  # nothing here may keep the exit below from happening
+            log.error(
+                "still not stopped %.0f s after the stop began (at: %s); writing every task's and "
+                "thread's stack, then stopping this node's children and exiting",
+                self.deadline_s, self.step,
+            )  # fmt: skip
             log.error("asyncio tasks:\n%s", self._task_stacks())
             for handler in logging.getLogger().handlers:
                 handler.flush()
             faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        killed = kill_children()
-        if killed:
-            log.error("killed %d child process(es)", killed)
-        with contextlib.suppress(Exception):
+        except Exception:
+            pass
+        try:
+            killed = kill_children()
+            if killed:
+                log.error("killed %d child process(es)", killed)
             sys.stderr.flush()
             sys.stdout.flush()
+        except Exception:
+            pass
         os._exit(EXIT_STUCK)

@@ -42,6 +42,7 @@ from mesh_llm.split._host import HostExecutor, SplitHost, model_facts, serving_b
 from mesh_llm.split._preview import preview_plan
 from mesh_llm.split._worker import WorkerDuty, WorkerExecutor, rpc_port
 from mesh_llm.states import SplitFailed
+from mesh_llm.supervise import all_logged
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +240,8 @@ class SplitManager:
 
     async def stop(self) -> None:
         """Stop the split hosts, then the worker duties: each set at once, not one after another."""
-        await asyncio.gather(*(self._host.stop(host) for host in self.hosts.values()))
-        await asyncio.gather(*(self._worker.stop(duty) for duty in self.duties.values()))
+        await all_logged("a split host", [self._host.stop(host) for host in self.hosts.values()], log)
+        await all_logged("an RPC worker", [self._worker.stop(duty) for duty in self.duties.values()], log)
         self.duties.clear()
 
     # ---- status --------------------------------------------------------------------------

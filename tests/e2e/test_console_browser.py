@@ -9,7 +9,7 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
-from tests.harness import ARTIFACTS, NodeProcess
+from tests.harness import ARTIFACTS, NodeProcess, stop_all
 
 
 def shot(page: Page, name: str) -> None:
@@ -72,8 +72,7 @@ def test_two_node_mesh_live_view_chat_and_a_node_leaving(tmp_path: Path, page: P
         expect(error).to_contain_text("SmolLM2-135M")
         shot(page, "model-unavailable")
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
 
 def test_idle_node_shows_read_only_instructions(tmp_path: Path, page: Page) -> None:
@@ -138,5 +137,4 @@ def test_split_model_shows_each_nodes_layer_range(tmp_path: Path, page: Page) ->
         expect(host_card).to_contain_text("L0\u201314")
         shot(page, "split-worker")
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)

@@ -23,7 +23,7 @@ import pytest
 from mesh_llm.discovery._nostr import check_event_json
 from mesh_llm.errors import ListingError
 from mesh_llm.mesh.token import new_mesh
-from tests.harness import REPO, NodeProcess
+from tests.harness import REPO, NodeProcess, stop_all
 from tests.nostr_relay import LocalNostrRelay, dead_relay_url, tamper
 
 CHAT = [{"role": "user", "content": "Say hello."}]
@@ -46,8 +46,7 @@ def nodes() -> Iterator[list[NodeProcess]]:
     try:
         yield started
     finally:
-        for node in started:
-            node.stop()
+        stop_all(started)
 
 
 def start(nodes: list[NodeProcess], args: list[str], state: Path) -> NodeProcess:

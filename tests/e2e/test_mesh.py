@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from mesh_llm.mesh.token import InviteToken, new_mesh
-from tests.harness import NodeProcess, wait_gone
+from tests.harness import NodeProcess, stop_all, wait_gone
 
 CHAT = [{"role": "user", "content": "Say hello."}]
 
@@ -45,8 +45,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodePro
         a.wait_for(lambda s: len(s["peers"]) == 2, 30, "A to see both peers")
         yield nodes
     finally:
-        for node in nodes.values():
-            node.stop()
+        stop_all(nodes.values())
 
 
 def test_token_is_in_status_and_printed(mesh: dict[str, NodeProcess]) -> None:
@@ -233,8 +232,7 @@ def test_two_hosts_share_requests_and_a_dying_host_loses_none(tmp_path: Path) ->
             r = client.completions.create(model="SmolLM2-135M", prompt="Hi", max_tokens=2)
             assert r.choices[0].text is not None
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
 
 def data_hosts(node: NodeProcess) -> list[str]:

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.harness import NodeProcess
+from tests.harness import NodeProcess, stop_all
 
 CHAT = [{"role": "user", "content": "Say hello."}]
 
@@ -77,8 +77,7 @@ def test_requests_reach_the_right_model_and_a_standby_replaces_a_lost_host(tmp_p
         # Gemma still answers from B the whole time.
         assert ask(c, "Gemma-3-270M").status_code == 200
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
 
 def test_sustained_load_makes_a_standby_join_the_hot_model(tmp_path: Path) -> None:
@@ -102,8 +101,7 @@ def test_sustained_load_makes_a_standby_join_the_hot_model(tmp_path: Path) -> No
         rows = {row["model"]: row for row in a.status()["demand"]}
         assert rows["SmolLM2-135M"]["rpm"] >= 10 and len(rows["SmolLM2-135M"]["servers"]) == 2
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -140,5 +138,4 @@ def test_drop_stops_a_model_and_plan_shows_the_split_the_mesh_would_use(tmp_path
         assert httpx.post(f"{a.console}/api/drop", content=b"nope", headers=json_type).status_code == 400
         assert httpx.post(f"{a.console}/api/drop", content=b"nope").status_code == 415
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)

@@ -18,7 +18,7 @@ import pytest
 
 from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.token import InviteToken, new_mesh
-from tests.harness import REPO, NodeProcess, free_port, wait_gone
+from tests.harness import REPO, NodeProcess, free_port, stop_all, wait_gone
 
 CHAT = [{"role": "user", "content": "Say hello."}]
 MODEL = "SmolLM2-135M"
@@ -361,5 +361,4 @@ def test_a_dropped_model_goes_to_a_standby_with_503s_meanwhile_never_404(tmp_pat
         assert "mesh-llm drop" in message and f"--model {MODEL}" in message
         assert "about to load" not in message
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)

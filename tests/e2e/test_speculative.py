@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from tests.gguf_fixtures import write_wide_llama_gguf
-from tests.harness import REPO, NodeProcess, smollm2_path
+from tests.harness import REPO, NodeProcess, smollm2_path, stop_all
 
 PROMPTS = [
     "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef add(a, b):\n",
@@ -169,5 +169,4 @@ def test_drafting_on_a_two_node_split_changes_nothing(
             # last bits, so near-ties may go either way; most draft tokens still agree.
             assert figures["agreement"] >= 0.75, figures
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)

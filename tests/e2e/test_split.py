@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from tests.gguf_fixtures import write_wide_llama_gguf
-from tests.harness import NodeProcess, smollm2_path
+from tests.harness import NodeProcess, smollm2_path, stop_all
 
 # One 256-token slot: 6 MB of KV cache next to SmolLM2's 98 MB, so the tiny --max-vram figures
 # below still force the splits they describe.
@@ -97,8 +97,7 @@ def test_forced_two_node_split_matches_solo_and_replans_when_the_worker_dies(
         )
         assert complete(a, "SmolLM2-135M", PROMPTS[1]) == solo_outputs[1]
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
 
 def split_row_of(status: dict) -> dict:  # type: ignore[type-arg]
@@ -132,8 +131,7 @@ def test_model_too_big_for_any_node_waits_then_splits_over_three(
         assert all(x["end_layer"] == y["start_layer"] for x, y in itertools.pairwise(shards))
         assert [complete(a, "SmolLM2-135M", p) for p in PROMPTS] == solo_outputs
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
 
 def serving_split(members: int):  # type: ignore[no-untyped-def]
@@ -199,8 +197,7 @@ def test_the_biggest_node_hosts_a_split_and_the_next_biggest_takes_over_when_it_
         assert [complete(a, "SmolLM2-135M", p) for p in PROMPTS] == solo_outputs
         print(f"took over in {took_over_s:.1f} s")
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
 
 def test_zero_transfer_loading_sends_under_one_percent_of_the_workers_share(tmp_path: Path) -> None:
@@ -221,8 +218,7 @@ def test_zero_transfer_loading_sends_under_one_percent_of_the_workers_share(tmp_
         assert complete(a, "wide", "the a") is not None
         time.sleep(0.1)
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
 
 def test_a_node_beyond_the_rtt_cap_is_left_out_of_splits_but_still_serves_the_api(
@@ -258,7 +254,6 @@ def test_a_node_beyond_the_rtt_cap_is_left_out_of_splits_but_still_serves_the_ap
         # X stays an API member of the mesh: its :9337 answers through the slow link.
         assert complete(x, "SmolLM2-135M", PROMPTS[0]) == solo_outputs[0]
     finally:
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
         if relay is not None:
             relay.stop()

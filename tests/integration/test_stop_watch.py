@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from mesh_llm.node._stop_watch import EXIT_STUCK, bounded_step
+from mesh_llm.supervise import all_logged
 from tests.harness import REPO, wait_gone
 
 
@@ -28,6 +29,19 @@ async def test_a_step_that_hangs_is_named_with_where_it_waits_and_left(
     text = caplog.text
     assert "stopping: delisting the mesh did not finish within 0 s; going on without it" in text
     assert "_waits_forever" in text  # the coroutine it waits in
+
+
+async def test_a_step_of_several_parts_that_hangs_is_named_and_each_failure_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def fails() -> None:
+        raise RuntimeError("model server gone")
+
+    caplog.set_level(logging.WARNING, "mesh_llm")
+    assert await bounded_step("model servers", all_logged("model servers", [fails(), asyncio.sleep(0)]), 5.0)
+    assert "stopping: model servers: model server gone" in caplog.text
+    assert not await bounded_step("the console", all_logged("the console", [_waits_forever()]), 0.05)
+    assert "stopping: the console did not finish within 0 s; going on without it" in caplog.text
 
 
 async def test_a_step_that_fails_is_logged_and_the_stop_goes_on(caplog: pytest.LogCaptureFixture) -> None:
