@@ -130,14 +130,19 @@ class Discovery:
             await asyncio.sleep(tick)
 
     @property
+    def _delist_s(self) -> float:
+        """How long leaving may spend delisting: a relay connect and a send."""
+        return 2 * self.timing.relay_timeout_s + 1
+
+    @property
     def stop_s(self) -> float:
-        """The longest `stop()` takes: a relay connect and send, then the closes side by side."""
-        return 3 * self.timing.relay_timeout_s + 1
+        """The longest `stop()` takes: the delisting, then the closes (each one relay timeout) at once."""
+        return self._delist_s + self.timing.relay_timeout_s
 
     async def stop(self) -> None:
         """Take our listing down (so nobody dials a node that left) and close relays and mDNS."""
         with contextlib.suppress(DiscoveryError, TimeoutError):
-            await asyncio.wait_for(self._delist(None), 2 * self.timing.relay_timeout_s + 1)
+            await asyncio.wait_for(self._delist(None), self._delist_s)
         await asyncio.gather(self.pub.close(), self.relays.close())
 
     # ---- finding -----------------------------------------------------------------------

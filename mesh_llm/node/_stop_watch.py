@@ -117,7 +117,7 @@ class StopWatch:
             return "(the event loop does not answer: a call blocks it; see the threads below)"
 
     def _expired(self) -> None:
-        try:  # nothing here may keep the exit below from happening
+        with contextlib.suppress(Exception):  # nothing here may keep the exit below from happening
             log.error(
                 "still not stopped %.0f s after the stop began (at: %s); writing every task's and "
                 "thread's stack, then stopping this node's children and exiting",
@@ -127,14 +127,10 @@ class StopWatch:
             for handler in logging.getLogger().handlers:
                 handler.flush()
             faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        except Exception:
-            pass
-        try:
+        with contextlib.suppress(Exception):
             killed = kill_children()
             if killed:
                 log.error("killed %d child process(es)", killed)
             sys.stderr.flush()
             sys.stdout.flush()
-        except Exception:
-            pass
         os._exit(EXIT_STUCK)
