@@ -74,9 +74,14 @@ class ApiError:
         """The JSON body: OpenAI's error object."""
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
-        """This error as a FastAPI response."""
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def response(self, shape: ErrorShape | None = None) -> JSONResponse:
+        """This error as a FastAPI response, in OpenAI's shape unless `shape` gives another."""
+        body = self.body() if shape is None else shape(self)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+ErrorShape = Callable[[ApiError], dict[str, Any]]
+"""Writes an error in another API's shape (Anthropic's, for /v1/messages)."""
 
 
 class ApiErrorResponse(Exception):
@@ -109,7 +114,7 @@ def unauthorized() -> ApiError:
     """A 401 asking for the API key."""
     return ApiError(
         401,
-        "Missing or wrong API key. Send it as 'Authorization: Bearer <key>'.",
+        "Missing or wrong API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
         code="invalid_api_key",
         headers={"WWW-Authenticate": "Bearer"},
     )
@@ -120,7 +125,10 @@ def forbidden(message: str) -> ApiError:
     return ApiError(403, message, code="forbidden")
 
 
-OPENAI_ROUTES = "This API serves /v1/models, /v1/models/{id}, /v1/chat/completions and /v1/completions."
+OPENAI_ROUTES = (
+    "This API serves /v1/models, /v1/models/{id}, /v1/chat/completions, /v1/completions, "
+    "/v1/responses, /v1/messages and /v1/messages/count_tokens."
+)
 
 
 def not_found_route(path: str, routes: str = OPENAI_ROUTES) -> ApiError:
@@ -200,6 +208,28 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def upstream_error(status: int, content: bytes, retry_after: str | None = None) -> ApiError:
+    """A backend's error answer as an `ApiError`, whatever its shape (for APIs that rewrite it)."""
+    error = from_upstream(status, content)
+    if error is not None:
+        return error
+    found = json.loads(content)["error"]  # from_upstream saw an OpenAI-shaped body
+    return error_of(found, status, {"Retry-After": retry_after} if retry_after else {})
+
+
+def error_of(found: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> ApiError:
+    """An OpenAI `error` object (from a body or an SSE error event) as an `ApiError`."""
+
+    def text(key: str) -> str | None:
+        value = found.get(key)
+        return value if isinstance(value, str) else None
+
+    return ApiError(
+        status, text("message") or "error", text("type") or _kind(status), text("code"), text("param"),
+        dict(headers or {}),
+    )  # fmt: skip
+
+
 def from_upstream(status: int, content: bytes) -> ApiError | None:
     """A backend's error answer in OpenAI's shape, or None if it is already in that shape.
 
@@ -244,9 +274,10 @@ class _Fallback:
     to the server, which logs it (only there) and closes the connection.
     """
 
-    def __init__(self, app: ASGIApp, what: str) -> None:
+    def __init__(self, app: ASGIApp, what: str, shapes: dict[str, ErrorShape]) -> None:
         self.app = app
         self.what = what
+        self.shapes = shapes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -268,29 +299,43 @@ class _Fallback:
             log.exception("unhandled error in the %s answering %s %s", self.what, scope.get("method"),
                           scope.get("path"))  # fmt: skip
             error = from_exception(exc)
-            body = json.dumps(error.body()).encode()
+            shape = shape_for(self.shapes, str(scope.get("path", "")))
+            body = json.dumps(error.body() if shape is None else shape(error)).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
             await send({"type": "http.response.start", "status": error.status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
 
 
-def install(app: FastAPI, what: str, routes: str = OPENAI_ROUTES) -> None:
+def shape_for(shapes: dict[str, ErrorShape], path: str) -> ErrorShape | None:
+    """The error shape of the API that serves `path` (by path prefix), None for OpenAI's."""
+    for prefix, shape in shapes.items():
+        if path == prefix or path.startswith(prefix + "/"):
+            return shape
+    return None
+
+
+def install(
+    app: FastAPI, what: str, routes: str = OPENAI_ROUTES, shapes: dict[str, ErrorShape] | None = None
+) -> None:
     """Make every error `app` answers an OpenAI error body: one call per FastAPI app we create.
 
-    `what` names the app in the log; `routes` is the hint a 404 for an unknown path gives.
+    `what` names the app in the log; `routes` is the hint a 404 for an unknown path gives;
+    `shapes` maps path prefixes of other APIs (``/v1/messages``) to their own error shapes.
     """
+    shapes = dict(shapes or {})
 
-    async def known(_: Request, exc: Exception) -> JSONResponse:
-        return from_exception(exc).response()
+    async def known(request: Request, exc: Exception) -> JSONResponse:
+        return from_exception(exc).response(shape_for(shapes, request.url.path))
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return from_http_exception(exc, request.method, request.url.path, routes).response()
+        error = from_http_exception(exc, request.method, request.url.path, routes)
+        return error.response(shape_for(shapes, request.url.path))
 
     for kind in (ApiErrorResponse, MeshError, httpx.HTTPError, RequestValidationError):
         app.add_exception_handler(kind, known)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_middleware(_Fallback, what=what)
+    app.add_middleware(_Fallback, what=what, shapes=shapes)
 
 
 async def relay_sse(

@@ -13,13 +13,17 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from mesh_llm.api import errors as api_errors
-from mesh_llm.api.auth import bearer_matches
+from mesh_llm.api.auth import request_key_matches
 from mesh_llm.api.errors import ApiErrorResponse
 from mesh_llm.api.exchange import Exchange, error_code, parse_body, usage_not_asked
 from mesh_llm.api.routing import Endpoint, choose, model_key
+from mesh_llm.api.translate import StreamTranslator, Translator, Turn
+from mesh_llm.api.translate.anthropic import MessagesTranslator
+from mesh_llm.api.translate.count_tokens import TokenCounter
+from mesh_llm.api.translate.responses import ResponsesTranslator
 from mesh_llm.api.upstream import SHUTTING_DOWN, Upstream, UpstreamClient, unless_gone, unless_stopped
 from mesh_llm.errors import BackendUnavailable, ModelNotFound, NoHealthyHost
 from mesh_llm.metrics import CONTENT_TYPE, Gauge, RequestMetrics, SseMeter, render, usage_of
@@ -79,6 +83,9 @@ class Proxy:
         self._api_key = api_key
         self._rotation = itertools.count()
         self._client = UpstreamClient(request_timeout_s)
+        self._messages = MessagesTranslator()
+        self._responses = ResponsesTranslator()
+        self._count_tokens = TokenCounter()
         self.app = self._build_app()
 
     async def aclose(self) -> None:
@@ -87,7 +94,8 @@ class Proxy:
     def _require_key(self, request: Request) -> None:
         if self._api_key is None:
             return
-        if not bearer_matches(request.headers.get("authorization", ""), self._api_key):
+        headers = request.headers
+        if not request_key_matches(headers.get("authorization", ""), headers.get("x-api-key"), self._api_key):
             raise ApiErrorResponse(api_errors.unauthorized())
 
     def _build_app(self) -> FastAPI:
@@ -117,6 +125,19 @@ class Proxy:
         async def completions(request: Request) -> Response:
             return await self._forward(request, "/v1/completions", "prompt")
 
+        # Other APIs ride the chat path: translated here, routed and served as chat.
+        @router.post("/responses")
+        async def responses(request: Request) -> Response:
+            return await self._forward(request, "/v1/responses", "input", self._responses)
+
+        @router.post("/messages")
+        async def messages(request: Request) -> Response:
+            return await self._forward(request, "/v1/messages", "messages", self._messages)
+
+        @router.post("/messages/count_tokens")
+        async def count_tokens(request: Request) -> Response:
+            return await self._forward(request, "/v1/messages/count_tokens", "messages", self._count_tokens)
+
         app.include_router(router)
 
         @app.get("/metrics", dependencies=[Depends(self._require_key)])
@@ -134,7 +155,7 @@ class Proxy:
         async def health() -> dict[str, str]:
             return {"status": "ok"}
 
-        api_errors.install(app, "OpenAI API")
+        api_errors.install(app, "OpenAI API", shapes={"/v1/messages": self._messages.error_body})
         return app
 
     async def _read_body(self, request: Request) -> bytes:
@@ -150,12 +171,14 @@ class Proxy:
             parts.append(chunk)
         return b"".join(parts)
 
-    async def _forward(self, request: Request, path: str, required: str) -> Response:
+    async def _forward(
+        self, request: Request, path: str, required: str, translator: Translator | None = None
+    ) -> Response:
         exchange = Exchange(request.method, path, time.monotonic())
         self._active += 1
         self._idle.clear()
         try:
-            response = await self._answer(request, path, required, exchange)
+            response = await self._answer(request, path, required, exchange, translator)
         except ApiErrorResponse as exc:
             exchange.fail(exc.error)
             self._finish(exchange)
@@ -174,9 +197,16 @@ class Proxy:
             self._finish(exchange)
         return response
 
-    async def _answer(self, request: Request, path: str, required: str, exchange: Exchange) -> Response:
+    async def _answer(
+        self, request: Request, path: str, required: str, exchange: Exchange, translator: Translator | None
+    ) -> Response:
         raw = await self._read_body(request)
         body = parse_body(raw, required)
+        turn: Turn | None = None
+        if translator is not None:
+            turn = translator.begin(body)
+            body, path = turn.chat, turn.path
+            raw = json.dumps(body).encode()
         model: str = body["model"]
         exchange.model = model
         exchange.stream = body.get("stream") is True
@@ -217,8 +247,9 @@ class Proxy:
             and response.status_code == 200
         ):
             meter = SseMeter(drop_usage=added_usage)
+            events = self._relay(response, finish, meter, exchange)
             return StreamingResponse(
-                self._relay(response, finish, meter, exchange),
+                events if turn is None else _translated(events, turn.stream()),
                 status_code=200,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -235,7 +266,15 @@ class Proxy:
         finally:
             await response.aclose()
             finish()
+        retry = response.headers.get("retry-after")
         if response.status_code >= 400:
+            if turn is not None:
+                err = api_errors.upstream_error(response.status_code, content, retry)
+                if turn.fallback is not None and err.code == "unknown_url":
+                    exchange.status, exchange.error = 200, ""
+                    return JSONResponse(turn.fallback())  # a host from before `turn.path` existed
+                exchange.fail(err)
+                raise ApiErrorResponse(err)  # written in the API's own shape by the app's handler
             err = api_errors.from_upstream(response.status_code, content)
             if err is not None:
                 exchange.fail(err)
@@ -243,7 +282,8 @@ class Proxy:
             exchange.error = error_code(content)
         else:
             exchange.prompt_tokens, exchange.completion_tokens = usage_of(content)
-        retry = response.headers.get("retry-after")
+            if turn is not None:
+                return JSONResponse(turn.answer(json.loads(content)))
         return Response(
             content,
             status_code=response.status_code,
@@ -349,6 +389,35 @@ class Proxy:
             if meter.first_token_at is not None:
                 exchange.ttft_s = meter.first_token_at - exchange.started
             self._finish(exchange)
+
+
+async def _translated(events: AsyncIterator[bytes], stream: StreamTranslator) -> AsyncIterator[bytes]:
+    """A chat SSE answer (complete events, as `Proxy._relay` yields them) in another API's events.
+
+    An error event from the host, or the one the relay writes when the host breaks off, ends the
+    translated stream through `fail`; nothing follows that or the end of the answer.
+    """
+    async for data in events:
+        for event in data.split(b"\n\n"):
+            payload = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+            if not payload:
+                continue
+            if payload == b"[DONE]":
+                for out in stream.end():
+                    yield out
+                return
+            try:
+                chunk = json.loads(payload)
+            except (ValueError, RecursionError):
+                continue  # the host wrote something that is no event: not the client's to see
+            if not isinstance(chunk, dict):
+                continue
+            if isinstance(chunk.get("error"), dict):
+                for out in stream.fail(api_errors.error_of(chunk["error"], 502)):
+                    yield out
+                return
+            for out in stream.feed(chunk):
+                yield out
 
 
 _BROKEN = "The model server stopped in the middle of the answer ({error}); the answer is incomplete."
