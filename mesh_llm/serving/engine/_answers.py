@@ -35,6 +35,7 @@ class Meta:
         *,
         finish: str | None = None,
         logprobs: Any = None,
+        stop: str | None = None,
     ) -> bytes:
         if chat:
             choice: dict[str, Any] = {
@@ -43,6 +44,8 @@ class Meta:
                 "logprobs": logprobs,
                 "finish_reason": finish,
             }
+            if stop is not None:
+                choice["stop_reason"] = stop
             obj = "chat.completion.chunk"
         else:
             choice = {"index": index, "text": delta, "logprobs": logprobs, "finish_reason": finish}
@@ -71,6 +74,8 @@ def whole_answer(
                 message = {"role": "assistant", "content": content or None, "tool_calls": found}
                 reason = "tool_calls"
             choice: dict[str, Any] = {"index": i, "message": message, "finish_reason": reason}
+            if fin.stop is not None and reason == "stop":
+                choice["stop_reason"] = fin.stop  # vLLM's extension: which stop string matched
             choice["logprobs"] = (
                 {"content": [chat_logprob(lp) for lp in lps]}
                 if prepared.options.logprobs is not None

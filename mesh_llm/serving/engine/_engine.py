@@ -392,4 +392,4 @@ class Engine:
             job.sampler = None
         s.job = None
         s.last_used = time.monotonic()
-        job.emit(Finished(reason, len(job.prompt), job.reused, job.generated, error))
+        job.emit(Finished(reason, len(job.prompt), job.reused, job.generated, error, job.text.stopped))

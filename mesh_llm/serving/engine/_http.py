@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 MODEL_SERVER_ROUTES = (
-    "The model server serves /mesh/health, /mesh/slots, /v1/models, /v1/chat/completions and /v1/completions."
+    "The model server serves /mesh/health, /mesh/slots, /mesh/count_tokens, /v1/models, "
+    "/v1/chat/completions and /v1/completions."
 )
 
 
@@ -168,6 +169,12 @@ class ModelApp:
             body = await self.requests.body(request)
             prepared = await self.requests.prepare_chat(body)
             return await self._respond(request, body, prepared, chat=True)
+
+        @app.post("/mesh/count_tokens")
+        async def count_tokens(request: Request) -> dict[str, Any]:
+            # The prompt a chat body renders to, counted: Anthropic's count_tokens, via the proxy.
+            body = await self.requests.body(request)
+            return {"model": self.info.alias, "prompt_tokens": await self.requests.count_chat(body)}
 
         @app.post("/v1/completions")
         async def completions(request: Request) -> Response:

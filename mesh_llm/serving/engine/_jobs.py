@@ -75,6 +75,7 @@ class Finished:
     cached_tokens: int  # prompt tokens whose KV was reused from an earlier request
     completion_tokens: int
     error: str = ""
+    stop: str | None = None  # the stop string that ended the answer, if one did
 
 
 Event = Delta | Finished

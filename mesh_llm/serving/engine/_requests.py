@@ -150,20 +150,7 @@ class RequestReader:
                 param="messages",
                 code="no_chat_template",
             )
-        try:
-            messages = normalize_messages(body.get("messages"))
-            tools = validate_tools(body["tools"]) if body.get("tools") else []
-            choice = resolve_tool_choice(body.get("tool_choice"), tools)
-        except (ChatError, ToolError) as exc:
-            raise RequestError(str(exc), param=getattr(exc, "param", None)) from exc
-        if choice.mode == "none":
-            render_tools: list[dict[str, Any]] | None = None
-        else:
-            render_tools = tools
-        try:
-            text = self.template.render(messages, tools=render_tools or None)
-        except ChatError as exc:
-            raise RequestError(str(exc), param="messages") from exc
+        text, tools, choice = self._render_chat(self.template, body)
         if choice.mode in ("required", "named"):
             forced = forced_call_schema(tools, choice.name if choice.mode == "named" else None)
             grammar: str | None = await self._grammar(forced, "tools")
@@ -174,6 +161,35 @@ class RequestReader:
             tokens, options, self._max_tokens(options, len(tokens)), grammar, tools,
             choice if choice.mode != "none" else None,
         )  # fmt: skip
+
+    def _render_chat(
+        self, template: ChatTemplate, body: dict[str, Any]
+    ) -> tuple[str, list[dict[str, Any]], ToolChoice]:
+        """The prompt text of a chat body, with its checked tools and tool choice."""
+        try:
+            messages = normalize_messages(body.get("messages"))
+            tools = validate_tools(body["tools"]) if body.get("tools") else []
+            choice = resolve_tool_choice(body.get("tool_choice"), tools)
+        except (ChatError, ToolError) as exc:
+            raise RequestError(str(exc), param=getattr(exc, "param", None)) from exc
+        try:
+            text = template.render(messages, tools=tools if choice.mode != "none" and tools else None)
+        except ChatError as exc:
+            raise RequestError(str(exc), param="messages") from exc
+        return text, tools, choice
+
+    async def count_chat(self, body: dict[str, Any]) -> int:
+        """How many prompt tokens a chat body makes; no context check, since counting is the point."""
+        if self.template is None:
+            raise RequestError(
+                f"{self.alias} has no chat template (it is a base model)",
+                param="messages",
+                code="no_chat_template",
+            )
+        text, _, _ = self._render_chat(self.template, body)
+        if len(text) > self.max_body:
+            raise RequestError("the prompt is too long", code="context_length_exceeded")
+        return len(await asyncio.to_thread(self._tokenize, text, chat=True))
 
     async def prepare_completion(self, body: dict[str, Any]) -> Prepared:
         """A /v1/completions body, checked and tokenized."""

@@ -69,7 +69,9 @@ async def stream_answer(
                 return
             for delta, lps in st.on_end():
                 yield meta.chunk(chat, index, delta, logprobs=lps)
-            yield meta.chunk(chat, index, {} if chat else "", finish=st.finish_reason(event))
+            reason = st.finish_reason(event)
+            stop = event.stop if reason == "stop" else None
+            yield meta.chunk(chat, index, {} if chat else "", finish=reason, stop=stop)
         if prepared.options.include_usage and first is not None:
             yield sse_event({
                 "id": meta.id, "object": "chat.completion.chunk" if chat else "text_completion",
