@@ -275,10 +275,10 @@ class Proxy:
                     return JSONResponse(turn.fallback())  # a host from before `turn.path` existed
                 exchange.fail(err)
                 raise ApiErrorResponse(err)  # written in the API's own shape by the app's handler
-            err = api_errors.from_upstream(response.status_code, content)
-            if err is not None:
-                exchange.fail(err)
-                return err.response()
+            rewritten = api_errors.from_upstream(response.status_code, content)
+            if rewritten is not None:
+                exchange.fail(rewritten)
+                return rewritten.response()
             exchange.error = error_code(content)
         else:
             exchange.prompt_tokens, exchange.completion_tokens = usage_of(content)

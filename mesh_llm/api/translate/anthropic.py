@@ -24,7 +24,14 @@ from typing import Any
 from mesh_llm.api.errors import ApiError, ApiErrorResponse, bad_request
 from mesh_llm.api.translate import CHAT_PATH, ChatChunk, IdFactory
 
-__all__ = ["MessagesStream", "MessagesTranslator", "MessagesTurn", "anthropic_error", "count_tokens_chat"]
+__all__ = [
+    "MessagesStream",
+    "MessagesTranslator",
+    "MessagesTurn",
+    "anthropic_error",
+    "count_tokens_chat",
+    "error_type",
+]
 
 # Block types a client may send that carry what no model server here can read.
 _MEDIA_BLOCKS = ("image", "document", "search_result", "container_upload")

@@ -82,7 +82,10 @@ class ResponseStore:
     """Conversations of stored responses by response id, bounded in count and in age.
 
     Entries are kept in the order they were stored, so the oldest is the first to go both when
-    the count is over `max_count` and when it is `max_age_s` old.
+    the count is over `max_count` and when it is `max_age_s` old. A chain's entries share their
+    message objects (a follow-up's conversation is its predecessor's messages plus its own), so a
+    long agent session costs its messages once, not once per turn. Stored messages are never
+    changed: what leaves for a model server is a copy.
     """
 
     def __init__(self, max_count: int, max_age_s: float, now: Callable[[], float]) -> None:
@@ -98,16 +101,16 @@ class ResponseStore:
     def put(self, response_id: str, conversation: list[Message]) -> None:
         """Keep `conversation` (the chain up to and including the response's answer)."""
         self._expire()
-        self._items[response_id] = _Stored(self._now(), tuple(copy.deepcopy(conversation)))
+        self._items[response_id] = _Stored(self._now(), tuple(conversation))
         self._items.move_to_end(response_id)
         while len(self._items) > self._max_count:
             self._items.popitem(last=False)
 
     def conversation(self, response_id: str) -> list[Message] | None:
-        """A copy of the stored chain of `response_id`, or None if unknown or expired."""
+        """The stored chain of `response_id` (its messages read-only), or None if unknown or expired."""
         self._expire()
         stored = self._items.get(response_id)
-        return None if stored is None else copy.deepcopy(list(stored.conversation))
+        return None if stored is None else list(stored.conversation)
 
     def _expire(self) -> None:
         oldest_kept = self._now() - self._max_age_s
