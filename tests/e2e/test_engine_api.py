@@ -339,6 +339,17 @@ def test_logprobs_and_top_logprobs(client: openai.OpenAI) -> None:
         assert entry.token == entry.top_logprobs[0].token  # greedy picks the most likely token
 
 
+def test_an_answer_that_ends_has_one_logprob_per_completion_token(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=64, temperature=0, logprobs=True
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "stop"  # ended by the end token, which gets no entry
+    assert choice.logprobs is not None and choice.logprobs.content is not None and r.usage is not None
+    assert len(choice.logprobs.content) == r.usage.completion_tokens
+    assert "".join(e.token for e in choice.logprobs.content) == choice.message.content
+
+
 def test_n_gives_n_choices_and_too_many_is_a_400(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=6, temperature=1.0, n=2)  # type: ignore[arg-type]
     assert [c.index for c in r.choices] == [0, 1]
