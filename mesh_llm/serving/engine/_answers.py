@@ -13,10 +13,9 @@ from typing import Any
 
 from fastapi import Request
 
+from mesh_llm.serving.engine._dialects import Parser, collect_events, make_parser, tool_schemas
 from mesh_llm.serving.engine._jobs import Delta, Finished, FinishReason, TokenLogprob
 from mesh_llm.serving.engine._requests import Channel, Prepared
-from mesh_llm.serving.engine._tool_formats import parse_tool_calls
-from mesh_llm.serving.engine._tools import ToolCall
 
 
 @dataclass(frozen=True)
@@ -67,11 +66,17 @@ def whole_answer(
         completion += fin.completion_tokens
         reason = reason_text(fin)
         if chat:
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-            calls = tool_calls(text, prepared)
-            if calls is not None:
-                content, found = calls
-                message = {"role": "assistant", "content": content or None, "tool_calls": found}
+            parser = answer_parser(prepared)
+            parsed = collect_events([*parser.feed(text), *parser.finish()])
+            message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
+            if parsed.reasoning:
+                message["reasoning_content"] = parsed.reasoning
+            if parsed.calls:
+                message["content"] = parsed.content or None
+                message["tool_calls"] = [
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in parsed.calls
+                ]
                 reason = "tool_calls"
             choice: dict[str, Any] = {"index": i, "message": message, "finish_reason": reason}
             if fin.stop is not None and reason == "stop":
@@ -98,14 +103,10 @@ def whole_answer(
     }
 
 
-def tool_calls(text: str, prepared: Prepared) -> tuple[str, list[dict[str, Any]]] | None:
-    """Tool calls found in a finished answer, as OpenAI message fields; None if none."""
-    if prepared.tool_choice is None:
-        return None
-    content, calls = parse_tool_calls(text, [t["function"]["name"] for t in prepared.tools])
-    if not calls:
-        return None
-    return content, [_call_json(c) for c in calls]
+def answer_parser(prepared: Prepared) -> Parser:
+    """The parser of one chat answer: reasoning always, calls only when tools may be called."""
+    schemas = tool_schemas(prepared.tools) if prepared.tool_choice is not None else {}
+    return make_parser(prepared.dialect, schemas, in_reasoning=prepared.in_reasoning)
 
 
 def sse_event(obj: dict[str, Any]) -> bytes:
@@ -123,10 +124,6 @@ def usage_json(prompt: int, cached: int, completion: int) -> dict[str, Any]:
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": cached},
     }
-
-
-def _call_json(call: ToolCall) -> dict[str, Any]:
-    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
 def chat_logprob(lp: TokenLogprob) -> dict[str, Any]:

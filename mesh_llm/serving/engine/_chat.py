@@ -14,8 +14,10 @@ The flow, all pure (no model, no HTTP):
    sandbox, with the helpers Hugging Face templates call (`raise_exception`, `strftime_now`,
    a `tojson` that keeps non-ASCII text), and renders a prompt per request.
 3. Templates written without tool support still get tools: the tool list goes into a system
-   message with an instruction to answer a call as bare JSON, and past tool calls and tool results
-   are rewritten as plain assistant and user text so that such a template never fails on them.
+   message with an instruction to answer a call in the family's own syntax (bare JSON for
+   templates of no known family; see `_dialects`), and past tool calls and tool results are
+   rewritten as plain assistant and user text, calls in that same syntax, so that such a template
+   never fails on them and the model sees one way of calling.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from typing import Any
 import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from mesh_llm.serving.engine._dialects import FALLBACK, Dialect, detect_dialect
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 """Roles a client may send; `developer` is read as `system`, legacy `function` as `tool`."""
@@ -227,6 +231,7 @@ class ChatTemplate:
         now: Callable[[], datetime] = datetime.now,
     ) -> None:
         self.source = source
+        self.dialect: Dialect = detect_dialect(source)
         self.bos_token = bos_token
         self.eos_token = eos_token
         self._now = now
@@ -260,10 +265,10 @@ class ChatTemplate:
         `validate_tools` returns them). Raises `ChatError` when the template fails or refuses."""
         if self.supports_tools:
             return self._render(messages, tools or None, add_generation_prompt)
-        plain = _without_tool_turns(messages)
+        plain = _without_tool_turns(messages, self.dialect)
         if not tools:
             return self._render(plain, None, add_generation_prompt)
-        instructions = fallback_tool_prompt(tools)
+        instructions = fallback_tool_prompt(tools, self.dialect)
         try:
             return self._render(_with_system_text(plain, instructions), None, add_generation_prompt)
         except ChatError:
@@ -296,13 +301,21 @@ class ChatTemplate:
 # ── the fallback for templates without tool support ───────────────────────────────────────────
 
 
-def fallback_tool_prompt(tools: list[dict[str, Any]]) -> str:
+def fallback_tool_prompt(tools: list[dict[str, Any]], dialect: Dialect = FALLBACK) -> str:
     """The system text that offers `tools` to a model whose template cannot list them.
 
-    The requested answer is the same JSON that the forced-call grammar produces, so one parser
-    reads both.
+    The requested answer is what the forced-call grammar produces for the template's family, so
+    one parser reads both: bare JSON for templates of no known family, else the family's syntax.
     """
     listing = "\n".join(json.dumps(tool.get("function", tool), ensure_ascii=False) for tool in tools)
+    if dialect is not FALLBACK:
+        example = dialect.write([("<tool name>", {"<argument name>": "<value>"})])
+        return (
+            "You can call the following tools. Each is described by a JSON schema:\n"
+            f"{listing}\n\n"
+            f"To call a tool, reply in exactly this format:\n{example}\n"
+            "If no tool is needed, answer normally."
+        )
     return (
         "You can call the following tools. Each is described by a JSON schema:\n"
         f"{listing}\n\n"
@@ -338,15 +351,16 @@ def _with_user_text(messages: list[dict[str, Any]], text: str) -> list[dict[str,
     return out
 
 
-def _call_json(call: dict[str, Any]) -> dict[str, Any]:
+def _call_spec(call: dict[str, Any]) -> tuple[str, Any]:
     fn = call["function"]
-    return {"name": fn["name"], "arguments": fn["arguments"]}
+    arguments = fn["arguments"]
+    return fn["name"], arguments if isinstance(arguments, dict) else {}
 
 
-def _without_tool_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _without_tool_turns(messages: list[dict[str, Any]], dialect: Dialect = FALLBACK) -> list[dict[str, Any]]:
     """Past tool calls and results as plain turns, for templates that know no tool role.
 
-    A call becomes the JSON the fallback prompt asks for; a result becomes a user turn. Results
+    A call becomes what the fallback prompt asks for; a result becomes a user turn. Results
     and any user turn right after them merge into one user turn, because templates that know no
     tool role often insist that user and assistant turns alternate.
     """
@@ -355,9 +369,14 @@ def _without_tool_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for msg in messages:
         role = msg["role"]
         if role == "assistant" and "tool_calls" in msg:
-            calls = [_call_json(c) for c in msg["tool_calls"]]
-            payload = calls[0] if len(calls) == 1 else calls
-            text = json.dumps(payload, ensure_ascii=False)
+            if dialect is FALLBACK:  # arguments that are no JSON object stay as the client sent them
+                calls = [
+                    {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                    for c in msg["tool_calls"]
+                ]
+                text = json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+            else:
+                text = dialect.write([_call_spec(c) for c in msg["tool_calls"]])
             content = f"{msg['content']}\n{text}" if msg["content"] else text
             out.append({"role": "assistant", "content": content})
             merge_next_user = False

@@ -351,14 +351,14 @@ class Engine:
             return None
         token = job.sampler.sample(self.ctx, index)
         logprobs = (
-            (token_logprob(self.ctx.logits(index), token, job.logprobs, self.model.piece),)
+            (token_logprob(self.ctx.logits(index), token, job.logprobs, self.model.text_piece),)
             if job.logprobs is not None
             else ()
         )
         if self.model.is_eog(token):
             tail = job.text.flush()
-            if tail or logprobs:
-                job.emit(Delta(tail, logprobs))
+            if tail:  # the end token itself is no output: OpenAI gives it no logprobs entry
+                job.emit(Delta(tail, ()))
             self._finish(s, FinishReason.STOP)
             return None
         job.generated += 1
@@ -366,7 +366,7 @@ class Engine:
             job.sampler.allow_eog()
         self._generated_total += 1
         self._generated_times.append(now)
-        text = job.text.feed(self.model.piece(token))
+        text = job.text.feed(self.model.text_piece(token))
         if job.text.stopped is not None:
             if text or logprobs:
                 job.emit(Delta(text, logprobs))
@@ -392,4 +392,13 @@ class Engine:
             job.sampler = None
         s.job = None
         s.last_used = time.monotonic()
-        job.emit(Finished(reason, len(job.prompt), job.reused, job.generated, error, job.text.stopped))
+        job.emit(
+            Finished(
+                reason,
+                len(job.prompt),
+                job.reused,
+                job.generated,
+                error,
+                job.text.stopped if job.text is not None else None,
+            )
+        )

@@ -51,6 +51,16 @@ def json_grammar(schema: dict[str, Any], param: str = "response_format.json_sche
             "supported: type, properties, required, items, enum, const, anyOf/oneOf, string lengths, local $defs",
             param=param,
         ) from exc
+    return finish_grammar(grammar, param)
+
+
+def prepare_schema(schema: Any) -> Any:
+    """A schema as the converter should see it (bounded integer ranges as enums)."""
+    return _ranges_as_enums(schema)
+
+
+def finish_grammar(grammar: str, param: str = "tools") -> str:
+    """A converter-made grammar with JSON strings kept strict, checked against the size limit."""
     grammar = grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
     if len(grammar) > MAX_GRAMMAR_CHARS:
         raise RequestError(

@@ -70,6 +70,7 @@ class Model:
         self.add_bos: bool = bool(C.llama_vocab_get_add_bos(self.vocab))
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._piece_lock = threading.Lock()
+        self._shown: frozenset[int] = frozenset()
 
     @property
     def n_head(self) -> int:
@@ -128,6 +129,27 @@ class Model:
         with self._piece_lock:
             self._pieces[key] = out
         return out
+
+    def show_markers(self, markers: Sequence[str]) -> frozenset[int]:
+        """Make `text_piece` write the text of the control tokens that are exactly one of
+        `markers` (a dialect's call and reasoning markers, which a parser must see); other control
+        tokens (BOS, end of turn) stay hidden. Returns the tokens shown."""
+        shown = set()
+        for marker in markers:
+            tokens = self.tokenize(marker, add_special=False, parse_special=True)
+            if (
+                len(tokens) == 1
+                and not self.is_eog(tokens[0])
+                and self.piece(tokens[0], special=True) == marker.encode()
+            ):
+                shown.add(tokens[0])
+        self._shown = frozenset(shown)
+        return self._shown
+
+    def text_piece(self, token: int) -> bytes:
+        """The bytes a generated token adds to the answer's text: control tokens are hidden, except
+        the markers `show_markers` named."""
+        return self.piece(token, special=token in self._shown)
 
     def vocab_pieces(self) -> list[bytes]:
         """Every token's bytes, special ones included (to compare two models' vocabularies)."""

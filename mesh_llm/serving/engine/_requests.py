@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import Request
 
 from mesh_llm.serving.engine._chat import ChatError, ChatTemplate, normalize_messages
+from mesh_llm.serving.engine._dialects import FALLBACK, Dialect, forced_call_grammar, starts_in_reasoning
 from mesh_llm.serving.engine._engine import Engine
 from mesh_llm.serving.engine._grammar import any_json_grammar, json_grammar
 from mesh_llm.serving.engine._jobs import Delta, Finished
@@ -49,6 +50,8 @@ class Prepared:
     grammar: str | None
     tools: list[dict[str, Any]]
     tool_choice: ToolChoice | None
+    dialect: Dialect = FALLBACK  # how the answer writes calls and reasoning (chat only)
+    in_reasoning: bool = False  # the prompt opened a reasoning block that the answer continues
 
 
 class RequestReader:
@@ -62,6 +65,10 @@ class RequestReader:
         self.template = template
         self.alias = alias
         self.max_body = max_body
+        self.dialect = template.dialect if template is not None else FALLBACK
+        # The dialect's markers must reach its parser, also where the vocabulary makes them control
+        # tokens (harmony's <|channel|>, Kimi's and DeepSeek's call sections, Mistral's [TOOL_CALLS]).
+        model.show_markers(self.dialect.markers)
 
     async def body(self, request: Request) -> dict[str, Any]:
         """The request's JSON object, read within the body limit."""
@@ -151,16 +158,41 @@ class RequestReader:
                 code="no_chat_template",
             )
         text, tools, choice = self._render_chat(self.template, body)
+        in_reasoning = starts_in_reasoning(self.dialect, text)
         if choice.mode in ("required", "named"):
-            forced = forced_call_schema(tools, choice.name if choice.mode == "named" else None)
-            grammar: str | None = await self._grammar(forced, "tools")
+            grammar: str | None = await self._forced_grammar(
+                tools, choice.name if choice.mode == "named" else None, in_reasoning
+            )
         else:
             grammar = await self._format_grammar(options)
         tokens = await self._prepare_tokens(text, chat=True)
         return Prepared(
             tokens, options, self._max_tokens(options, len(tokens)), grammar, tools,
-            choice if choice.mode != "none" else None,
+            choice if choice.mode != "none" else None, self.dialect, in_reasoning,
         )  # fmt: skip
+
+    async def _forced_grammar(self, tools: list[dict[str, Any]], name: str | None, in_reasoning: bool) -> str:
+        """A grammar for one call in the model's own dialect (plain JSON for unknown templates)."""
+
+        def build() -> str | None:
+            try:
+                grammar = forced_call_grammar(self.dialect, tools, name, in_reasoning=in_reasoning)
+            except RequestError:
+                raise
+            except Exception as exc:  # the schema converter raises bare exceptions on what it cannot express
+                raise RequestError(
+                    f"these tools' parameters cannot be turned into a grammar ({exc})", param="tools"
+                ) from exc
+            if grammar is not None and not grammar_is_valid(self.model, grammar):
+                raise RequestError(
+                    "llama.cpp cannot use the grammar these tools make (an empty enum?)", param="tools"
+                )
+            return grammar
+
+        grammar = await asyncio.to_thread(build)
+        if grammar is None:
+            return await self._grammar(forced_call_schema(tools, name), "tools")
+        return grammar
 
     def _render_chat(
         self, template: ChatTemplate, body: dict[str, Any]

@@ -1,4 +1,5 @@
-"""Streamed answers: server-sent events, one choice at a time, tool calls held back.
+"""Streamed answers: server-sent events, one choice at a time; chat answers go through the
+model's dialect parser, so reasoning and tool calls stream as their own deltas.
 
 Once a stream has started, a failure becomes one SSE error event followed by ``[DONE]``;
 nothing is ever sent after ``[DONE]``.
@@ -12,22 +13,17 @@ from typing import Any
 
 from mesh_llm.serving.engine._answers import (
     Meta,
+    answer_parser,
     chat_logprob,
     completion_logprobs,
     reason_text,
     sse_event,
-    tool_calls,
     usage_json,
 )
+from mesh_llm.serving.engine._dialects import CallArgs, CallStart, Content, Event, Reasoning
 from mesh_llm.serving.engine._engine import Engine
 from mesh_llm.serving.engine._jobs import Delta, Finished, FinishReason, Job, TokenLogprob
 from mesh_llm.serving.engine._requests import Channel, Prepared
-from mesh_llm.serving.engine._tool_formats import (
-    HOLD_MARKERS,
-    content_before_call,
-    marker_tail,
-    may_become_tool_call,
-)
 
 
 async def stream_answer(
@@ -88,78 +84,86 @@ async def stream_answer(
 
 
 class ChoiceStream:
-    """One choice of a streamed answer: passes text through, or holds back a tool call."""
+    """One choice of a streamed answer: plain text for completions; for chat, the dialect parser's
+    events as OpenAI deltas (content, reasoning_content, tool_calls)."""
 
     def __init__(self, index: int, prepared: Prepared, chat: bool) -> None:
         self.index = index
         self.prepared = prepared
         self.chat = chat
-        self.watch_calls = chat and prepared.tool_choice is not None
-        self.forced = (
-            self.watch_calls
-            and prepared.tool_choice is not None
-            and prepared.tool_choice.mode in ("required", "named")
-        )
-        self.text = ""  # everything generated
-        self.sent = 0  # characters of self.text already streamed as content
-        self.held_lps: list[TokenLogprob] = []
-        self.called = False
+        self.parser = answer_parser(prepared) if chat else None
+        self.held_lps: list[TokenLogprob] = []  # logprobs of text the parser holds back
         self.offset = 0  # characters of completion text before the next logprobs entry
 
-    def _wrap(self, text: str, lps: list[TokenLogprob]) -> tuple[dict[str, Any] | str, Any]:
-        if self.chat:
-            out_lps = (
-                {"content": [chat_logprob(lp) for lp in lps]}
-                if self.prepared.options.logprobs is not None
-                else None
-            )
-            return {"content": text}, out_lps
+    def _completion(self, text: str, lps: list[TokenLogprob]) -> tuple[dict[str, Any] | str, Any]:
         out = None
         if self.prepared.options.logprobs is not None:
             out = completion_logprobs(lps, self.offset)
             self.offset += sum(len(lp.token) for lp in lps)
         return text, out
 
-    def on_delta(self, event: Delta) -> list[tuple[dict[str, Any] | str, Any]]:
-        self.text += event.text
-        if not self.watch_calls:
-            return [self._wrap(event.text, list(event.logprobs))] if event.text or event.logprobs else []
-        self.held_lps.extend(event.logprobs)
-        if self.forced:
-            return []
-        # Stream content up to where a tool call could be starting; hold the rest.
-        unsent = self.text[self.sent :]
-        cut = content_before_call(unsent)
-        if cut < 0 and may_become_tool_call(unsent):
-            cut = 0
-        if cut < 0:
-            cut = len(unsent) - marker_tail(unsent, HOLD_MARKERS)
-        if cut <= 0:
-            return []
-        piece = unsent[:cut]
-        self.sent += cut
-        lps, self.held_lps = self.held_lps, []
-        return [self._wrap(piece, lps)]
-
-    def on_end(self) -> list[tuple[dict[str, Any] | str, Any]]:
-        if not self.watch_calls:
-            return []
-        rest = self.text[self.sent :]
-        found = tool_calls(rest, self.prepared)
-        lps, self.held_lps = self.held_lps, []
-        if found is None:
-            return [self._wrap(rest, lps)] if rest or lps else []
-        content, calls = found
-        self.called = True
+    def _chat_deltas(self, events: list[Event], end: bool) -> list[tuple[dict[str, Any] | str, Any]]:
         out: list[tuple[dict[str, Any] | str, Any]] = []
-        if content:
-            out.append(self._wrap(content, lps))
-        deltas = [{"index": k, **call} for k, call in enumerate(calls)]
-        out.append(({"tool_calls": deltas}, None))
+        for ev in events:
+            delta = _delta(ev)
+            if out and _mergeable(out[-1][0], delta):
+                out[-1] = ({k: out[-1][0][k] + v for k, v in delta.items()}, None)  # type: ignore[index]
+            else:
+                out.append((delta, None))
+        if self.prepared.options.logprobs is None:
+            return out
+        if not out and self.held_lps and end:
+            out.append(({"content": ""}, None))
+        if out and self.held_lps:
+            # The logprobs of held-back text go out with the first delta sent after it.
+            lps, self.held_lps = self.held_lps, []
+            out[0] = (out[0][0], {"content": [chat_logprob(lp) for lp in lps]})
         return out
 
+    def on_delta(self, event: Delta) -> list[tuple[dict[str, Any] | str, Any]]:
+        if self.parser is None:
+            return (
+                [self._completion(event.text, list(event.logprobs))] if event.text or event.logprobs else []
+            )
+        self.held_lps.extend(event.logprobs)
+        return self._chat_deltas(self.parser.feed(event.text) if event.text else [], end=False)
+
+    def on_end(self) -> list[tuple[dict[str, Any] | str, Any]]:
+        if self.parser is None:
+            return []
+        return self._chat_deltas(self.parser.finish(), end=True)
+
     def finish_reason(self, event: Finished) -> str:
-        return "tool_calls" if self.called else reason_text(event)
+        return "tool_calls" if self.parser is not None and self.parser.called else reason_text(event)
+
+
+def _delta(ev: Event) -> dict[str, Any]:
+    """One parser event as an OpenAI chat delta."""
+    if isinstance(ev, Content):
+        return {"content": ev.text}
+    if isinstance(ev, Reasoning):
+        return {"reasoning_content": ev.text}
+    if isinstance(ev, CallStart):
+        call = {
+            "index": ev.index,
+            "id": ev.id,
+            "type": "function",
+            "function": {"name": ev.name, "arguments": ""},
+        }
+        return {"tool_calls": [call]}
+    if isinstance(ev, CallArgs):
+        return {"tool_calls": [{"index": ev.index, "function": {"arguments": ev.text}}]}
+    return {}  # CallEnd: the next call's start or the finish reason says it
+
+
+def _mergeable(a: dict[str, Any] | str, b: dict[str, Any]) -> bool:
+    """Consecutive content (or reasoning) pieces go out as one delta."""
+    return (
+        isinstance(a, dict)
+        and len(a) == 1
+        and a.keys() == b.keys()
+        and ("content" in a or "reasoning_content" in a)
+    )
 
 
 async def _pump(index: int, channel: Channel, out: asyncio.Queue[tuple[int, Delta | Finished]]) -> None:
