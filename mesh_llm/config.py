@@ -57,8 +57,9 @@ class BackendConfig:
     request_timeout_s: float = 600.0  # upper bound on one proxied request
     draft: str | None = None  # None: the catalog pairing; "off"; "lookup"; a GGUF path or catalog name
     draft_max: int = 8  # most draft tokens verified per slot and step
-    # On GPUs, size n_ctx to the memory left after the weights: only without --ctx-size and for
-    # a node given at most one model (with several, each gets the n_ctx the planner counted).
+    # Size n_ctx by planning/offload.auto_ctx (training context, capped, within the memory left
+    # after the weights, on GPUs and the CPU): only without --ctx-size and for a node given at
+    # most one model (with several, each gets the n_ctx the planner counted).
     n_ctx_auto: bool = False
     gpu_budget_bytes: int | None = None  # --max-vram: weights, drafts and KV caches stay within it
     cache_type_k: str | None = None  # KV cache types (None: llama.cpp's f16); see planning/offload.py

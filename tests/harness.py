@@ -20,6 +20,10 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts" / "console"  # the browser tests' screenshots
+# Nodes started here serve 4096-token slots unless a test gives --ctx-size or asks for the default
+# rule (default_ctx=True). Many tests start several nodes at once, and the default (the model's
+# training context: 8192 for SmolLM2-135M, ~750 MB of KV for 4 slots) would add up.
+TEST_CTX_SIZE = 4096
 # What a node logs when a step of its stop overruns, or when its watchdog ends a stuck stop.
 STUCK_STOP_LINES = ("; going on without it", "still not stopped")
 
@@ -57,6 +61,7 @@ class NodeProcess:
     prefix: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", NS] (benchmarks)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    default_ctx: bool = False  # True: no --ctx-size unless the test gave one (the node's own rule)
 
     @property
     def api(self) -> str:
@@ -69,8 +74,9 @@ class NodeProcess:
     def start(self) -> NodeProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.state_dir / "node.log"
+        ctx = [] if self.default_ctx or "--ctx-size" in self.args else ["--ctx-size", str(TEST_CTX_SIZE)]
         cmd = [
-            *self.prefix, sys.executable, "-m", "mesh_llm", *self.args,
+            *self.prefix, sys.executable, "-m", "mesh_llm", *self.args, *ctx,
             "--port", str(self.api_port), "--console", str(self.console_port), "--state-dir", str(self.state_dir),
         ]  # fmt: skip
         env = {
@@ -181,3 +187,74 @@ def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
             return []
         time.sleep(0.05)
     return alive
+
+
+# ---- coding agents from npm (bundle/install-agents.sh puts them here) -------------------------
+
+AGENTS_BIN = REPO / ".venv" / "agents" / "node_modules" / ".bin"
+# What an agent's child processes may see: no keys, no proxies, nothing of the developer's HOME.
+_AGENT_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TERM", "TMPDIR")
+
+
+def agent_path(name: str) -> Path:
+    """The installed `codex` or `claude`; fails with how to install it when it is missing."""
+    path = AGENTS_BIN / name
+    if not path.exists():
+        raise AssertionError(f"{path} is missing: run bash bundle/install-agents.sh")
+    return path
+
+
+def agent_env(home: Path, **extra: str) -> dict[str, str]:
+    """An agent's environment: HOME is `home` (its configuration is there), nothing else of ours."""
+    env = {k: os.environ[k] for k in _AGENT_ENV_KEEP if k in os.environ}
+    return {**env, "HOME": str(home), "NO_COLOR": "1", **extra}
+
+
+def configure_agent(agent: str, node: NodeProcess, home: Path, *args: str) -> None:
+    """`mesh-llm <agent> --write` for `node`, as a user would run it, with HOME at `home`."""
+    home.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "mesh_llm", agent, "--write", "--state-dir", str(node.state_dir), *args],
+        env={**os.environ, "HOME": str(home)}, capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, f"mesh-llm {agent} --write failed:\n{done.stdout}\n{done.stderr}"
+
+
+@dataclass(frozen=True)
+class AgentRun:
+    """One finished agent command."""
+
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def run_agent(argv: list[str], home: Path, workdir: Path, timeout: float = 600.0) -> AgentRun:
+    """Run an agent command non-interactively (no stdin) in `workdir` with `home` as HOME."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    try:
+        done = subprocess.run(
+            argv, env=agent_env(home), cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True,
+            text=True, timeout=timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        return AgentRun(124, out, err, time.monotonic() - start)
+    return AgentRun(done.returncode, done.stdout, done.stderr, time.monotonic() - start)
+
+
+def access_records(node: NodeProcess) -> list[dict[str, Any]]:
+    """The access-log records of a node started with `--log-format json`, oldest first."""
+    import json
+
+    out = []
+    for line in node.log().splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("logger") == "mesh_llm.access":
+                    out.append(record)
+    return out

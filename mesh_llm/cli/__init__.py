@@ -6,10 +6,10 @@ _run            the node: flags -> config -> Node, and what it prints when up
 _commands       the subcommand table
 _control        finding and asking the running node; drop, plan
 _status         status, token
-_client_setup   opencode, goose
+_client_setup   opencode, goose, claude, codex (_toml: writing and merging their TOML)
 _local          download, rotate-key (no node needed)
 _output         the stderr console, error lines, tokens printed whole
-discover, gpus  their subcommands; render, clients: pure tables and configurations
+discover, gpus  their subcommands; render, clients, agents: pure tables and configurations
 logs            logging setup (text or JSON lines)
 """
 

@@ -8,6 +8,8 @@ import os
 from mesh_llm import __version__
 from mesh_llm.cli._commands import SUBCOMMANDS
 from mesh_llm.config import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT
+from mesh_llm.models.kv import DEFAULT_CTX_SLOT
+from mesh_llm.planning.offload import MAX_AUTO_CTX
 from mesh_llm.transport import DEFAULT_ENGINE, ENGINES
 
 
@@ -113,7 +115,10 @@ def node_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="context window per request slot (default 4096; on GPUs, what the memory left after the weights holds)",
+        help="context window per request slot (default: the model's training context, at most "
+        f"{MAX_AUTO_CTX}, and no more than the memory left after the weights holds for every "
+        f"--parallel slot, on GPUs and the CPU; {DEFAULT_CTX_SLOT} each when a node is given several models); "
+        "a warning is logged when N exceeds the training context",
     )
     p.add_argument(
         "--cache-type-k",

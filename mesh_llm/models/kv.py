@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-DEFAULT_CTX_SLOT = 4096  # tokens of context per request slot unless --ctx-size (or a GPU) says otherwise
+# Tokens of context per slot that fit decisions and splits count when --ctx-size is not given,
+# and what a node given several models serves each with. A node's one solo model gets the
+# rule of planning/offload.auto_ctx instead: its training context, capped, within memory.
+DEFAULT_CTX_SLOT = 4096
 
 KV_BYTES_PER_VALUE = 2  # f16 keys and values, llama.cpp's default cache type
 
@@ -45,6 +48,23 @@ def kv_bytes_per_token(meta: Mapping[str, Any]) -> int:
     if not isinstance(key_dim, int) or not isinstance(value_dim, int):
         return 0
     return sum(h * (key_dim + value_dim) for h in kv_heads) * KV_BYTES_PER_VALUE
+
+
+def training_context(meta: Mapping[str, Any]) -> int:
+    """The context the model was trained for (GGUF ``<arch>.context_length``); 0 if unknown."""
+    arch = meta.get("general.architecture")
+    value = meta.get(f"{arch}.context_length") if isinstance(arch, str) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def context_warning(model: str, n_ctx_slot: int, n_ctx_train: int) -> str | None:
+    """What to tell the user when a slot's context is longer than the model was trained for."""
+    if n_ctx_train <= 0 or n_ctx_slot <= n_ctx_train:
+        return None
+    return (
+        f"{model}: {n_ctx_slot} tokens of context per slot exceed its training context ({n_ctx_train}); "
+        f"past {n_ctx_train} tokens its answers may lose coherence (--ctx-size {n_ctx_train} keeps within it)"
+    )
 
 
 def kv_cache_bytes(meta: Mapping[str, Any], n_ctx_slot: int, n_slots: int) -> int:

@@ -2,8 +2,8 @@
 
 Pure: device names and byte counts in, llama.cpp's settings out. The model server carries
 them out (``llama_model_params.devices`` / ``n_gpu_layers`` / ``tensor_split``, and the
-context's ``type_k`` / ``type_v``). With no GPU chosen every function here leaves the CPU
-path exactly as it was: no offload, the configured context size.
+context's ``type_k`` / ``type_v``). With no GPU chosen nothing is offloaded; the default context
+per slot (:func:`auto_ctx`) follows one rule on GPUs and on the CPU.
 
 llama.cpp's rule (replayed by :func:`mesh_llm.planning.placement.llama_placement`): with ``N``
 repeating layers the output head counts as layer ``N``; the last ``n_gpu_layers`` of those
@@ -36,6 +36,7 @@ DEFAULT_CACHE_TYPE = "f16"
 
 MIN_CTX = 256
 CTX_STEP = 256
+MAX_AUTO_CTX = 32768  # the default context per slot never exceeds this, whatever the model was trained for
 COMPUTE_RESERVE_BYTES = 512 * 1024 * 1024  # compute buffers and driver slack, per GPU set
 COMPUTE_RESERVE_FRACTION = 0.05
 
@@ -161,16 +162,17 @@ def context_memory(free_after_bytes: int, weights_bytes: int, budget_bytes: int 
 def auto_ctx(
     free_bytes: int | None, bytes_per_token: float, n_slots: int, *, n_ctx_train: int, fallback: int
 ) -> int:
-    """Context per slot that the free GPU memory left after the weights can hold.
+    """The default context per slot: the model's training context, capped at ``MAX_AUTO_CTX``
+    tokens and by what the memory left after the weights holds for every slot.
 
-    A reserve (the larger of 512 MiB and 5 %) stays free for fixed compute buffers. The result
-    is a multiple of 256 between 256 and the model's training context; ``fallback`` (the
-    configured size) is returned when nothing is known about the memory (``None``), while no
-    memory at all gives the floor.
+    The same rule on GPUs and on the CPU; only how ``free_bytes`` is measured differs. A reserve
+    (the larger of 512 MiB and 5 %) stays free for fixed compute buffers. The result is a multiple
+    of 256 and at least 256. ``fallback`` (the configured size), within the same ceiling, is
+    returned when nothing is known about the memory (``None``); no memory at all gives the floor.
     """
+    ceiling = min(n_ctx_train if n_ctx_train > 0 else fallback, MAX_AUTO_CTX)
     if free_bytes is None or bytes_per_token <= 0 or n_slots <= 0:
-        return fallback
+        return max(MIN_CTX, min(fallback, ceiling))
     usable = free_bytes - max(COMPUTE_RESERVE_BYTES, int(free_bytes * COMPUTE_RESERVE_FRACTION))
     per_slot = max(0, int(usable / (bytes_per_token * n_slots))) // CTX_STEP * CTX_STEP
-    ceiling = n_ctx_train if n_ctx_train > 0 else fallback
     return max(MIN_CTX, min(per_slot, ceiling))

@@ -20,9 +20,11 @@ import httpx
 from mesh_llm.config import BackendConfig
 from mesh_llm.errors import ConfigError, MeshError
 from mesh_llm.models.draft import choose_draft
+from mesh_llm.models.kv import context_warning, training_context
 from mesh_llm.models.resolve import ResolvedModel
 from mesh_llm.planning.offload import solo_offload
 from mesh_llm.serving.process import Exited, SupervisedChild, TimedOut
+from mesh_llm.serving.rpc_cache import gguf_header
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,10 @@ class ModelServer:
 
     async def start(self) -> None:
         """Launch the supervisor; returns at once (watch `ready` or the on_change callback)."""
+        if not self._config.n_ctx_auto or self.rpc_endpoints:  # a fixed context: say if it overreaches
+            warning = await asyncio.to_thread(self._context_warning)
+            if warning:
+                log.warning("%s", warning)
         self._task = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
 
     async def wait_ready(self, timeout: float) -> bool:
@@ -207,6 +213,13 @@ class ModelServer:
         self._sock.close()
         self._child.set_state(BackendState.STOPPED, "stopped")
 
+    def _context_warning(self) -> str | None:
+        try:
+            meta, _ = gguf_header(self.model.path)
+        except (MeshError, OSError):
+            return None  # the model server reports an unreadable file itself
+        return context_warning(self.name, self._config.n_ctx, training_context(meta))
+
     def _command(self) -> list[str]:
         cmd = [
             sys.executable,
@@ -232,6 +245,11 @@ class ModelServer:
         if self._config.n_threads:
             cmd += ["--n-threads", str(self._config.n_threads)]
         cmd += gpu_server_args(self._config, self.gpus, split=bool(self.rpc_endpoints))
+        if self._config.n_ctx_auto and not self.gpus and not self.rpc_endpoints:
+            # The CPU path sizes its context by the same rule as GPUs (planning/offload.auto_ctx).
+            cmd.append("--auto-ctx")
+            if self._config.gpu_budget_bytes is not None:
+                cmd += ["--gpu-budget", str(self._config.gpu_budget_bytes)]
         if self.draft is not None:
             cmd += ["--draft", self.draft, "--draft-max", str(self._config.draft_max)]
         for endpoint in self.rpc_endpoints:

@@ -73,10 +73,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--tensor-split", default=None, metavar="S0,S1,...", help="share of layers per --gpu-devices"
     )
     p.add_argument(
-        "--auto-ctx", action="store_true", help="size --n-ctx to the GPU memory left after the weights"
-    )
+        "--auto-ctx", action="store_true",
+        help="size the context per slot by planning/offload.auto_ctx (training context, capped, within memory)",
+    )  # fmt: skip
     p.add_argument(
-        "--gpu-budget", type=int, default=None, help="bytes the weights and KV caches may take (--max-vram)"
+        "--gpu-budget",
+        type=int,
+        default=None,
+        help="bytes the weights and KV caches may take (--max-vram), on GPUs or the CPU",
     )
     p.add_argument("--cache-type-k", default=None, help="KV cache type for K: f16, q8_0, q4_0, ...")
     p.add_argument("--cache-type-v", default=None, help="KV cache type for V")
@@ -178,12 +182,26 @@ def _gpu_free(gpus: Sequence[str]) -> int:
     return sum(free for _, free in _host_gpus(gpus))
 
 
+def _free_memory(gpus: Sequence[str]) -> int:
+    """Memory free now where the KV caches will live: the chosen GPUs, else the machine's RAM."""
+    if gpus:
+        return _gpu_free(gpus)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
 def _auto_ctx(
     models: Sequence[Model], gpus: Sequence[str], free_before: int, args: argparse.Namespace
 ) -> int:
-    """Per-slot context that the chosen GPUs hold after the weights (the model's and a draft's)
-    loaded, within ``--gpu-budget``. Every model's KV cache and attention compute buffer count
-    per token, since each slot has one of each, and the smallest training context caps it."""
+    """Per-slot context by planning/offload.auto_ctx: the smallest training context among the
+    loaded models (the model's and a draft's), capped, within what the memory left after their
+    weights holds and within ``--gpu-budget``. Every model's KV cache and attention compute
+    buffer count per token, since each slot has one of each.
+
+    On GPUs the weights are what loading took from free memory. On the CPU llama.cpp maps the
+    file, and mapped pages still count as available, so the files' sizes are taken off instead.
+    """
     from mesh_llm.planning.offload import (
         DEFAULT_CACHE_TYPE,
         auto_ctx,
@@ -193,8 +211,13 @@ def _auto_ctx(
     )
     from mesh_llm.serving.engine import EngineConfig
 
-    free = _gpu_free(gpus)
-    memory = None if free_before <= 0 else context_memory(free, max(0, free_before - free), args.gpu_budget)
+    if gpus:
+        free = _gpu_free(gpus)
+        weights = max(0, free_before - free)
+    else:
+        weights = sum(m.path.stat().st_size for m in models)
+        free = max(0, free_before - weights)
+    memory = None if free_before <= 0 else context_memory(free, weights, args.gpu_budget)
     kinds = {
         "type_k": args.cache_type_k or DEFAULT_CACHE_TYPE,
         "type_v": args.cache_type_v or DEFAULT_CACHE_TYPE,
@@ -210,8 +233,9 @@ def _auto_ctx(
     ceiling = min(m.n_ctx_train for m in models)
     n_ctx = auto_ctx(memory, per_token, args.parallel, n_ctx_train=ceiling, fallback=args.n_ctx)
     print(
-        f"mesh-llm context: {n_ctx} tokens per slot x {args.parallel} ({(memory or 0) / 2**30:.1f} GiB for "
-        f"KV caches and attention on {','.join(gpus)} after the weights)",
+        f"mesh-llm context: {n_ctx} tokens per slot x {args.parallel} (training context {ceiling}; "
+        f"{(memory or 0) / 2**30:.1f} GiB for KV caches and attention on {','.join(gpus) or 'CPU'} "
+        "after the weights)",
         file=sys.stderr,
         flush=True,
     )
@@ -252,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     from mesh_llm.serving.engine._chat import ChatTemplate
     from mesh_llm.serving.engine._llama import Model
 
-    sized = bool(args.auto_ctx and gpus and not split)
-    free_before = _gpu_free(gpus) if sized else 0
+    sized = bool(args.auto_ctx and not split)
+    free_before = _free_memory(gpus) if sized else 0
     try:
         type_k = cache_type(args.cache_type_k) if args.cache_type_k else None
         type_v = cache_type(args.cache_type_v) if args.cache_type_v else None

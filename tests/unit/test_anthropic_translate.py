@@ -223,7 +223,8 @@ BAD_REQUESTS = [
     (_without("messages"), "messages", "non-empty"),
     (_body(messages=[]), "messages", "non-empty"),
     (_body(messages=["Hi"]), "messages[0]", "object"),
-    (_body(messages=[{"role": "system", "content": "x"}]), "messages[0].role", "'user' or 'assistant'"),
+    (_body(messages=[{"role": "tool", "content": "x"}]), "messages[0].role", "'user', 'assistant' or 'system'"),
+    (_body(messages=[{"role": "system", "content": 3}]), "messages[0].content", "string or an array"),
     (_body(messages=[{"role": "user"}]), "messages[0].content", "required"),
     (_body(messages=[{"role": "user", "content": []}]), "messages[0].content", "non-empty"),
     (_body(messages=[{"role": "user", "content": 7}]), "messages[0].content", "string"),
@@ -700,3 +701,22 @@ def test_the_sdk_raises_its_own_exception_for_each_error(status: int, exception:
     assert isinstance(caught.value, anthropic.APIStatusError) and caught.value.body == body
     if status != 413:  # the SDK's error union has no request_too_large, though the API sends it
         ErrorResponse.model_validate(body)
+
+
+def test_a_system_message_inside_messages_stays_in_place() -> None:
+    turn = MessagesTranslator(_ids()).begin(
+        _body(
+            system="Top.",
+            messages=[
+                {"role": "user", "content": "Hi"},
+                {"role": "system", "content": [{"type": "text", "text": "Agents: none."}]},
+                {"role": "user", "content": "Go"},
+            ],
+        )
+    )
+    assert turn.chat["messages"] == [
+        {"role": "system", "content": "Top."},
+        {"role": "user", "content": "Hi"},
+        {"role": "system", "content": "Agents: none."},
+        {"role": "user", "content": "Go"},
+    ]

@@ -73,7 +73,8 @@ def test_opencode_config_lists_served_models_and_uses_the_key_variable() -> None
     assert provider["npm"] == "@ai-sdk/openai-compatible"
     assert provider["options"]["baseURL"] == "http://127.0.0.1:9337/v1"
     assert sorted(provider["models"]) == ["Qwen2.5-32B", "SmolLM2-135M"]
-    assert provider["models"]["SmolLM2-135M"]["limit"]["context"] == 2048
+    limit = provider["models"]["SmolLM2-135M"]["limit"]
+    assert limit == {"context": 2048, "output": 512}  # a quarter: the rest is room for the prompt
     assert config["model"] == "mesh-llm/SmolLM2-135M"  # a ready model is the default
     keyed = opencode_config({**STATUS, "api": {"url": "http://127.0.0.1:9337/v1", "auth": True}})
     assert keyed["provider"]["mesh-llm"]["options"]["apiKey"] == "{env:MESH_LLM_API_KEY}"
@@ -91,6 +92,13 @@ def test_goose_provider_points_at_chat_completions() -> None:
     assert p["engine"] == "openai" and p["api_key_env"] == "MESH_LLM_API_KEY"
     assert p["base_url"] == "http://127.0.0.1:9337/v1/chat/completions"
     assert [m["name"] for m in p["models"]] == ["Qwen2.5-32B", "SmolLM2-135M"]
+
+
+def test_gooses_anthropic_engine_gets_the_node_without_v1() -> None:
+    p = goose_provider(STATUS, "anthropic")
+    assert p["engine"] == "anthropic" and p["base_url"] == "http://127.0.0.1:9337"
+    with pytest.raises(ValueError, match="engine"):
+        goose_provider(STATUS, "ollama")
 
 
 def test_an_idle_node_has_no_client_configuration() -> None:

@@ -123,3 +123,35 @@ def test_no_lan_keeps_discovery_to_the_relays() -> None:
     assert build_config(publish=True).discovery.lan
     args = node_parser().parse_args(["--publish", "--no-lan"])
     assert args.no_lan and not build_config(publish=True, no_lan=args.no_lan).discovery.lan
+
+
+def test_the_default_context_is_the_training_context_capped_and_within_memory() -> None:
+    from mesh_llm.planning.offload import MAX_AUTO_CTX, auto_ctx
+
+    per_token = 24_576.0  # SmolLM2-135M's f16 KV per token (30 layers x 3 heads x 64 x 2 x 2 bytes)
+    plenty = 64 * GIB
+    assert auto_ctx(plenty, per_token, 4, n_ctx_train=8192, fallback=4096) == 8192  # the training context
+    assert auto_ctx(plenty, per_token, 4, n_ctx_train=131072, fallback=4096) == MAX_AUTO_CTX == 32768
+    # What memory holds for every slot after the weights: 2 GiB less the 512 MiB reserve, over 4 slots.
+    assert auto_ctx(2 * GIB, per_token, 4, n_ctx_train=131072, fallback=4096) == 16384
+    assert auto_ctx(None, per_token, 4, n_ctx_train=2048, fallback=4096) == 2048  # memory unknown
+
+
+def test_a_fixed_context_beyond_the_training_context_is_warned_about() -> None:
+    from mesh_llm.models.kv import context_warning, training_context
+
+    meta = {"general.architecture": "llama", "llama.context_length": 8192}
+    assert training_context(meta) == 8192 and training_context({}) == 0
+    assert context_warning("SmolLM2-135M", 8192, 8192) is None
+    assert context_warning("SmolLM2-135M", 4096, 0) is None  # nothing known: nothing to say
+    warning = context_warning("SmolLM2-135M", 32768, 8192)
+    assert warning is not None and "SmolLM2-135M" in warning and "--ctx-size 8192" in warning
+
+
+def test_a_context_is_sized_unless_given_and_the_help_states_the_rule() -> None:
+    solo = build_config(models=["m"]).backend
+    assert solo.n_ctx_auto and solo.n_ctx == 4096  # 4096: what fit decisions count
+    assert not build_config(models=["m"], ctx_size=2048).backend.n_ctx_auto
+    assert not build_config(models=["a", "b"]).backend.n_ctx_auto
+    text = " ".join(node_parser().format_help().split())
+    assert "training context, at most 32768" in text and "on GPUs and the CPU" in text

@@ -104,13 +104,15 @@ def _unsupported_block(kind: str, where: str) -> ApiErrorResponse:
 
 
 def _system(value: object) -> str | None:
-    if value is None:
-        return None
+    return None if value is None else _system_text(value, "system")
+
+
+def _system_text(value: object, where: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        return _text_of(value, "system")
-    raise _bad("system must be a string or an array of text blocks", "system")
+        return _text_of(value, where)
+    raise _bad(f"{where} must be a string or an array of text blocks", where)
 
 
 def _tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
@@ -213,8 +215,12 @@ def _messages(value: object) -> list[dict[str, Any]]:
             out.extend(_user_turn(msg["content"], f"{where}.content"))
         elif role == "assistant":
             out.append(_assistant_turn(msg["content"], f"{where}.content"))
+        elif role == "system":
+            # Claude Code sends instructions mid-conversation this way (its beta
+            # `mid-conversation-system`); they stay where they were, as a system turn.
+            out.append({"role": "system", "content": _system_text(msg["content"], f"{where}.content")})
         else:
-            raise _bad(f"{where}.role must be 'user' or 'assistant', not {role!r}", f"{where}.role")
+            raise _bad(f"{where}.role must be 'user', 'assistant' or 'system', not {role!r}", f"{where}.role")
     return out
 
 
