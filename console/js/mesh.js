@@ -234,6 +234,8 @@ export function meshView(status) {
     engines: statusModels.filter((m) => m.local === true && isObj(m.slots)).map(engineView),
     inFlight: num(s.in_flight) ?? 0,
     requestsTotal: num(s.requests_total) ?? 0,
+    // Of those, the ones this node's API sent on to a peer (a client node forwards them all).
+    requestsForwarded: sum(statusModels.filter((m) => m.local === false).map((m) => num(m.requests))),
     uptimeS: num(s.uptime_s),
   };
 }

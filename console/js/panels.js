@@ -144,11 +144,20 @@ export function renderTiles(host, view) {
       "inflight",
       "Requests in flight",
       String(view.inFlight),
-      `${plural(view.requestsTotal, "request")} served by this node`,
+      requestsLine(view),
     ),
     inviteTile(view),
     discoveryTile(view),
   );
+}
+
+/** What this node's API did with its requests: answered them here, forwarded them, or both. */
+function requestsLine(view) {
+  const forwarded = Math.min(view.requestsForwarded, view.requestsTotal);
+  const here = view.requestsTotal - forwarded;
+  if (!forwarded) return `${plural(here, "request")} served by this node`;
+  if (!here) return `${plural(forwarded, "request")} forwarded by this node`;
+  return `${here} served here, ${forwarded} forwarded`;
 }
 
 function slotsTile(view) {

@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mesh_llm.api import errors as api_errors
 from mesh_llm.api.auth import request_key_matches
@@ -156,6 +157,7 @@ class Proxy:
             return {"status": "ok"}
 
         api_errors.install(app, "OpenAI API", shapes={"/v1/messages": self._messages.error_body})
+        app.add_middleware(AccessLogged)
         return app
 
     async def _read_body(self, request: Request) -> bytes:
@@ -175,6 +177,7 @@ class Proxy:
         self, request: Request, path: str, required: str, translator: Translator | None = None
     ) -> Response:
         exchange = Exchange(request.method, path, time.monotonic())
+        request.state.access_logged = True  # by `_finish`, with the model, host and tokens
         self._active += 1
         self._idle.clear()
         try:
@@ -389,6 +392,49 @@ class Proxy:
             if meter.first_token_at is not None:
                 exchange.ttft_s = meter.first_token_at - exchange.started
             self._finish(exchange)
+
+
+class AccessLogged:
+    """An access-log line for every request `Proxy._forward` does not log itself: the other
+    routes, an unknown path (404), a wrong method (405), a missing key (401).
+
+    So a client that calls what this node lacks leaves a trace. Not counted in /metrics, whose
+    labels would grow with every path a caller makes up.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = str(scope["path"])
+        exchange = Exchange(scope["method"], path if _printable(path) else repr(path[:200]), time.monotonic())
+        error_body = bytearray()
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                exchange.status = message["status"]
+            elif exchange.status >= 400 and len(error_body) < 65536:  # an error body is small
+                error_body.extend(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            if not scope.get("state", {}).get("access_logged"):
+                if not exchange.status:
+                    exchange.status, exchange.error = 500, "internal_error"
+                elif exchange.status >= 400:
+                    exchange.error = error_code(bytes(error_body))
+                record = exchange.record(time.monotonic())
+                access_log.info(record.line(), extra={"fields": record.fields()})
+
+
+def _printable(text: str) -> bool:
+    """Whether a caller's text can go into a log line as it is (no control characters)."""
+    return text.isprintable() and len(text) <= 200
 
 
 async def _translated(events: AsyncIterator[bytes], stream: StreamTranslator) -> AsyncIterator[bytes]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
-from mesh_llm.cli._output import error
+from mesh_llm.cli._output import console, error
 from mesh_llm.config import DEFAULT_CONSOLE_PORT, api_key_from_env
 
 
@@ -100,6 +100,12 @@ def ask_node(
     if code != 200:
         if code:
             error(f"{error_text(body)}")
+        elif args.state_dir is None and args.console is None:  # looked in ~/.mesh-llm, then 3131
+            console.print(
+                "hint: for a node started with --state-dir DIR, give the same --state-dir DIR "
+                "(or its console port with --console PORT)",
+                soft_wrap=True, highlight=False,
+            )  # fmt: skip
         return None
     return body
 

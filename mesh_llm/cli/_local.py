@@ -13,7 +13,10 @@ from mesh_llm.errors import MeshError
 
 def cmd_download(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
-        prog="mesh-llm download", description="List the model catalog, or download one entry."
+        prog="mesh-llm download",
+        description="List the model catalog, or download one entry. Files go to the Hugging Face "
+        "cache (~/.cache/huggingface/hub, or $HF_HOME/hub), where nodes find them; the bundled "
+        "demo models are read from their installed packages.",
     )
     p.add_argument("name", nargs="?", help="catalog name to download (omit to list the catalog)")
     p.add_argument("--draft", action="store_true", help="also download the catalog's draft model for it")

@@ -7,10 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from rich.console import Console
-
 from mesh_llm.cli._control import fetch_status, node_options
-from mesh_llm.cli._output import error, print_token
+from mesh_llm.cli._output import error, print_token, stdout_console
 
 
 def cmd_status(argv: Sequence[str]) -> int:
@@ -32,7 +30,7 @@ def cmd_status(argv: Sequence[str]) -> int:
     if args.json:
         print(json.dumps(body, indent=2))
         return 0
-    out = Console()
+    out = stdout_console()
     out.print(status_view(body))
     token = body.get("invite_token")
     if token:

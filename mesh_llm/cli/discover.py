@@ -8,10 +8,9 @@ import json
 import time
 from collections.abc import Sequence
 
-from rich.console import Console
 from rich.table import Table
 
-from mesh_llm.cli._output import console
+from mesh_llm.cli._output import console, stdout_console
 from mesh_llm.cli.render import human_bytes
 from mesh_llm.discovery import (
     DEFAULT_RELAYS,
@@ -121,7 +120,7 @@ def cmd_discover(argv: Sequence[str]) -> int:
     if args.json:
         print(json.dumps([f.to_dict() | {"listings": n} for f, n in rows], indent=2))
     else:
-        Console().print(discover_table(rows))
+        stdout_console().print(discover_table(rows))
         if seen.ignored:
             console.print(
                 f"ignored {len(seen.ignored)} listing(s) that failed their checks (run with --json for the valid ones)"

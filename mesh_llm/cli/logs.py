@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 NOISY = ("httpx", "httpcore", "uvicorn.error", "aioquic", "qh3", "quic")
+PLAIN_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
@@ -45,9 +46,14 @@ def setup_logging(verbose: bool, log_format: str, console: Console) -> None:
     if log_format == "json":
         handler = logging.StreamHandler(console.file)
         handler.setFormatter(JsonFormatter())
-    else:
+    elif console.is_terminal:
         handler = RichHandler(console=console, show_path=False, rich_tracebacks=True)
         handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:
+        # A pipe, a file, journald, `docker logs`: one record per line, never wrapped at rich's
+        # 80 columns, so `grep` and `tail -f | grep` see whole lines.
+        handler = logging.StreamHandler(console.file)
+        handler.setFormatter(logging.Formatter(PLAIN_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)

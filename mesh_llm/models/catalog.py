@@ -182,3 +182,14 @@ def model_name_for_path(path: Path) -> str:
         if entry.filename == path.name:
             return entry.name
     return path.stem
+
+
+def served_name(spec: str) -> str:
+    """The API name a --model value will be served under, known before it resolves (no I/O).
+
+    What `resolve` will call it: a catalog entry's name, else a GGUF file's name rule.
+    """
+    entry = None if is_gguf_path(spec) else find_entry(spec)
+    if entry is not None:
+        return entry.name
+    return model_name_for_path(Path(spec).expanduser()) if is_gguf_path(spec) else spec

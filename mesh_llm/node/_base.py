@@ -22,6 +22,7 @@ from mesh_llm.mesh.service import RPC_STREAM, MeshService
 from mesh_llm.mesh.state_dir import load_identity
 from mesh_llm.mesh.token import MeshCredentials, decode_tokens
 from mesh_llm.mesh.tunnel import TcpTunnel, open_tcp_tunnel
+from mesh_llm.models.catalog import served_name
 from mesh_llm.models.resolve import ResolvedModel
 from mesh_llm.planning.claims import intents_record
 from mesh_llm.planning.demand import DemandTable
@@ -65,6 +66,8 @@ class NodeCore:
         self.servers: dict[str, ModelServer] = {}
         self.resolved: dict[str, ResolvedModel] = {}
         self.pending = PendingModels()  # models asked for with no model server yet: resolving, failed
+        # --model value -> the name it will be served under: routing knows it from the first request
+        self.asked = {spec: served_name(spec) for spec in config.models}
         self.capacity: Capacity = resources.capacity
         self.in_flight: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()

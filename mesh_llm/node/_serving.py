@@ -17,8 +17,10 @@ from mesh_llm.node._base import NodeCore
 from mesh_llm.planning.claims import peer_claims, peer_declined
 from mesh_llm.planning.demand import StandbyInfo, assign_standby_work
 from mesh_llm.serving.backend import ModelServer
+from mesh_llm.states import Failed
 
 log = logging.getLogger(__name__)
+UNREACHABLE = "unreachable"  # a remote host's state once its peer is lost or not alive
 
 
 class NodeServingView(NodeCore):
@@ -41,13 +43,14 @@ class NodeServingView(NodeCore):
         for name, split_host in self.split.hosts.items():
             if name not in self.servers:
                 out.append(Endpoint(name, self.node_id, False, local=True, state=split_host.state.text))
+        out += self._asked_not_started({e.model for e in out})
         if self.mesh is not None:
             for node_id, view in sorted(self.mesh.peers().items()):
                 for ad in view.record.models:
                     if ad.role != "host":
                         continue  # split workers hold layers; only hosts take HTTP traffic
                     ready = ad.ready and view.connected and view.status is PeerStatus.ALIVE
-                    state = "ready" if ready else ("loading" if not ad.ready else "unreachable")
+                    state = "ready" if ready else ("loading" if not ad.ready else UNREACHABLE)
                     out.append(
                         Endpoint(
                             ad.name,
@@ -87,6 +90,22 @@ class NodeServingView(NodeCore):
             elif model not in served:
                 # Fail clearly rather than with a 404: the model was here and may come back.
                 out.append(Endpoint(model, "", False, state=self._unserved_reason(model)))
+        return out
+
+    def _asked_not_started(self, listed: set[str]) -> list[Endpoint]:
+        """The --model models with no model server yet: not ready (a 503), never unknown (a 404).
+
+        From the moment the API port opens until each has a server, a split host or a failure.
+        """
+        out = []
+        for spec, name in self.asked.items():
+            state = self.pending.get(spec)
+            if name in listed or name in self.declined or isinstance(state, Failed):
+                continue
+            listed.add(name)
+            out.append(
+                Endpoint(name, self.node_id, False, local=True, state=state.text if state else "starting")
+            )
         return out
 
     def _standby_assignment(self, served: dict[str, list[str]], now: float) -> dict[str, str]:
@@ -197,7 +216,8 @@ class NodeServingView(NodeCore):
     def _served_map(self) -> dict[str, list[str]]:
         served: dict[str, list[str]] = {}
         for e in self.endpoints():
-            if e.node_id:
+            # A host we lost (died, unreachable) serves nothing: its model is unserved, not hot.
+            if e.node_id and e.state != UNREACHABLE:
                 served.setdefault(e.model, []).append(e.node_id)
         return served
 

@@ -16,11 +16,17 @@ and has a test in tests/unit/test_quic_compat.py that fails if the library chang
 - qh3 2.1's server still fails to build one flight for an aioquic client (the same error,
   raised from `datagrams_to_send`); the next poll succeeds, so the connection adapter logs the
   failed poll at debug level and carries on. In memory the handshake then takes 2 ms instead of 1.
+- qh3 logs every connection its peer closes as a WARNING on its own logger ("Native peer close:
+  ('peer_closed', True, 0, None, b'goodbye')"), normal joins and leaves included:
+  `GoodbyeNotAlarming` drops that line for our normal close codes (goodbye, shutdown, a
+  duplicate connection); the transport says those at INFO in its own words ("lost <peer>: peer
+  closed the connection (shutdown)").
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from mesh_llm.errors import ConfigError
+from mesh_llm.transport._codes import CloseCode
 
 ALPN = "mesh-llm/1"
 ENGINES = ("qh3", "aioquic")
@@ -115,11 +122,31 @@ class QuicEngine:
         """Let the packets about to carry stream data also carry the pending ACK, if any."""
 
 
+NORMAL_CLOSES = frozenset({CloseCode.GOODBYE, CloseCode.SHUTDOWN, CloseCode.DUPLICATE})
+
+
+class GoodbyeNotAlarming(logging.Filter):
+    """Drops qh3's WARNING for a connection its peer closed normally (`NORMAL_CLOSES`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != "Native peer close: %r" or not isinstance(record.args, tuple) or not record.args:
+            return True
+        native = record.args[0]  # ("peer_closed", is_application_close, error_code, frame_type, reason)
+        if not isinstance(native, tuple) or len(native) < 4 or native[0] != "peer_closed":
+            return True
+        return not (native[2] in NORMAL_CLOSES and native[3] is None)  # an application close
+
+
+QH3_LOGGER = "quic"  # the logger qh3.quic.connection writes to
+_GOODBYE_FILTER = GoodbyeNotAlarming()
+
+
 class Qh3Engine(QuicEngine):
     name = "qh3"
 
     def __init__(self) -> None:
         super().__init__()
+        logging.getLogger(QH3_LOGGER).addFilter(_GOODBYE_FILTER)  # a set: added once
         self._tls = importlib.import_module("qh3.tls")
         connection = importlib.import_module("qh3.quic.connection")
         self.stream_errors = (RuntimeError, ValueError, connection.QuicConnectionError)

@@ -157,9 +157,12 @@ def test_two_nodes_with_one_mesh_name_end_as_one_mesh(
         30, "the merged mesh's listing",
     )  # fmt: skip
     assert {r["mesh_id"] for r in rows} == {mesh_id}
-    assert not [
-        r for r in listed(relay) if r.get("name", "").lower() == "lab-converge" and r["mesh_id"] != mesh_id
-    ]
+    wait_until(  # the mesh that moved took its listing down before moving
+        lambda: not [
+            r for r in listed(relay) if r.get("name", "").lower() == "lab-converge" and r["mesh_id"] != mesh_id
+        ],
+        30, "the other mesh's listing to go",
+    )  # fmt: skip
 
 
 def test_a_member_takes_over_publishing_when_the_publisher_leaves(
@@ -172,15 +175,20 @@ def test_a_member_takes_over_publishing_when_the_publisher_leaves(
     b = start(nodes, ["--auto", *STANDBY, "--nostr-relay", relay.url, "--discovery-timing", FAST + ",alone=600"],
               tmp_path / "b")  # fmt: skip
     b.wait_for(lambda s: s["mesh_id"] == mesh_id and s["peers"], 60, "B to join A's mesh")
-    assert not discovery(b)["publishing"]
+    # No assertion that B is not publishing yet: on a loaded machine A can look gone for a
+    # moment and B rightly takes over early. What must hold is what follows A's leaving.
     a.stop()
     left = time.monotonic()
     b_id = b.status()["node_id"]
-    b.wait_for(lambda s: (s["discovery"] or {}).get("published"), 60, "B to take over")
+    b.wait_for(lambda s: (s["discovery"] or {}).get("took_over") and s["discovery"].get("published"), 60,
+               "B to take over")  # fmt: skip
     print(f"takeover: B published the mesh {time.monotonic() - left:.1f} s after A left")
-    rows = wait_until(lambda: [r for r in listed(relay) if r["mesh_id"] == mesh_id], 30, "B's listing")
-    assert discovery(b)["took_over"]
-    assert b_id in {_token_node(r["invite_token"]) for r in rows}
+    # The listing that stays is B's: its token invites through B, the member still there.
+    wait_until(
+        lambda: {_token_node(r["invite_token"]) for r in listed(relay) if r["mesh_id"] == mesh_id} == {b_id},
+        30, "B's listing, and A's gone",
+    )  # fmt: skip
+    assert "taking over publishing" in b.log()
 
 
 def _token_node(token: str) -> str:

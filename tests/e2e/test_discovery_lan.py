@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,10 @@ import pytest
 
 from tests.harness import REPO, NodeProcess
 
-NS_A, NS_B = "mesh-disc-a", "mesh-disc-b"
+# Namespace names are global to the machine: unique to this run, so two runs can share one.
+# (The veth ends and addresses live inside the namespaces and cannot collide.)
+_RUN = f"{os.getpid()}-{secrets.token_hex(2)}"
+NS_A, NS_B = f"mesh-disc-a-{_RUN}", f"mesh-disc-b-{_RUN}"
 IP_A, IP_B = "10.202.0.1", "10.202.0.2"
 FAST = "publish_interval=1,client_retry=1,lan_wait=1,relay_timeout=2"
 NO_RELAY = "ws://127.0.0.1:9"  # nothing listens there inside a namespace
@@ -43,7 +47,6 @@ def _remove() -> None:
 
 @pytest.fixture(scope="module")
 def lan() -> Iterator[None]:
-    _remove()
     try:
         _ip("netns", "add", NS_A)
         _ip("netns", "add", NS_B)

@@ -113,6 +113,32 @@ async def test_the_proxy_answers_unknown_routes_and_wrong_methods_in_json() -> N
         await proxy.aclose()
 
 
+async def test_every_request_to_the_proxy_gets_one_access_line(caplog: pytest.LogCaptureFixture) -> None:
+    proxy = Proxy(OneHost("http://127.0.0.1:1"), api_key="k")
+    key = {"authorization": "Bearer k"}
+    try:
+        with caplog.at_level(logging.INFO, logger="mesh_llm.access"):
+            async with await _proxy_client(proxy) as c:
+                await c.get("/v1/nothing%0Aforged line", headers=key)  # decoded: a newline
+                await c.get("/v1/chat/completions", headers=key)
+                await c.post("/v1/chat/completions", json=CHAT)  # no key: a 401 before `_forward`
+                await c.post("/v1/chat/completions", content=b"{", headers=key)  # `_forward` logs it
+                await c.get("/health")
+        lines = [rec.getMessage() for rec in caplog.records if rec.name == "mesh_llm.access"]
+    finally:
+        await proxy.aclose()
+    assert [line.split(" duration=")[0] for line in lines] == [
+        "GET '/v1/nothing\\nforged line' model=- host=- status=404 tokens=?+? ttft=-",
+        "GET /v1/chat/completions model=- host=- status=405 tokens=?+? ttft=-",
+        "POST /v1/chat/completions model=- host=- status=401 tokens=?+? ttft=-",
+        "POST /v1/chat/completions model=- host=- status=400 tokens=?+? ttft=-",
+        "GET /health model=- host=- status=200 tokens=?+? ttft=-",
+    ]
+    assert [line.split(" error=")[-1] for line in lines[:4]] == [
+        "unknown_url", "method_not_allowed", "invalid_api_key", "invalid_json",
+    ]  # fmt: skip
+
+
 async def test_an_exception_in_a_route_is_a_json_500_on_the_wire_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

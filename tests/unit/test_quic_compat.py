@@ -3,13 +3,15 @@ on is still where we read it. A test here fails when a library changes under the
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 
 from mesh_llm.errors import ConfigError
 from mesh_llm.mesh.identity import NodeIdentity
-from mesh_llm.transport._compat import ENGINES, QuicEngine, load_engine
+from mesh_llm.transport._codes import CloseCode
+from mesh_llm.transport._compat import ENGINES, NORMAL_CLOSES, QH3_LOGGER, QuicEngine, load_engine
 from mesh_llm.transport._listener import destination_cid
 
 A, B = ("10.0.0.1", 4433), ("10.0.0.2", 4433)
@@ -113,3 +115,18 @@ def test_destination_ids_are_read_from_long_and_short_headers() -> None:
     assert destination_cid(bytes([0x40]) + b"12345678" + b"payload", 8) == (b"12345678", False)
     assert destination_cid(b"", 8) is None
     assert destination_cid(bytes([0xC0, 0, 0, 0, 1, 30]) + b"z" * 40, 8) is None  # ids are at most 20 bytes
+
+
+@pytest.mark.parametrize("code", list(CloseCode))
+def test_qh3_warns_of_a_peer_close_only_when_it_is_not_a_normal_one(
+    code: CloseCode, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = load_engine("qh3")
+    client, server, _, now = _handshake(engine, engine)
+    client.close(error_code=code, reason_phrase="goodbye")
+    with caplog.at_level(logging.DEBUG, logger=QH3_LOGGER):
+        for data, _ in _poll(engine, client, now):
+            server.receive_datagram(data, A, now=now)
+    assert server._close_event.error_code == code  # private: what the server took from the close
+    warned = [r for r in caplog.records if r.name == QH3_LOGGER and "peer close" in r.getMessage()]
+    assert len(warned) == (0 if code in NORMAL_CLOSES else 1)

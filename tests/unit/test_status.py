@@ -146,3 +146,37 @@ def test_a_worker_shows_its_duties_and_a_standby_its_state() -> None:
          "prefilled_files": 3}
     ]  # fmt: skip
     assert build_status(snapshot(role="host", standby="warming Big"))["standby"] is None
+
+
+def test_status_and_log_lines_stay_whole_when_not_written_to_a_terminal() -> None:
+    import io
+    import logging
+
+    from rich.console import Console
+
+    from mesh_llm.cli._output import unwrapped_off_terminal
+    from mesh_llm.cli.logs import setup_logging
+    from mesh_llm.cli.render import status_view
+
+    long_name = "Qwen2.5-Coder-32B-Instruct-Q4_K_M-with-a-long-suffix"
+    body = {
+        "short_id": "abcd1234", "capacity": {},
+        "models": [{"name": long_name, "state": "ready", "host": "abcd1234ffff", "mode": "solo"}],
+    }  # fmt: skip
+    piped = unwrapped_off_terminal(Console(file=io.StringIO()))  # a StringIO is no terminal
+    piped.print(status_view(body))
+    text = piped.file.getvalue()  # type: ignore[attr-defined]
+    assert any(long_name in line for line in text.splitlines()), text
+    assert max(len(line) for line in text.splitlines()) < 300  # natural width, not padded
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        setup_logging(False, "text", Console(file=io.StringIO()))  # rich assumes 80 columns here
+        message = "POST /v1/chat/completions " + "x" * 200
+        logging.getLogger("mesh_llm.access").info(message)
+        out = root.handlers[0].stream.getvalue()  # type: ignore[attr-defined]
+    finally:
+        root.handlers[:], root.level = handlers, level
+    (line,) = out.splitlines()
+    assert line.endswith(message) and " INFO " in line
