@@ -10,7 +10,7 @@ from typing import Any
 from mesh_llm.api import errors as api_errors
 from mesh_llm.api.auth import request_key_matches
 from mesh_llm.api.errors import ApiError
-from mesh_llm.api.proxy import _translated
+from mesh_llm.api.proxy import translated_events
 
 
 def test_either_key_header_is_accepted() -> None:
@@ -80,7 +80,11 @@ def _chunk(text: str) -> bytes:
 def test_a_translated_stream_ends_once_at_done() -> None:
     rec = _Recorder()
     out = asyncio.run(
-        _all(_translated(_events(_chunk("a") + _chunk("b"), b": keep-alive\n\n", b"data: [DONE]\n\n"), rec))
+        _all(
+            translated_events(
+                _events(_chunk("a") + _chunk("b"), b": keep-alive\n\n", b"data: [DONE]\n\n"), rec
+            )
+        )
     )
     assert out == [b"fed\n", b"fed\n", b"end\n"]
     assert rec.seen[-1] == "end" and len(rec.seen) == 3
@@ -90,7 +94,7 @@ def test_an_error_event_fails_the_translated_stream_and_nothing_follows() -> Non
     rec = _Recorder()
     error = api_errors.sse_error_event("the host died", "backend_failed")
     out = asyncio.run(
-        _all(_translated(_events(_chunk("a"), error, b"data: [DONE]\n\n", _chunk("late")), rec))
+        _all(translated_events(_events(_chunk("a"), error, b"data: [DONE]\n\n", _chunk("late")), rec))
     )
     assert out == [b"fed\n", b"fail\n"]
     assert rec.seen[-1] == ("fail", "backend_failed", "the host died")
@@ -98,5 +102,7 @@ def test_an_error_event_fails_the_translated_stream_and_nothing_follows() -> Non
 
 def test_garbage_from_the_host_is_not_passed_on() -> None:
     rec = _Recorder()
-    out = asyncio.run(_all(_translated(_events(b"data: {nope\n\ndata: [1]\n\n", b"data: [DONE]\n\n"), rec)))
+    out = asyncio.run(
+        _all(translated_events(_events(b"data: {nope\n\ndata: [1]\n\n", b"data: [DONE]\n\n"), rec))
+    )
     assert out == [b"end\n"]

@@ -15,12 +15,24 @@ Translators are pure: no HTTP, no clock or randomness except through what they a
 
 from __future__ import annotations
 
+import json
+import secrets
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from mesh_llm.api.errors import ApiError
 
-__all__ = ["CHAT_PATH", "COUNT_PATH", "ChatChunk", "StreamTranslator", "Translator", "Turn"]
+__all__ = [
+    "CHAT_PATH",
+    "COUNT_PATH",
+    "ChatChunk",
+    "IdFactory",
+    "StreamTranslator",
+    "Translator",
+    "Turn",
+    "random_id",
+    "sse_event",
+]
 
 CHAT_PATH = "/v1/chat/completions"
 COUNT_PATH = "/mesh/count_tokens"
@@ -82,3 +94,13 @@ class Translator(Protocol):
 
 IdFactory = Callable[[str], str]
 """Makes a fresh id with the given prefix (`msg_`, `resp_`, `toolu_` ...); tests pass a seeded one."""
+
+
+def random_id(prefix: str) -> str:
+    """The node's `IdFactory`: `prefix` and 24 random hex digits."""
+    return prefix + secrets.token_hex(12)
+
+
+def sse_event(name: str, data: dict[str, Any]) -> bytes:
+    """One named server-sent event carrying `data` as JSON, as the translators write them."""
+    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API on :9337: routes each request by its `model` field to a host."""
+"""The `Proxy`: owns the API's app and its forwarding client, and answers each request."""
 
 from __future__ import annotations
 
@@ -6,31 +6,30 @@ import asyncio
 import contextlib
 import itertools
 import json
-import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mesh_llm.api import errors as api_errors
 from mesh_llm.api.auth import request_key_matches
 from mesh_llm.api.errors import ApiErrorResponse
 from mesh_llm.api.exchange import Exchange, error_code, parse_body, usage_not_asked
+from mesh_llm.api.proxy._access_log import AccessLogged, access_log
+from mesh_llm.api.proxy._relay import StreamRelay
+from mesh_llm.api.proxy._translated import translated_events
 from mesh_llm.api.routing import Endpoint, choose, model_key
-from mesh_llm.api.translate import StreamTranslator, Translator, Turn
+from mesh_llm.api.translate import Translator, Turn
 from mesh_llm.api.translate.anthropic import MessagesTranslator
 from mesh_llm.api.translate.count_tokens import TokenCounter
 from mesh_llm.api.translate.responses import ResponsesTranslator
-from mesh_llm.api.upstream import SHUTTING_DOWN, Upstream, UpstreamClient, unless_gone, unless_stopped
+from mesh_llm.api.upstream import Upstream, UpstreamClient, unless_gone, unless_stopped
 from mesh_llm.errors import BackendUnavailable, ModelNotFound, NoHealthyHost
 from mesh_llm.metrics import CONTENT_TYPE, Gauge, RequestMetrics, SseMeter, render, usage_of
 
-log = logging.getLogger(__name__)
-access_log = logging.getLogger("mesh_llm.access")  # one line per answered request
 T = TypeVar("T")
 
 
@@ -79,7 +78,7 @@ class Proxy:
         self._stopping = asyncio.Event()  # set when the node ends answers still in progress
         self._idle = asyncio.Event()  # set while no request is being answered
         self._idle.set()
-        self._streams: set[httpx.Response] = set()  # upstream answers being relayed as SSE
+        self._relay = StreamRelay(self._stopping)  # upstream answers being relayed as SSE
         self._max_body = max_body_bytes
         self._api_key = api_key
         self._rotation = itertools.count()
@@ -250,9 +249,14 @@ class Proxy:
             and response.status_code == 200
         ):
             meter = SseMeter(drop_usage=added_usage)
-            events = self._relay(response, finish, meter, exchange)
+
+            def done() -> None:
+                finish()
+                self._finish(exchange)
+
+            events = self._relay.events(response, meter, exchange, done)
             return StreamingResponse(
-                events if turn is None else _translated(events, turn.stream()),
+                events if turn is None else translated_events(events, turn.stream()),
                 status_code=200,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -328,142 +332,7 @@ class Proxy:
             await asyncio.wait_for(self._idle.wait(), grace_s)
         cut = self._active
         self._stopping.set()
-        for response in list(self._streams):  # each relay then ends with the shutdown event
-            with contextlib.suppress(httpx.HTTPError):
-                await response.aclose()
+        await self._relay.close_all()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), end_s)
         return cut
-
-    async def _relay(
-        self, response: httpx.Response, finish: Callable[[], None], meter: SseMeter, exchange: Exchange
-    ) -> AsyncIterator[bytes]:
-        """Pass SSE events through; if the host dies or this node stops mid-stream, end with an
-        error event and ``[DONE]`` (never after a ``[DONE]`` already sent).
-
-        The upstream is read in this task, so a client that hangs up cancels the read, which
-        closes the upstream and frees the host's slot. To stop, `drain` closes the upstream.
-        """
-        loop = asyncio.get_running_loop()
-        ended: bytes | None = None
-        self._streams.add(response)
-        try:
-            try:
-                async for chunk in response.aiter_raw():
-                    out = meter.feed(chunk, loop.time())
-                    if out:
-                        yield out
-            except (asyncio.CancelledError, GeneratorExit):
-                if not meter.done:
-                    exchange.error = "client_closed_request"  # the client hung up mid-answer
-                raise
-            except httpx.HTTPError as exc:
-                if self._stopping.is_set():
-                    exchange.error = "node_shutting_down"
-                    ended = api_errors.sse_error_event(SHUTTING_DOWN, "node_shutting_down")
-                else:
-                    log.warning("upstream stream broke: %r", exc)
-                    exchange.error = "backend_failed"
-                    ended = api_errors.sse_error_event(_BROKEN.format(error=type(exc).__name__))
-            else:
-                tail = meter.flush()
-                if tail:
-                    yield tail
-                if not meter.done:  # the upstream closed cleanly but without finishing the answer
-                    stopping = self._stopping.is_set()
-                    exchange.error = "node_shutting_down" if stopping else "backend_failed"
-                    ended = (
-                        api_errors.sse_error_event(SHUTTING_DOWN, "node_shutting_down")
-                        if stopping
-                        else api_errors.sse_error_event(_BROKEN.format(error="EndOfStream"))
-                    )
-            if ended is not None and not meter.done:
-                yield ended
-                yield api_errors.SSE_DONE + b"\n\n"
-        finally:
-            self._streams.discard(response)
-            await response.aclose()
-            finish()
-            exchange.prompt_tokens = meter.prompt_tokens
-            # A stream cut short has no usage chunk: each chunk of text is about one token.
-            exchange.completion_tokens = (
-                meter.completion_tokens if meter.completion_tokens is not None else meter.token_chunks
-            )
-            if meter.first_token_at is not None:
-                exchange.ttft_s = meter.first_token_at - exchange.started
-            self._finish(exchange)
-
-
-class AccessLogged:
-    """An access-log line for every request `Proxy._forward` does not log itself: the other
-    routes, an unknown path (404), a wrong method (405), a missing key (401).
-
-    So a client that calls what this node lacks leaves a trace. Not counted in /metrics, whose
-    labels would grow with every path a caller makes up.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = str(scope["path"])
-        exchange = Exchange(scope["method"], path if _printable(path) else repr(path[:200]), time.monotonic())
-        error_body = bytearray()
-
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                exchange.status = message["status"]
-            elif exchange.status >= 400 and len(error_body) < 65536:  # an error body is small
-                error_body.extend(message.get("body", b""))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            if not scope.get("state", {}).get("access_logged"):
-                if not exchange.status:
-                    exchange.status, exchange.error = 500, "internal_error"
-                elif exchange.status >= 400:
-                    exchange.error = error_code(bytes(error_body))
-                record = exchange.record(time.monotonic())
-                access_log.info(record.line(), extra={"fields": record.fields()})
-
-
-def _printable(text: str) -> bool:
-    """Whether a caller's text can go into a log line as it is (no control characters)."""
-    return text.isprintable() and len(text) <= 200
-
-
-async def _translated(events: AsyncIterator[bytes], stream: StreamTranslator) -> AsyncIterator[bytes]:
-    """A chat SSE answer (complete events, as `Proxy._relay` yields them) in another API's events.
-
-    An error event from the host, or the one the relay writes when the host breaks off, ends the
-    translated stream through `fail`; nothing follows that or the end of the answer.
-    """
-    async for data in events:
-        for event in data.split(b"\n\n"):
-            payload = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
-            if not payload:
-                continue
-            if payload == b"[DONE]":
-                for out in stream.end():
-                    yield out
-                return
-            try:
-                chunk = json.loads(payload)
-            except (ValueError, RecursionError):
-                continue  # the host wrote something that is no event: not the client's to see
-            if not isinstance(chunk, dict):
-                continue
-            if isinstance(chunk.get("error"), dict):
-                for out in stream.fail(api_errors.error_of(chunk["error"], 502)):
-                    yield out
-                return
-            for out in stream.feed(chunk):
-                yield out
-
-
-_BROKEN = "The model server stopped in the middle of the answer ({error}); the answer is incomplete."
