@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mesh_llm.serving.engine._chat import ChatError, ChatTemplate, fallback_tool_prompt, normalize_messages
-from mesh_llm.serving.engine._tool_formats import parse_tool_calls
+from mesh_llm.serving.engine._dialects import FALLBACK, parse_answer
 from mesh_llm.serving.engine._tools import validate_tools
 from tests.tool_gguf import TOOL_TEMPLATE
 
@@ -246,8 +246,9 @@ def test_a_call_rendered_by_the_tool_template_parses_back() -> None:
     msgs = normalize_messages([{"role": "user", "content": "?"}, {"role": "assistant", "tool_calls": [call]}])
     prompt = ChatTemplate(TOOL_TEMPLATE).render(msgs, add_generation_prompt=False)
     answer = prompt.split("<|im_start|>assistant\n")[1].removesuffix("<|im_end|>\n")
-    content, calls = parse_tool_calls(answer, {"get_weather"}, new_id=lambda: "c")
-    assert (content, [c.to_openai() for c in calls]) == ("", [call])
+    parsed = parse_answer(FALLBACK, answer, {"get_weather": {}}, new_id=lambda: "c")
+    assert parsed.content == ""
+    assert [(c.id, c.name, c.arguments) for c in parsed.calls] == [("c", "get_weather", '{"city": "Zürich"}')]
 
 
 def test_tojson_keeps_non_ascii_and_takes_keyword_args() -> None:
@@ -283,13 +284,56 @@ def test_raise_exception_becomes_chat_error_with_the_templates_message() -> None
     [
         "{{ messages[5].content.upper() }}",  # undefined attribute access
         "{{ messages[0].content + 1 }}",  # TypeError
-        "{{ messages.append(1) }}",  # the sandbox refuses to mutate
         "{{ 1 // 0 }}",  # ZeroDivisionError
     ],
 )
 def test_template_failures_become_chat_errors(source: str) -> None:
     with pytest.raises(ChatError, match="chat template failed"):
         ChatTemplate(source).render([{"role": "user", "content": "x"}])
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ messages.__class__.__subclasses__() }}",
+        "{{ raise_exception.__globals__['json'] }}",
+        "{{ strftime_now.__self__._now }}",
+        "{{ cycler.__init__.__globals__.os }}",
+        "{{ lipsum.__globals__.os.popen('id').read() }}",
+    ],
+)
+def test_a_template_cannot_reach_python_internals(source: str) -> None:
+    with pytest.raises(ChatError) as e:
+        ChatTemplate(source).render([{"role": "user", "content": "x"}])
+    assert e.value.param == "messages"  # a 400 naming the conversation, like any template failure
+
+
+def test_an_internal_attribute_alone_renders_as_nothing() -> None:
+    assert ChatTemplate("[{{ ''.__class__ }}]").render([{"role": "user", "content": "x"}]) == "[]"
+
+
+def test_a_template_may_change_lists_and_dicts_of_its_own() -> None:
+    source = (
+        "{% set ns = namespace(ids=[]) %}{% for m in messages %}{% set _ = ns.ids.append(m.role) %}"
+        "{% endfor %}{% set d = {} %}{% set _ = d.update({'n': ns.ids | length}) %}{{ ns.ids | join(',') }} {{ d.n }}"
+    )
+    msgs = normalize_messages([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+    assert ChatTemplate(source).render(msgs) == "user,assistant 2"
+
+
+def test_what_a_template_changes_in_its_input_is_its_own_copy() -> None:
+    source = (
+        "{% set _ = messages[0].update({'content': 'changed'}) %}{% set _ = messages.append(messages[0]) %}"
+        "{% set _ = tools[0].function.parameters.update({'type': 'array'}) %}"
+        "{{ messages | length }} {{ messages[0].content }}"
+    )
+    msgs = normalize_messages([{"role": "user", "content": "original"}])
+    tools = validate_tools([WEATHER])
+    before = (json.dumps(msgs), json.dumps(tools))
+    chat = ChatTemplate(source)
+    assert chat.render(msgs, tools=tools) == chat.render(msgs, tools=tools) == "2 changed"
+    assert (json.dumps(msgs), json.dumps(tools)) == before
 
 
 def test_template_that_does_not_compile_is_a_chat_error() -> None:
@@ -335,10 +379,10 @@ def test_fallback_renders_past_calls_and_results_as_plain_turns() -> None:
 
 def test_fallback_answer_shape_is_what_the_parser_reads() -> None:
     tools = validate_tools([WEATHER])
-    content, calls = parse_tool_calls(
-        '{"name": "get_weather", "arguments": {"city": "Oslo"}}', {"get_weather"}
+    parsed = parse_answer(
+        FALLBACK, '{"name": "get_weather", "arguments": {"city": "Oslo"}}', {"get_weather": {}}
     )
-    assert content == "" and calls[0].name == "get_weather"
+    assert parsed.content == "" and parsed.calls[0].name == "get_weather"
     assert "reply with exactly one JSON object" in fallback_tool_prompt(tools)
 
 

@@ -26,6 +26,7 @@ from mesh_llm.serving.engine._dialects import (
     QWEN3,
     QWEN3_CODER,
     CallArgs,
+    CallEnd,
     CallStart,
     Dialect,
     Parsed,
@@ -128,8 +129,7 @@ def written_call(dialect: Dialect, prompt: str) -> str:
     return text
 
 
-# Kimi-K2-Thinking's template appends to lists, which Jinja's immutable sandbox refuses.
-@pytest.mark.parametrize("name", sorted(set(FAMILIES) - {"Kimi-K2-Thinking.jinja"}))
+@pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_the_call_each_real_template_writes_is_read_back(name: str) -> None:
     chat = template(name)
     prompt = chat.render(conversation(), tools=TOOLS)
@@ -235,6 +235,43 @@ def test_streamed_arguments_arrive_as_they_are_generated() -> None:
     assert isinstance(events[0], CallStart) and events[1] == CallArgs(0, '{"city": "Ro')
 
 
+def test_json_arguments_stream_piece_by_piece_up_to_their_closing_brace() -> None:
+    parser = make_parser(HERMES, SCHEMAS)
+    assert collect_events(parser.feed('Sure.\n<tool_call>\n{"name": "get_wea')).content == "Sure."
+    events = parser.feed('ther", "arguments": {"city": "Ro')
+    assert events == [CallStart(0, events[0].id, "get_weather"), CallArgs(0, '{"city": "Ro')]  # type: ignore[union-attr]
+    assert parser.feed('me}", "days": 2') == [CallArgs(0, 'me}", "days": 2')]
+    assert parser.feed("}}\n</tool") == [CallArgs(0, "}")]
+    assert parser.feed("_call>") == [CallEnd(0)]
+
+
+@pytest.mark.parametrize(
+    ("dialect", "head", "tail"),
+    [
+        (MISTRAL, '[TOOL_CALLS][{"name": "get_weather", "arguments": ', ', "id": "abcDEF123"}]'),
+        (MISTRAL, "[TOOL_CALLS]get_weather[ARGS]", ""),
+        (LLAMA3, '{"name": "get_weather", "parameters": ', "}"),
+        (LLAMA3, '<|python_tag|>{"name": "get_weather", "parameters": ', "}"),
+    ],
+)
+def test_mistral_and_llama_arguments_stream_too(dialect: Dialect, head: str, tail: str) -> None:
+    parser = make_parser(dialect, SCHEMAS)
+    events = parser.feed(head + '{"city": "Ro')
+    assert [type(ev) for ev in events] == [CallStart, CallArgs] and events[1] == CallArgs(0, '{"city": "Ro')
+    assert parser.feed('me"}') == [CallArgs(0, 'me"}')]
+    assert collect_events([*events, CallArgs(0, 'me"}'), *parser.feed(tail), *parser.finish()]).calls[
+        0
+    ].arguments == ('{"city": "Rome"}')
+
+
+def test_json_calls_written_arguments_first_arrive_in_one_piece() -> None:
+    parser = make_parser(QWEN3, SCHEMAS)
+    assert parser.feed('<tool_call>{"arguments": {"city": "Rome"}') == []
+    events = parser.feed(', "name": "get_weather"}</tool_call>')
+    assert [type(ev) for ev in events] == [CallStart, CallArgs, CallEnd]
+    assert json.loads(events[1].text) == {"city": "Rome"}  # type: ignore[union-attr]
+
+
 # ── streaming equals the whole, in any chunking ───────────────────────────────────────────────
 
 EXTRA: list[tuple[Dialect, str]] = [
@@ -246,6 +283,18 @@ EXTRA: list[tuple[Dialect, str]] = [
     (HARMONY, "<|channel|>analysis<|message|>a<|end|><|start|>assistant<|channel|>final<|message|>b"),
     (KIMI_K2, '<think>hm</think>ok<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{"city": "A"}<|tool_call_end|><|tool_call_begin|>functions.get_weather:1<|tool_call_argument_begin|>{"city": "B"}<|tool_call_end|><|tool_calls_section_end|>'),
     (DEEPSEEK_V31, f'{DS}{DS_CALL}get_weather{DS_SEP}{{"city": "A"}}{DS_END}{DS_CALL}get_weather{DS_SEP}{{"city": "B"}}{DS_END}{DS_CALLS_END}'),
+    (HERMES, '<tool_call>{"name": "get_weather", "arguments": {"city": "a\\"}<[{x", "days": [1, {"n": 2}]}}</tool_call>'),
+    (HERMES, '<tool_call>{"arguments": {"city": "A"}, "name": "get_weather"}</tool_call>\n<tool_call>{"name": "get_weather", "arguments": "{}"}</tool_call>'),
+    (HERMES, '<tool_call>{"name": "get_weather", "arguments": {"city": "A"}, "id": "x}"}</tool_call> and <tool_call>{"name": "get_weather", "arguments": {"city": "B"}}'),
+    (HERMES, '<tool_call>{"name": "get_weather", "arguments": {"city": "A"</tool_call>after'),
+    (QWEN3_CODER, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'),
+    (MISTRAL, 'Checking.[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "A"}, "id": "abcDEF123"}, {"arguments": {"city": "B"}, "name": "get_weather"}] ok'),
+    (MISTRAL, '[TOOL_CALLS]get_weather[ARGS]{"city": "[TOOL_CALLS]"}[TOOL_CALLS]get_weather[CALL_ID]a1b2c3d4e[ARGS]{"days": 2} done'),
+    (MISTRAL, '[TOOL_CALLS]get_weather[ARGS]{"city": "A"}[TOOL_CALLS]launch[ARGS]{}'),
+    (MISTRAL, "[TOOL_CALLS] nothing useful"),
+    (LLAMA3, '{"name": "get_weather", "parameters": {"city": "A"}}; {"name": "get_weather", "parameters": {"city": "B"}}'),
+    (LLAMA3, '{"parameters": {"city": "A"}, "name": "get_weather"}'),
+    (LLAMA3, '{"name": "Ada", "parameters": {}} is JSON, not a call'),
 ]  # fmt: skip
 SAMPLES = [(d, t) for d, t, _, _ in DOCUMENTED] + EXTRA
 

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import json
-from random import Random
+from collections.abc import Callable, Collection
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh_llm.serving.engine._tool_formats import (
-    content_before_call,
-    may_become_tool_call,
-    parse_tool_calls,
-    streamable_prefix,
-)
+from mesh_llm.serving.engine._dialects import FALLBACK, Parsed, ParsedCall, parse_answer
 from mesh_llm.serving.engine._tools import (
     DEFAULT_PARAMETERS,
-    ToolCall,
     ToolChoice,
     ToolError,
-    call_id_factory,
     forced_call_schema,
     new_call_id,
     resolve_tool_choice,
@@ -47,33 +40,24 @@ def ids() -> Any:
     return lambda: f"call_{next(counter)}"
 
 
+def read(text: str, names: Collection[str] = NAMES, new_id: Callable[[], str] | None = None) -> Parsed:
+    """An answer read by the dialect of templates we do not know (the JSON fallback)."""
+    return parse_answer(FALLBACK, text, dict.fromkeys(names, DEFAULT_PARAMETERS), new_id=new_id or ids())
+
+
 def parse(text: str) -> tuple[str, list[tuple[str, Any]]]:
     """The content and the (name, parsed arguments) of each call."""
-    content, calls = parse_tool_calls(text, NAMES, new_id=ids())
-    return content, [(c.name, json.loads(c.arguments)) for c in calls]
+    parsed = read(text)
+    return parsed.content, [(c.name, json.loads(c.arguments)) for c in parsed.calls]
 
 
 # ── ids ───────────────────────────────────────────────────────────────────────────────────────
 
 
 def test_call_ids_are_call_and_24_hex_digits() -> None:
-    for make in (new_call_id, call_id_factory(Random(1))):
-        call_id = make()
-        assert call_id.startswith("call_") and len(call_id) == 29
-        int(call_id[5:], 16)
-
-
-def test_seeded_call_ids_repeat() -> None:
-    a, b = call_id_factory(Random(7)), call_id_factory(Random(7))
-    assert [a(), a()] == [b(), b()]
-
-
-def test_tool_call_as_openai_entry() -> None:
-    assert ToolCall("call_1", "f", '{"x": 1}').to_openai() == {
-        "id": "call_1",
-        "type": "function",
-        "function": {"name": "f", "arguments": '{"x": 1}'},
-    }
+    call_id = new_call_id()
+    assert call_id.startswith("call_") and len(call_id) == 29
+    int(call_id[5:], 16)
 
 
 # ── validate_tools ────────────────────────────────────────────────────────────────────────────
@@ -203,7 +187,7 @@ def test_forced_schema_converts_to_a_grammar() -> None:
     assert '\\"get_weather\\"' in grammar and '\\"get_time\\"' in grammar
 
 
-# ── parse_tool_calls: the formats ─────────────────────────────────────────────────────────────
+# ── the fallback's reading: the formats ─────────────────────────────────────────────────────────────
 
 
 def test_hermes_block() -> None:
@@ -285,13 +269,13 @@ def test_openai_shaped_call_is_read_too() -> None:
 
 
 def test_arguments_as_json_text_are_kept_verbatim() -> None:
-    _, calls = parse_tool_calls('{"name": "get_weather", "arguments": "{\\"city\\":\\"Rome\\"}"}', NAMES)
-    assert calls[0].arguments == '{"city":"Rome"}'
+    parsed = read('{"name": "get_weather", "arguments": "{\\"city\\":\\"Rome\\"}"}')
+    assert parsed.calls[0].arguments == '{"city":"Rome"}'
 
 
 def test_arguments_object_is_dumped_keeping_non_ascii() -> None:
-    _, calls = parse_tool_calls('{"name": "get_weather", "arguments": {"city": "Zürich"}}', NAMES)
-    assert calls[0].arguments == '{"city": "Zürich"}'
+    parsed = read('{"name": "get_weather", "arguments": {"city": "Zürich"}}')
+    assert parsed.calls[0].arguments == '{"city": "Zürich"}'
 
 
 def test_missing_arguments_mean_none() -> None:
@@ -299,13 +283,11 @@ def test_missing_arguments_mean_none() -> None:
 
 
 def test_ids_come_from_the_factory() -> None:
-    _, calls = parse_tool_calls(
-        '[{"name": "get_time", "arguments": {}}, {"name": "get_time", "arguments": {}}]', NAMES, new_id=ids()
-    )
-    assert [c.id for c in calls] == ["call_1", "call_2"]
+    parsed = read('[{"name": "get_time", "arguments": {}}, {"name": "get_time", "arguments": {}}]')
+    assert [c.id for c in parsed.calls] == ["call_1", "call_2"]
 
 
-# ── parse_tool_calls: what is not a call ──────────────────────────────────────────────────────
+# ── the fallback's reading: what is not a call ──────────────────────────────────────────────────────
 
 
 @pytest.mark.parametrize(
@@ -330,12 +312,12 @@ def test_ids_come_from_the_factory() -> None:
     ],
 )
 def test_text_without_calls_comes_back_unchanged(text: str) -> None:
-    assert parse_tool_calls(text, NAMES) == (text, [])
+    assert read(text) == Parsed(text, "", ())
 
 
 def test_no_tool_names_means_no_calls() -> None:
     text = '{"name": "get_time", "arguments": {}}'
-    assert parse_tool_calls(text, ()) == (text, [])
+    assert read(text, ()) == Parsed(text, "", ())
 
 
 # ── the round trip, for any call ──────────────────────────────────────────────────────────────
@@ -346,7 +328,7 @@ JSON_VALUES = st.recursive(
     max_leaves=10,
 )
 CALLS = st.builds(
-    ToolCall,
+    ParsedCall,
     id=st.from_regex(r"\Acall_[0-9a-f]{24}\Z"),
     name=st.from_regex(r"\A[A-Za-z0-9_.-]{1,64}\Z"),
     arguments=st.dictionaries(st.text(), JSON_VALUES, max_size=4).map(
@@ -359,62 +341,29 @@ CALLS = st.builds(
     calls=st.lists(CALLS, min_size=1, max_size=3),
     content=st.text(st.characters(blacklist_characters="<")).map(str.strip),
 )
-def test_calls_written_as_hermes_blocks_parse_back(calls: list[ToolCall], content: str) -> None:
+def test_calls_written_as_hermes_blocks_parse_back(calls: list[ParsedCall], content: str) -> None:
     blocks = "".join(
         f'\n<tool_call>\n{{"name": {json.dumps(c.name)}, "arguments": {c.arguments}}}\n</tool_call>'
         for c in calls
     )
     given_ids = iter(c.id for c in calls)
-    got_content, got = parse_tool_calls(
-        content + blocks, {c.name for c in calls}, new_id=lambda: next(given_ids)
-    )
-    assert (got_content, got) == (content, calls)
+    parsed = read(content + blocks, {c.name for c in calls}, new_id=lambda: next(given_ids))
+    assert (parsed.content, list(parsed.calls)) == (content, calls)
 
 
 @given(calls=st.lists(CALLS, min_size=1, max_size=3))
-def test_calls_written_as_json_parse_back(calls: list[ToolCall]) -> None:
+def test_calls_written_as_json_parse_back(calls: list[ParsedCall]) -> None:
     text = json.dumps(
         [{"name": c.name, "arguments": json.loads(c.arguments)} for c in calls], ensure_ascii=False
     )
     given_ids = iter(c.id for c in calls)
-    assert parse_tool_calls(text, {c.name for c in calls}, new_id=lambda: next(given_ids)) == ("", calls)
-
-
-# ── streaming ─────────────────────────────────────────────────────────────────────────────────
-
-
-@pytest.mark.parametrize(
-    "text",
-    ["", "  ", "<", "<tool_", "<tool_call>", '<tool_call>\n{"na', "[TOOL", "[TOOL_CALLS]get", "<|python",
-     "{", ' {"name"', "[", "`", "```", "```js", "```json\n{"],
-)  # fmt: skip
-def test_text_that_may_become_a_call_is_held(text: str) -> None:
-    assert may_become_tool_call(text)
-
-
-@pytest.mark.parametrize("text", ["Hello", " The answer", "<b>bold</b>", "```python\n", "(x", "Sure: {"])
-def test_plain_text_streams(text: str) -> None:
-    assert not may_become_tool_call(text)
-
-
-def test_content_before_call() -> None:
-    assert content_before_call("Let me look.<tool_call>{") == len("Let me look.")
-    assert content_before_call("Done.[TOOL_CALLS]f[ARGS]{}") == len("Done.")
-    assert content_before_call("no call here") == -1
-
-
-def test_streamable_prefix_stops_short_of_a_partial_marker() -> None:
-    assert streamable_prefix("Let me look. <tool_") == len("Let me look. ")
-    assert streamable_prefix("Let me look. [TOOL") == len("Let me look. ")
-    assert streamable_prefix("Let me look.<tool_call>{") == len("Let me look.")
-    assert streamable_prefix("a < b") == len("a < b")
-    assert streamable_prefix("a <") == len("a ")
+    assert read(text, {c.name for c in calls}, new_id=lambda: next(given_ids)) == Parsed("", "", tuple(calls))
 
 
 def test_absurdly_deep_json_is_not_a_call() -> None:
     text = "<tool_call>" + "[" * 100_000
-    assert parse_tool_calls(text, NAMES) == (text, [])
-    assert parse_tool_calls("[" * 100_000, NAMES) == ("[" * 100_000, [])
+    assert read(text) == Parsed(text, "", ())
+    assert read("[" * 100_000) == Parsed("[" * 100_000, "", ())
 
 
 def test_mistral_array_arguments_may_mention_the_args_marker() -> None:

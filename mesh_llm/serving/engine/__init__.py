@@ -4,8 +4,9 @@
 puts OpenAI's /v1 routes in front of it (`_http`): requests are read and checked in `_requests`,
 answered whole in `_answers` or streamed in `_streaming`. The pure parts turn requests into
 options (`_openai`), schemas into grammars (`_grammar`), messages into prompts (`_chat`), tool
-definitions into choices (`_tools`), output into tool calls (`_tool_formats`) and token bytes
-into text (`_text`).
+definitions into choices (`_tools`), output into content, reasoning and tool calls in the model's
+own dialect (`_dialects`, with `_tool_formats` reading calls written as JSON) and token bytes into
+text (`_text`).
 """
 
 from mesh_llm.serving.engine._engine import Engine

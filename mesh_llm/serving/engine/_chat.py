@@ -10,8 +10,8 @@ The flow, all pure (no model, no HTTP):
    dict where they parse to one, and tool results learn the name of the function they answer.
    Anything malformed raises `ChatError` naming the offending field, which the HTTP layer turns
    into a 400 in OpenAI's error shape.
-2. `ChatTemplate` compiles the GGUF's `tokenizer.chat_template` once in Jinja's immutable
-   sandbox, with the helpers Hugging Face templates call (`raise_exception`, `strftime_now`,
+2. `ChatTemplate` compiles the GGUF's `tokenizer.chat_template` once in Jinja's sandbox (no
+   internal attributes, no unsafe calls; lists and dicts may change, each render's own), with the helpers Hugging Face templates call (`raise_exception`, `strftime_now`,
    a `tojson` that keeps non-ASCII text), and renders a prompt per request.
 3. Templates written without tool support still get tools: the tool list goes into a system
    message with an instruction to answer a call in the family's own syntax (bare JSON for
@@ -30,7 +30,7 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import SandboxedEnvironment
 
 from mesh_llm.serving.engine._dialects import FALLBACK, Dialect, detect_dialect
 
@@ -211,6 +211,15 @@ def _tojson(
     )
 
 
+def _fresh(value: Any) -> Any:
+    """A copy of JSON-shaped data whose lists and dicts are all new, for a template to change."""
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    return value
+
+
 def _raise_exception(message: str) -> None:
     raise ChatError(f"the model's chat template rejected the request: {message}", "messages")
 
@@ -235,9 +244,10 @@ class ChatTemplate:
         self.bos_token = bos_token
         self.eos_token = eos_token
         self._now = now
-        env = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
-        )
+        # Sandboxed (no `__class__`, no unsafe calls) but not immutable: templates such as
+        # Kimi-K2-Thinking's append to lists of their own. What they are given is a fresh copy per
+        # render (`_fresh`), so what they change is theirs alone.
+        env = SandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = self._strftime_now
@@ -279,13 +289,13 @@ class ChatTemplate:
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, add_generation_prompt: bool
     ) -> str:
         context: dict[str, Any] = {
-            "messages": messages,
+            "messages": _fresh(messages),
             "add_generation_prompt": add_generation_prompt,
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
         }
         if tools:  # left undefined otherwise: templates test both `tools is defined` and `if tools`
-            context["tools"] = tools
+            context["tools"] = _fresh(tools)
         try:
             return self._template.render(context)
         except ChatError:

@@ -21,8 +21,10 @@ from the chat template's source (which names the family's markers), never from a
 
 `OutputParser` reads a chat answer as it is generated: fed text pieces, it returns events
 (`Content`, `Reasoning`, `CallStart`, `CallArgs`, `CallEnd`). Only text that can begin one of the
-dialect's own markers is held back; a whole answer is parsed by feeding it at once, so a whole
-answer and the concatenation of a stream agree whatever the chunking. Per family there is only a
+dialect's own markers is held back, and arguments stream as they are generated (JSON arguments
+after a call's name, piece by piece up to their closing brace; a call written arguments first is
+sent whole once complete); a whole answer is parsed by feeding it at once, so a whole answer and
+the concatenation of a stream agree whatever the chunking. Per family there is only a
 call-region parser (what follows the family's opening marker) and its entry in the table: how calls
 are written (`write_calls`, for prompts of templates that cannot list tools) and the grammar that
 forces a call in the family's own syntax (`forced_call_grammar`).
@@ -39,15 +41,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from mesh_llm.serving.engine._tool_formats import (
-    HERMES_CLOSE,
-    HERMES_OPEN,
+    BAD_JSON,
+    DECODER,
+    MISTRAL_ARGS_TAG,
+    MISTRAL_CALL_ID,
     MISTRAL_CALLS,
     PYTHON_TAG,
-    _call_of,
-    _json_calls,
-    _mistral,
-    _whole_json,
-    marker_tail,
+    Calls,
+    call_of,
+    json_calls,
+    mistral_calls,
+    skip_space,
+    whole_json,
 )
 from mesh_llm.serving.engine._tools import DEFAULT_PARAMETERS, new_call_id
 
@@ -123,15 +128,19 @@ def collect_events(events: Iterable[Event]) -> Parsed:
 
 # ── helpers shared by the region parsers ───────────────────────────────────────────────────────
 
-_DECODER = json.JSONDecoder()
-_BAD_JSON = (ValueError, RecursionError)
+HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
 Schemas = dict[str, dict[str, Any]]  # tool name -> its parameters schema
 
 
-def _skip_space(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos].isspace():
-        pos += 1
-    return pos
+def marker_tail(text: str, markers: Sequence[str]) -> int:
+    """How many characters at the end of `text` could be the start of one of `markers`."""
+    best = 0
+    for marker in markers:
+        for k in range(min(len(marker) - 1, len(text)), best, -1):
+            if text.endswith(marker[:k]):
+                best = k
+                break
+    return best
 
 
 def _could_start(text: str, pos: int, marker: str) -> bool:
@@ -149,7 +158,7 @@ def _xml_value(raw: str, schema: dict[str, Any] | None) -> str:
         return json.dumps(raw, ensure_ascii=False)
     try:
         return json.dumps(json.loads(raw), ensure_ascii=False)
-    except _BAD_JSON:
+    except BAD_JSON:
         pass
     python = {"True": "true", "False": "false", "None": "null"}
     if raw.strip() in python and kind in ("boolean", "null", None):
@@ -213,22 +222,187 @@ class _ArgsStream:
 # ── region parsers: one per family ─────────────────────────────────────────────────────────────
 
 
+class _JsonScan:
+    """Finds where a JSON value generated piece by piece ends: the bracket that brings the depth
+    back to zero, read outside strings. `stop`, met outside a string, ends the value early (the
+    model closed its block without closing the JSON); text that may begin it waits."""
+
+    _PLAIN = re.compile(r'[^"\\{}\[\]<]+')  # characters that change nothing, outside a string
+    _IN_STRING = re.compile(r'[^"\\]+')
+
+    def __init__(self, start: int, stop: str = "", depth: int = 0) -> None:
+        self.pos = start  # the next character to read
+        self.stop = stop
+        self.depth = depth
+        self.in_string = False
+
+    def advance(self, text: str, final: bool) -> int | None:
+        """Where the value ends (just after its closing bracket, or at `stop`), or None for now."""
+        n = len(text)
+        i = self.pos
+        while i < n:
+            if self.in_string:
+                m = self._IN_STRING.match(text, i)
+                if m:
+                    i = m.end()
+                    continue
+                if text[i] == "\\":
+                    if i + 1 == n:
+                        break  # the escaped character has not come yet
+                    i += 2
+                    continue
+                self.in_string = False
+                i += 1
+                continue
+            m = self._PLAIN.match(text, i)
+            if m:
+                i = m.end()
+                continue
+            c = text[i]
+            if c == '"':
+                self.in_string = True
+            elif c in "{[":
+                self.depth += 1
+            elif c in "}]":
+                self.depth -= 1
+                if self.depth <= 0:
+                    self.pos = i + 1
+                    return i + 1
+            elif self.stop and text.startswith(self.stop, i):
+                self.pos = i
+                return i
+            elif self.stop and not final and self.stop.startswith(text[i:]):
+                break
+            i += 1
+        self.pos = i
+        return n if final else None
+
+
+_WAIT = -1  # the text so far may still become what is looked for
+_NO = -2  # it cannot
+
+
+class _JsonArgs(_JsonScan):
+    """A call's JSON arguments (from their opening brace on), sent as they are read."""
+
+    def __init__(self, start: int, stop: str = "") -> None:
+        super().__init__(start, stop)
+        self.sent = start  # how much of the text has been sent
+        self.end: int | None = None
+
+    def stream(self, text: str, final: bool, events: list[Event]) -> int | None:
+        """Adds what was read since the last call to `events`; where the arguments end, once
+        they have."""
+        if self.end is None:
+            self.end = self.advance(text, final)
+            stop = self.pos if self.end is None else self.end
+            if stop > self.sent:
+                events.append(_args(text[self.sent : stop]))
+                self.sent = stop
+        return self.end
+
+
+def _expect(text: str, pos: int, options: Sequence[str], final: bool) -> int:
+    """Where the first of `options` standing at `pos` (after whitespace) ends, or _WAIT or _NO."""
+    p = skip_space(text, pos)
+    for option in options:
+        if text.startswith(option, p):
+            return p + len(option)
+    if not final and any(option.startswith(text[p:]) for option in options):
+        return _WAIT
+    return _NO
+
+
+_ARGUMENT_KEYS = ('"arguments"', '"parameters"')
+_STRING_BODY = re.compile(r'(?:[^"\\]|\\.)*', re.DOTALL)
+
+
+def _string_end(text: str, quote: int) -> int:
+    """Where the JSON string opened at `quote` ends (after its closing quote), or _WAIT."""
+    end = _STRING_BODY.match(text, quote + 1).end()  # type: ignore[union-attr]
+    return end + 1 if end < len(text) and text[end] == '"' else _WAIT
+
+
+def _json_call_head(text: str, final: bool, start: int = 0) -> tuple[str, int] | int:
+    """`{"name": "n", "arguments": ` with an object after it: (name, where the object starts), or
+    _WAIT, or _NO for other shapes (other key orders, arguments written as a string), which are
+    read whole."""
+    p = start
+    for options in (("{",), ('"name"',), (":",)):
+        if (p := _expect(text, p, options, final)) < 0:
+            return p
+    if (q := _expect(text, p, ('"',), final)) < 0:
+        return q
+    if (p := _string_end(text, q - 1)) < 0:
+        return _NO if final else p
+    try:
+        name = json.loads(text[q - 1 : p])
+    except BAD_JSON:
+        return _NO
+    rest: tuple[Sequence[str], ...] = ((",",), _ARGUMENT_KEYS, (":",), ("{",))
+    for keys in rest:
+        if (p := _expect(text, p, keys, final)) < 0:
+            return p
+    return (name, p - 1) if isinstance(name, str) else _NO
+
+
 class _HermesRegion:
-    """After `<tool_call>`: one JSON object `{"name", "arguments"}` and `</tool_call>`."""
+    """After `<tool_call>`: one JSON object `{"name", "arguments"}` and `</tool_call>`.
+
+    Written name first, the arguments stream as they are generated, up to the brace that closes
+    them; any other shape (arguments first, the OpenAI shape, arguments as a string) is read once
+    the object is complete and sent as one piece."""
 
     def __init__(self, schemas: Schemas) -> None:
         self.names = schemas
+        self.whole = False  # the call is read once complete
+        self.args: _JsonArgs | None = None
+        self.rest: _JsonScan | None = None  # the call object after its arguments
 
     def step(self, text: str, final: bool) -> _Step:
+        step = _Step()
+        if self.args is None and not self.whole:
+            head = _json_call_head(text, final)
+            if head == _WAIT:
+                return step
+            if not isinstance(head, tuple) or head[0] not in self.names:
+                self.whole = True
+            else:
+                step.events.append(_start(head[0]))
+                self.args = _JsonArgs(head[1], HERMES_CLOSE)
+        if self.args is None:
+            return self._whole(text, final)
+        if self.rest is None:
+            end = self.args.stream(text, final, step.events)
+            if end is None:
+                return step
+            self.rest = _JsonScan(end, HERMES_CLOSE, depth=1)
+            if text.startswith(HERMES_CLOSE, end):  # the arguments were cut off by the close tag
+                self.rest.pos, self.rest.depth = end, 0
+        after = self.rest.advance(text, final) if self.rest.depth > 0 else self.rest.pos
+        if after is None:
+            return step
+        p = skip_space(text, after)
+        if text.startswith(HERMES_CLOSE, p):
+            p += len(HERMES_CLOSE)
+        elif not final and _could_start(text, p, HERMES_CLOSE):
+            return step
+        else:  # the close tag never came: the call ends with its object
+            p = after
+        step.events.append(_END)
+        step.done_at = p
+        return step
+
+    def _whole(self, text: str, final: bool) -> _Step:
         close = text.find(HERMES_CLOSE)
-        start = _skip_space(text, 0)
+        start = skip_space(text, 0)
         try:
-            value, after = _DECODER.raw_decode(text, start)
-        except _BAD_JSON:
+            value, after = DECODER.raw_decode(text, start)
+        except BAD_JSON:
             if close >= 0:
                 return _Step(done_at=close + len(HERMES_CLOSE), reject=True)
             return _Step(done_at=len(text), reject=True) if final else _Step()
-        after = _skip_space(text, after)
+        after = skip_space(text, after)
         if text.startswith(HERMES_CLOSE, after):
             end = after + len(HERMES_CLOSE)
         elif not final and _could_start(text, after, HERMES_CLOSE):
@@ -237,7 +411,7 @@ class _HermesRegion:
             end = after
         else:
             return _Step(done_at=close + len(HERMES_CLOSE) if close >= 0 else len(text), reject=True)
-        call = _call_of(value, self.names)
+        call = call_of(value, self.names)
         if call is None:
             return _Step(done_at=end, reject=True)
         return _Step([_start(call[0]), _args(call[1]), _END], done_at=end)
@@ -288,7 +462,7 @@ class _XmlRegion:
             self.pos = m.end()
             step.events.append(_start(name))
         while not self.call_done:
-            p = _skip_space(text, self.pos)
+            p = skip_space(text, self.pos)
             if text.startswith(self.key_open, p):
                 got = self._argument(text, p)
                 if got is None:
@@ -307,7 +481,7 @@ class _XmlRegion:
                 self._close(step)
                 step.done_at = p
                 return step
-        p = _skip_space(text, self.pos)
+        p = skip_space(text, self.pos)
         if not self.region_close:
             step.done_at = self.pos
         elif text.startswith(self.region_close, p):
@@ -324,7 +498,7 @@ class _XmlRegion:
             return None
         key = text[p + len(self.key_open) : key_end].strip()
         v = (
-            _skip_space(text, key_end + len(self.key_close))
+            skip_space(text, key_end + len(self.key_close))
             if self.value_open
             else key_end + len(self.key_close)
         )
@@ -401,13 +575,13 @@ class _SectionRegion:
                 else:
                     self.phase = "tail"
             if self.phase == "tail":
-                p = _skip_space(text, self.pos)
+                p = skip_space(text, self.pos)
                 if text.startswith(self.call_end, p):
                     self.pos = p + len(self.call_end)
                 elif not final and _could_start(text, p, self.call_end):
                     return step
                 self._close(step)
-            p = _skip_space(text, self.pos)
+            p = skip_space(text, self.pos)
             if text.startswith(self.section_end, p):
                 step.done_at = p + len(self.section_end)
                 return step
@@ -499,14 +673,11 @@ def _kimi_region(schemas: Schemas) -> _Region:
 
 
 class _ToEndRegion:
-    """Calls that run to the end of the answer, read once it is complete (Mistral; Llama after
-    `<|python_tag|>`)."""
+    """Calls that run to the end of the answer, read once it is complete: what the streaming JSON
+    readers hand over when the text does not open as they expect."""
 
-    def __init__(
-        self, schemas: Schemas, marker: str, read: Callable[[str, Schemas], list[tuple[str, str]] | None]
-    ):
+    def __init__(self, schemas: Schemas, read: Callable[[str, Schemas], Calls | None]) -> None:
         self.schemas = schemas
-        self.marker = marker
         self.read = read
 
     def step(self, text: str, final: bool) -> _Step:
@@ -521,13 +692,145 @@ class _ToEndRegion:
         return _Step(events, done_at=len(text))
 
 
-def _mistral_calls(text: str, schemas: Schemas) -> list[tuple[str, str]] | None:
-    found = _mistral(MISTRAL_CALLS + text, schemas)
-    return None if found is None else found[1]
+class _JsonListRegion:
+    """JSON call objects one after another: Mistral's array after `[TOOL_CALLS]` (or one object),
+    Llama's objects joined by `;`. A call written name first streams its arguments as they are
+    generated; others are read whole once complete. Text that cannot start such a list goes to
+    `fallback` (which reads the whole region once the answer is complete)."""
+
+    def __init__(self, schemas: Schemas, *, array: bool, sep: str, fallback: _Region) -> None:
+        self.schemas = schemas
+        self.close = "]" if array else ""
+        self.sep = sep
+        self.fallback = fallback
+        self.given_up = False
+        self.phase = "open" if array else "item"  # open | item | args | rest | after
+        self.pos = 0
+        self.calls = 0
+        self.args = _JsonArgs(0)
+        self.rest = _JsonScan(0)
+
+    def step(self, text: str, final: bool) -> _Step:
+        if self.given_up:
+            return self.fallback.step(text, final)
+        step = _Step()
+        while True:
+            if self.phase == "open":
+                p = _expect(text, self.pos, ("[", "{"), final)
+                if p == _WAIT:
+                    return step
+                if p == _NO:
+                    return self._give_up(text, final)
+                if text[p - 1] == "{":  # one object, not an array
+                    self.close, p = "", p - 1
+                self.pos, self.phase = p, "item"
+            if self.phase == "item":
+                head = _json_call_head(text, final, self.pos)
+                if head == _WAIT:
+                    return step
+                if isinstance(head, tuple) and head[0] in self.schemas:
+                    step.events.append(_start(head[0]))
+                    self.args, self.phase = _JsonArgs(head[1]), "args"
+                elif self.calls == 0:
+                    return self._give_up(text, final)
+                elif not self._whole_item(text, final, step):
+                    return step
+            if self.phase == "args":
+                end = self.args.stream(text, final, step.events)
+                if end is None:
+                    return step
+                self.rest, self.phase = _JsonScan(end, depth=1), "rest"
+            if self.phase == "rest":
+                after = self.rest.advance(text, final)
+                if after is None:
+                    return step
+                step.events.append(_END)
+                self.calls, self.pos, self.phase = self.calls + 1, after, "after"
+            if self.phase == "after":
+                p = _expect(text, self.pos, (self.sep, self.close) if self.close else (self.sep,), final)
+                if p == _WAIT:
+                    return step
+                if p == _NO or text[p - 1] == self.close:
+                    step.done_at = self.pos if p == _NO else p
+                    return step
+                self.pos, self.phase = p, "item"
+
+    def _whole_item(self, text: str, final: bool, step: _Step) -> bool:
+        """A later call not written name first, read once complete: whether it was (else the
+        region ends before it, or waits for more)."""
+        try:
+            value, end = DECODER.raw_decode(text, skip_space(text, self.pos))
+        except BAD_JSON:
+            if final:
+                step.done_at = self.pos
+            return False
+        call = call_of(value, self.schemas)
+        if call is None:
+            step.done_at = self.pos
+            return False
+        step.events += [_start(call[0]), _args(call[1]), _END]
+        self.calls, self.pos, self.phase = self.calls + 1, end, "after"
+        return True
+
+    def _give_up(self, text: str, final: bool) -> _Step:
+        self.given_up = True
+        return self.fallback.step(text, final)
 
 
-def _python_tag_calls(text: str, schemas: Schemas) -> list[tuple[str, str]] | None:
-    return _json_calls(text.strip(), schemas)
+class _MistralNamedRegion:
+    """After `[TOOL_CALLS]`: `name[ARGS]{...}` (or `name[CALL_ID]id[ARGS]{...}`), the arguments
+    streamed as generated, the next call after another `[TOOL_CALLS]`; anything else is read as
+    JSON calls (`_JsonListRegion`)."""
+
+    def __init__(self, schemas: Schemas) -> None:
+        self.schemas = schemas
+        self.inner: _Region | None = None
+        self.pos = 0
+        self.calls = 0
+        self.args: _JsonArgs | None = None
+
+    def step(self, text: str, final: bool) -> _Step:
+        if self.inner is None and self.calls == 0 and self.args is None:
+            p = skip_space(text, 0)
+            if p == len(text) and not final:
+                return _Step()
+            if text.startswith(("[", "{"), p):
+                self.inner = _JsonListRegion(
+                    self.schemas, array=True, sep=",", fallback=_ToEndRegion(self.schemas, mistral_calls)
+                )
+        if self.inner is not None:
+            return self.inner.step(text, final)
+        step = _Step()
+        while True:
+            if self.args is None:
+                at = text.find(MISTRAL_ARGS_TAG, self.pos)
+                if at < 0 and not final:
+                    return step
+                name = "" if at < 0 else text[self.pos : at].partition(MISTRAL_CALL_ID)[0].strip()
+                start = -1 if at < 0 else skip_space(text, at + len(MISTRAL_ARGS_TAG))
+                if start == len(text) and not final:
+                    return step
+                if name not in self.schemas or not text.startswith("{", start):
+                    if self.calls == 0:  # no call of ours: the whole region is text
+                        self.inner = _ToEndRegion(self.schemas, mistral_calls)
+                        return self.inner.step(text, final)
+                    step.done_at = self.pos - len(MISTRAL_CALLS)
+                    return step
+                step.events.append(_start(name))
+                self.args = _JsonArgs(start, MISTRAL_CALLS)
+            end = self.args.stream(text, final, step.events)
+            if end is None:
+                return step
+            p = skip_space(text, end)
+            if not final and _could_start(text, p, MISTRAL_CALLS):  # another call may follow
+                return step
+            step.events.append(_END)
+            self.calls += 1
+            self.args = None
+            if not text.startswith(MISTRAL_CALLS, p):
+                step.done_at = end
+                return step
+            self.pos = p + len(MISTRAL_CALLS)
 
 
 class _JsonOrXmlRegion:
@@ -539,7 +842,7 @@ class _JsonOrXmlRegion:
 
     def step(self, text: str, final: bool) -> _Step:
         if self.inner is None:
-            p = _skip_space(text, 0)
+            p = skip_space(text, 0)
             if p == len(text) and not final:
                 return _Step()
             json_body = text.startswith("{", p)
@@ -582,7 +885,35 @@ class _Side:
 _JSON_LEADS = ("{", "[", "```json")
 
 
-class OutputParser:
+class _Parser:
+    """What every answer parser shares: the buffered text, the calls counted and the feed loop."""
+
+    def __init__(self, dialect: Dialect, schemas: Schemas, new_id: Callable[[], str] | None) -> None:
+        self.dialect = dialect
+        self.schemas = schemas
+        self._new_id = new_id or dialect.new_id
+        self._buf = ""
+        self._calls = 0
+
+    @property
+    def called(self) -> bool:
+        """Whether a call has started."""
+        return self._calls > 0
+
+    def feed(self, text: str) -> list[Event]:
+        """Events for the next piece of the answer."""
+        self._buf += text
+        return self._run(final=False)
+
+    def finish(self) -> list[Event]:
+        """The answer is complete: whatever was held back."""
+        return self._run(final=True)
+
+    def _run(self, final: bool) -> list[Event]:
+        raise NotImplementedError
+
+
+class OutputParser(_Parser):
     """Reads one chat answer in a dialect as it is generated; see the module docstring.
 
     `schemas` are the callable tools (name -> parameters schema); with none, call markers are
@@ -598,32 +929,15 @@ class OutputParser:
         in_reasoning: bool = False,
         new_id: Callable[[], str] | None = None,
     ) -> None:
-        self.dialect = dialect
-        self.schemas = schemas
-        self._new_id = new_id or dialect.new_id
+        super().__init__(dialect, schemas, new_id)
         self._openers = dialect.openers if schemas else ()
         self._json_lead = dialect.json_leads if schemas else ()
         self._mode = "reasoning" if in_reasoning and dialect.reasoning else "content"
-        self._buf = ""
         self._region: _Region | None = None
         self._opener = ""
-        self._calls = 0
         self._content = _Side(lead=False)
         self._thought = _Side(lead=True)
         self._started = False  # non-space content has been seen (reasoning opens only before it)
-
-    @property
-    def called(self) -> bool:
-        """Whether a call has started."""
-        return self._calls > 0
-
-    def feed(self, text: str) -> list[Event]:
-        self._buf += text
-        return self._run(final=False)
-
-    def finish(self) -> list[Event]:
-        """The answer is complete: whatever was held back."""
-        return self._run(final=True)
 
     def _run(self, final: bool) -> list[Event]:
         out: list[Event] = []
@@ -654,11 +968,20 @@ class OutputParser:
             if not head and not final:
                 return False
             if any(head.startswith(m) or m.startswith(head) for m in self._json_lead) and head:
+                if self.dialect.json_lead_streams:
+                    call = _json_call_head(buf, final, len(buf) - len(head))
+                    if call == _WAIT:
+                        return False
+                    if isinstance(call, tuple) and call[0] in self.schemas:  # a call, written name first
+                        self._json_lead = ()
+                        self._mode, self._opener = "region", ""
+                        self._region = _json_objects(self.schemas)
+                        return True
                 if not final:
                     return False  # the whole answer may be one call: it is read when complete
-                found = _whole_json(buf, self.schemas)
+                found = whole_json(buf, self.schemas)
                 if found is not None:
-                    for name, arguments in found[1]:
+                    for name, arguments in found:
                         self._emit([_start(name), _args(arguments), _END], out)
                     self._buf = ""
                     return False
@@ -736,7 +1059,7 @@ _H_CHANNEL = re.compile(r"<\|channel\|>\s*(\w+)")
 _H_RECIPIENT = re.compile(r"to=([^\s<]+)")
 
 
-class HarmonyParser:
+class HarmonyParser(_Parser):
     """Reads gpt-oss's harmony messages: `analysis` is reasoning, `final` (and commentary without
     a recipient) is content, and `commentary to=functions.NAME` is a call whose message is its
     JSON arguments. An answer that does not start with a harmony header is plain content."""
@@ -744,24 +1067,9 @@ class HarmonyParser:
     def __init__(
         self, dialect: Dialect, schemas: Schemas, *, new_id: Callable[[], str] | None = None
     ) -> None:
-        self.dialect = dialect
-        self.schemas = schemas
-        self._new_id = new_id or dialect.new_id
-        self._buf = ""
+        super().__init__(dialect, schemas, new_id)
         self._mode = "header"  # header | body | plain
         self._route = "content"  # where the current message's body goes: content | reasoning | call
-        self._calls = 0
-
-    @property
-    def called(self) -> bool:
-        return self._calls > 0
-
-    def feed(self, text: str) -> list[Event]:
-        self._buf += text
-        return self._run(final=False)
-
-    def finish(self) -> list[Event]:
-        return self._run(final=True)
 
     def _run(self, final: bool) -> list[Event]:
         out: list[Event] = []
@@ -946,6 +1254,29 @@ def _lit(text: str) -> str:
     return f'"{escaped.replace(chr(9), chr(92) + "t")}"'
 
 
+def _class_char(c: str) -> str:
+    """One character escaped for a GBNF character class."""
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c) or ("\\" + c if c in "]\\^-[" else c)
+
+
+def _text_without(close: str) -> str:
+    """A GBNF expression for any text that does not contain `close` (whose first character occurs
+    only at its start, as in `</parameter>`). GBNF has no lookahead, so after each `<` the text
+    spells a growing part of `close` and then leaves it with any other character (never `<`,
+    which starts over): `[^<]* ( "<" ( "" | [^/<] [^<]* | "/" ( "" | [^p<] [^<]* | ... ) ) )*`.
+    The text may end inside such a part: what follows it (the tag itself) cannot complete it."""
+    first = close[0]
+    if first in close[1:]:
+        raise ValueError(f"{close!r}: its first character recurs in it")
+    free = f"[^{_class_char(first)}]*"
+    inner = '""'
+    for k in range(len(close) - 1, 0, -1):
+        leave = f"[^{_class_char(close[k])}{_class_char(first)}] {free}"
+        grow = f" | {_lit(close[k])} {inner}" if k + 1 < len(close) else ""
+        inner = f'( "" | {leave}{grow} )'
+    return f"{free} ( {_lit(first)} {inner} )*"
+
+
 @dataclass(frozen=True)
 class ToolRules:
     """One tool's grammar pieces: its name, the rule for its JSON arguments and, for families that
@@ -1029,8 +1360,13 @@ def _fallback_region(opener: str, schemas: Schemas) -> _Region:
     if opener == HERMES_OPEN:
         return _HermesRegion(schemas)
     if opener == MISTRAL_CALLS:
-        return _ToEndRegion(schemas, opener, _mistral_calls)
-    return _ToEndRegion(schemas, opener, _python_tag_calls)
+        return _MistralNamedRegion(schemas)
+    return _json_objects(schemas)
+
+
+def _json_objects(schemas: Schemas) -> _Region:
+    """Call objects joined by `;` (Llama 3.x), to the end of the answer."""
+    return _JsonListRegion(schemas, array=False, sep=";", fallback=_ToEndRegion(schemas, json_calls))
 
 
 @dataclass(frozen=True)
@@ -1046,7 +1382,9 @@ class Dialect:
     call_grammar: Callable[[ToolRules], str] | None  # None: the plain-JSON forced call
     reasoning: tuple[str, str] | None = None  # open and close tags
     markers: tuple[str, ...] = ()  # every marker text (control tokens with these texts are shown)
+    value_close: str = ""  # with "xml" arguments: the tag that ends a value written as bare text
     json_leads: tuple[str, ...] = ()  # openings of an answer that may be wholly a JSON call
+    json_lead_streams: bool = False  # such a call, written name first, streams (else read whole)
     new_id: Callable[[], str] = new_call_id
     harmony: bool = False
 
@@ -1067,11 +1405,13 @@ QWEN3 = replace(HERMES, name="qwen3", detect=_has(HERMES_OPEN, "<think>"), reaso
 QWEN3_CODER = Dialect(
     "qwen3-coder", _has("<function=", "<parameter="), (HERMES_OPEN,), lambda o, s: _JsonOrXmlRegion(s), "xml",
     _write_qwen3_coder, _g_qwen3_coder, reasoning=_THINK, markers=(HERMES_OPEN, HERMES_CLOSE, *_THINK),
+    value_close="</parameter>",
 )  # fmt: skip
 GLM = Dialect(
     "glm", _has("<arg_key>", "<arg_value>"), (HERMES_OPEN,), lambda o, s: _glm_region(s), "xml", _write_glm,
     _g_glm, reasoning=_THINK,
     markers=(HERMES_OPEN, HERMES_CLOSE, "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>", *_THINK),
+    value_close="</arg_value>",
 )  # fmt: skip
 HARMONY = Dialect(
     "harmony", _has(H_CHANNEL, H_MESSAGE), (), _hermes_only, "json", _write_harmony, _g_harmony,
@@ -1091,7 +1431,7 @@ KIMI_K2 = Dialect(
 )  # fmt: skip
 LLAMA3 = Dialect(
     "llama3", _has("<|start_header_id|>", '"parameters"'), (PYTHON_TAG,), _fallback_region, "json",
-    _write_llama3, _g_llama3, markers=(PYTHON_TAG,), json_leads=("{",),
+    _write_llama3, _g_llama3, markers=(PYTHON_TAG,), json_leads=("{",), json_lead_streams=True,
 )  # fmt: skip
 MISTRAL_ARGS = Dialect(
     "mistral-args", _has(MISTRAL_CALLS, "[ARGS]"), (MISTRAL_CALLS,), _fallback_region, "json",
@@ -1164,14 +1504,17 @@ def forced_call_grammar(
                 )
                 rules.append((key, value, key in required))
         alternatives.append(dialect.call_grammar(ToolRules(tool_name, args, tuple(rules))))
-    lines = [f"call ::= {' | '.join(f'( {a} )' for a in alternatives)}", "xml-text ::= [^<]*"]
+    lines = [f"call ::= {' | '.join(f'( {a} )' for a in alternatives)}"]
+    if dialect.value_close:
+        lines.append(f"xml-text ::= {_text_without(dialect.value_close)}")
     lines.append("gap ::= [ \\n]{0,4}")
     if dialect.harmony:
-        analysis = f"{_lit(H_CHANNEL + 'analysis' + H_MESSAGE)} [^<]* {_lit(H_END + H_START + 'assistant')}"
+        # Reasoning may hold `<` but no `<|`: every harmony marker begins so.
+        analysis = f"{_lit(H_CHANNEL + 'analysis' + H_MESSAGE)} {_text_without('<|')} {_lit(H_END + H_START + 'assistant')}"
         lines.append(f"root ::= ( {analysis} )? call")
     elif dialect.reasoning is not None:
         open_tag, close_tag = dialect.reasoning
-        lines.append('thought ::= ( [^<] | "<" [^/] )*')
+        lines.append(f"thought ::= {_text_without(close_tag)}")
         if in_reasoning:
             lines.append(f"root ::= thought {_lit(close_tag)} gap call")
         else:

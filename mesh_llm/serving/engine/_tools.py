@@ -3,16 +3,14 @@
 request `tools` ──validate_tools──▶ tool dicts ──▶ ChatTemplate.render (the prompt)
 request `tool_choice` ──resolve_tool_choice──▶ ToolChoice
      required / named ──forced_call_schema──▶ JSON schema ──▶ grammar (the engine's job)
-generated text ──parse_tool_calls──▶ (content, [ToolCall])   (in `_tool_formats`)
+generated text ──▶ content, reasoning and calls (`_dialects`, one parser per model family)
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
-from random import Random
 from typing import Any, Literal
 
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -29,23 +27,6 @@ class ToolError(ValueError):
         super().__init__(message)
         self.message = message
         self.param = param
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """One function call read from a model's answer; `arguments` is the JSON text of an object."""
-
-    id: str
-    name: str
-    arguments: str
-
-    def to_openai(self) -> dict[str, Any]:
-        """The call as an OpenAI `tool_calls` entry."""
-        return {
-            "id": self.id,
-            "type": "function",
-            "function": {"name": self.name, "arguments": self.arguments},
-        }
 
 
 ChoiceMode = Literal["none", "auto", "required", "named"]
@@ -67,11 +48,6 @@ class ToolChoice:
 def new_call_id() -> str:
     """A fresh tool call id: `call_` and 24 random hex digits."""
     return "call_" + secrets.token_hex(12)
-
-
-def call_id_factory(rng: Random) -> Callable[[], str]:
-    """Call ids drawn from `rng`, for tests that need the same ids every run."""
-    return lambda: "call_" + f"{rng.getrandbits(96):024x}"
 
 
 # ── request fields ─────────────────────────────────────────────────────────────────────────────
