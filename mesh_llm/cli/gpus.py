@@ -50,5 +50,5 @@ def cmd_gpus(argv: Sequence[str]) -> int:
     out = Console()
     out.print(devices_table(devices, chosen))
     if not any(d.is_gpu for d in devices):
-        out.print("no GPU: this llama.cpp build serves from the CPU (see README, 'GPUs')")
+        out.print("no GPU: this llama.cpp build serves from the CPU (see docs/gpus.md)")
     return 0
