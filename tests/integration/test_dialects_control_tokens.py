@@ -20,7 +20,9 @@ import httpx
 import pytest
 from llama_cpp import llama_cpp as C
 
-from mesh_llm.serving.engine._dialects import (
+from mesh_llm.serving.engine._llama import Model
+from mesh_llm.serving.engine._tools import validate_tools
+from mesh_llm.serving.engine.dialects import (
     GLM,
     HARMONY,
     QWEN3,
@@ -30,8 +32,6 @@ from mesh_llm.serving.engine._dialects import (
     parse_answer,
     tool_schemas,
 )
-from mesh_llm.serving.engine._llama import Model
-from mesh_llm.serving.engine._tools import validate_tools
 from tests.gguf_fixtures import write_dialect_gguf
 
 TEMPLATES = Path(__file__).parent.parent / "templates"
@@ -80,7 +80,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
     sock.listen(16)
     port = sock.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mesh_llm.serving.model_server", "--fd", str(sock.fileno()), "--model", str(gguf),
+        [sys.executable, "-m", "mesh_llm.serving.model_server_main", "--fd", str(sock.fileno()), "--model", str(gguf),
          "--alias", "tiny", "--n-ctx", "1024", "--parallel", "1", "--parent-pid", str(os.getpid())],
         pass_fds=[sock.fileno()],
     )  # fmt: skip

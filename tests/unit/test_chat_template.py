@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from mesh_llm.serving.engine._chat import ChatError, ChatTemplate, fallback_tool_prompt, normalize_messages
-from mesh_llm.serving.engine._dialects import FALLBACK, parse_answer
+from mesh_llm.serving.engine._chat import ChatError, ChatTemplate, normalize_messages
+from mesh_llm.serving.engine._tool_fallback import fallback_tool_prompt
 from mesh_llm.serving.engine._tools import validate_tools
+from mesh_llm.serving.engine.dialects import FALLBACK, parse_answer
 from tests.tool_gguf import TOOL_TEMPLATE
 
 # SmolLM2's own template: ChatML with no idea of tools.

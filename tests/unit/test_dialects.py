@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh_llm.serving.engine._chat import ChatTemplate, normalize_messages
-from mesh_llm.serving.engine._dialects import (
+from mesh_llm.serving.engine._tools import validate_tools
+from mesh_llm.serving.engine.dialects import (
     DEEPSEEK_R1,
     DEEPSEEK_V31,
     FALLBACK,
@@ -38,7 +39,6 @@ from mesh_llm.serving.engine._dialects import (
     starts_in_reasoning,
     tool_schemas,
 )
-from mesh_llm.serving.engine._tools import validate_tools
 
 TEMPLATES = Path(__file__).parent.parent / "templates"
 WEATHER = {

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh_llm.serving.engine._dialects import FALLBACK, Parsed, ParsedCall, parse_answer
 from mesh_llm.serving.engine._tools import (
     DEFAULT_PARAMETERS,
     ToolChoice,
@@ -20,6 +19,7 @@ from mesh_llm.serving.engine._tools import (
     resolve_tool_choice,
     validate_tools,
 )
+from mesh_llm.serving.engine.dialects import FALLBACK, Parsed, ParsedCall, parse_answer
 
 NAMES = {"get_weather", "get_time"}
 

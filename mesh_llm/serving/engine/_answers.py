@@ -13,9 +13,9 @@ from typing import Any
 
 from fastapi import Request
 
-from mesh_llm.serving.engine._dialects import Parser, collect_events, make_parser, tool_schemas
 from mesh_llm.serving.engine._jobs import Delta, Finished, FinishReason, TokenLogprob
 from mesh_llm.serving.engine._requests import Channel, Prepared
+from mesh_llm.serving.engine.dialects import Parser, collect_events, make_parser, tool_schemas
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,13 @@ class DraftStats:
     accepted: int = 0
     rejected: int = 0  # steps that ended at a draft token the model disagreed with
 
+    def record(self, drafted: int, accepted: int) -> None:
+        """One verification step: `accepted` of its `drafted` tokens were kept."""
+        self.steps += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        self.rejected += accepted < drafted
+
     def as_dict(self, name: str) -> dict[str, object]:
         return {
             "draft": name,

@@ -7,10 +7,11 @@ chunk of some slot's prompt, (4) decodes it, and (5) samples a token for every s
 logits in the batch. A stream therefore never waits for more than one prompt chunk, and a
 new request starts producing tokens while others keep streaming.
 
-With a drafter (see _draft.py), a generating slot's next token goes into the batch followed by
-up to K draft tokens; the slot then samples at each of them in turn and keeps the tokens up to
-the first one its own sample disagrees with, so one step (one round trip on a split model) can
-produce several tokens. The KV of rejected drafts is dropped again.
+With a drafter (see _draft.py; `_drafting` decides how much it drafts each step), a generating
+slot's next token goes into the batch followed by up to K draft tokens; the slot then samples at
+each of them in turn and keeps the tokens up to the first one its own sample disagrees with, so
+one step (one round trip on a split model) can produce several tokens. The KV of rejected drafts
+is dropped again.
 
 Results go back through a per-request callback run on the engine thread; the HTTP layer
 forwards them into its event loop. A slot keeps its KV cache after its request ends, so the
@@ -24,10 +25,10 @@ import logging
 import random
 import threading
 import time
-from typing import Any
 
 from mesh_llm.errors import BackendError
-from mesh_llm.serving.engine._draft import Drafter, DraftGuard, DraftRequest, DraftStats, DraftTuner, StepCost
+from mesh_llm.serving.engine._draft import Drafter, DraftTuner
+from mesh_llm.serving.engine._drafting import Drafting
 from mesh_llm.serving.engine._jobs import (
     Delta,
     EngineConfig,
@@ -45,8 +46,7 @@ from mesh_llm.serving.engine._text import TextStream, common_prefix
 
 log = logging.getLogger(__name__)
 
-
-_RATE_WINDOW_S = 5.0
+_RATE_WINDOW_S = 5.0  # seconds of generated tokens the rate in `stats` is taken over
 
 
 class Engine:
@@ -55,7 +55,6 @@ class Engine:
     def __init__(self, model: Model, config: EngineConfig, drafter: Drafter | None = None) -> None:
         self.model = model
         self.config = config
-        self.drafter = drafter
         n_batch = config.batch_size(drafting=drafter is not None)
         self.ctx = Context(
             model,
@@ -73,11 +72,8 @@ class Engine:
             Slot(seq=i, tuner=DraftTuner(k_max=config.draft_max) if drafter else None)
             for i in range(config.n_slots)
         ]
-        self._draft_stats = DraftStats()
-        self._step_cost = StepCost()
-        self._guard = DraftGuard()
+        self._drafting = Drafting(drafter) if drafter else None
         self._emitted = 0  # tokens emitted in the current step
-        self._draft_s_per_token = 0.0  # the drafter's own time per draft token (EWMA)
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -135,19 +131,8 @@ class Engine:
                 self._generated_total,
                 self._prompt_total,
                 self._prefilled_total,
-                self._draft_figures() if self.drafter else None,
+                self._drafting.figures() if self._drafting else None,
             )
-
-    def _draft_figures(self) -> dict[str, Any]:
-        assert self.drafter is not None
-        fixed, per_token = self._step_cost.line()
-        return {
-            **self._draft_stats.as_dict(self.drafter.name),
-            # what the tuner weighs: a decode step's cost line, and the drafter's time per token
-            "step_ms": round(fixed * 1000, 3),
-            "step_ms_per_token": round(per_token * 1000, 3),
-            "draft_ms_per_token": round(self._draft_s_per_token * 1000, 3),
-        }
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -207,8 +192,8 @@ class Engine:
         reuse = min(reuse, len(job.prompt) - 1)  # the last prompt token is decoded for its logits
         if reuse < len(slot.cached) and not self.ctx.drop_from(slot.seq, reuse):
             self.ctx.clear_seq(slot.seq)  # e.g. recurrent models: no partial trimming
-            if self.drafter is not None:
-                self.drafter.forget(slot.seq)
+            if self._drafting is not None:
+                self._drafting.drafter.forget(slot.seq)
             reuse = 0
         del slot.cached[reuse:]
         job.slot = slot.seq
@@ -224,30 +209,6 @@ class Engine:
         slot.job = job
         self._prompt_total += len(job.prompt)
 
-    def _drafts(self, generating: list[Slot]) -> dict[int, list[int]]:
-        """Draft tokens per slot for this step (none without a drafter or while it does not pay)."""
-        if self.drafter is None:
-            return {}
-        requests = []
-        for s in generating:
-            job = s.job
-            assert job is not None and job.next_token is not None and s.tuner is not None
-            room = min(job.max_tokens - job.generated - 1, self.n_ctx_slot - len(s.cached) - 2)
-            k = min(s.tuner.choose(self._step_cost, self._draft_s_per_token, len(generating) - 1), room)
-            if k > 0:
-                requests.append(DraftRequest(s.seq, [*s.cached, job.next_token], k))
-        if not requests:
-            return {}
-        t0 = time.perf_counter()
-        proposals = self.drafter.propose(requests)
-        measured = self.drafter.seconds_per_token
-        if measured is not None:  # a draft model times its own draft steps
-            self._draft_s_per_token = measured
-        else:
-            per_token = (time.perf_counter() - t0) / max(r.k for r in requests)
-            self._draft_s_per_token = 0.8 * self._draft_s_per_token + 0.2 * per_token
-        return {r.seq: p[: r.k] for r, p in zip(requests, proposals, strict=True) if p}
-
     def _step(self) -> None:
         batch = self._batch
         batch.clear()
@@ -255,8 +216,8 @@ class Engine:
         sample_at: list[tuple[Slot, list[int], list[int]]] = []
         generating = [s for s in self._slots if s.job is not None and s.job.next_token is not None]
         started = time.perf_counter()
-        drafting = self.drafter is not None and bool(generating) and self._guard.allow()
-        drafts = self._drafts(generating) if drafting else {}
+        drafting = self._drafting is not None and bool(generating) and self._drafting.guard.allow()
+        drafts = self._drafting.propose(generating, self.n_ctx_slot) if drafting and self._drafting else {}
         for s in generating:
             job = s.job
             assert job is not None and job.next_token is not None
@@ -294,7 +255,8 @@ class Engine:
             return
         t0 = time.perf_counter()
         rc = self.ctx.decode(batch)
-        self._step_cost.record(batch.n, time.perf_counter() - t0)
+        if self._drafting is not None:
+            self._drafting.step_cost.record(batch.n, time.perf_counter() - t0)
         if rc != 0:
             log.error("llama_decode returned %d for a batch of %d tokens", rc, batch.n)
             with self._cond:
@@ -310,8 +272,8 @@ class Engine:
             for s, indices, draft in sample_at:
                 if s.job is not None:
                     self._take_tokens(s, indices, draft, now)
-        if self.drafter is not None and generating and not prefilled:
-            self._guard.record(drafting, time.perf_counter() - started, self._emitted)
+        if self._drafting is not None and generating and not prefilled:
+            self._drafting.guard.record(drafting, time.perf_counter() - started, self._emitted)
 
     def _take_tokens(self, s: Slot, indices: list[int], draft: list[int], now: float) -> None:
         """Sample at each index in turn while the samples agree with the draft behind them."""
@@ -328,19 +290,15 @@ class Engine:
             s.job.next_token = None
         if not draft:
             return
-        self._draft_stats.steps += 1
-        self._draft_stats.drafted += len(draft)
-        self._draft_stats.accepted += accepted
-        self._draft_stats.rejected += accepted < len(draft)
-        if s.tuner is not None:
-            s.tuner.record(len(draft), accepted)
+        if self._drafting is not None:  # (None once an earlier slot of this step turned drafting off)
+            self._drafting.judged(s, len(draft), accepted)
         if accepted < len(draft) and not self.ctx.drop_from(s.seq, len(s.cached)):
             # A model whose cache cannot be trimmed: start the slot over, and stop drafting.
             self.ctx.clear_seq(s.seq)
             s.cached.clear()
             if s.job is not None:
                 self._finish(s, FinishReason.ERROR, "this model cannot drop draft tokens from its cache")
-            self.drafter = None
+            self._drafting = None
 
     def _take_token(self, s: Slot, index: int, now: float) -> int | None:
         """Sample the slot's next token at batch `index`; the token, or None if the job ended."""
@@ -392,13 +350,5 @@ class Engine:
             job.sampler = None
         s.job = None
         s.last_used = time.monotonic()
-        job.emit(
-            Finished(
-                reason,
-                len(job.prompt),
-                job.reused,
-                job.generated,
-                error,
-                job.text.stopped if job.text is not None else None,
-            )
-        )
+        stopped = job.text.stopped if job.text is not None else None
+        job.emit(Finished(reason, len(job.prompt), job.reused, job.generated, error, stopped))

@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from mesh_llm.api import errors as api_errors
+from mesh_llm import http_errors as api_errors
 from mesh_llm.errors import BackendError
 from mesh_llm.serving.engine._answers import (
     Meta,

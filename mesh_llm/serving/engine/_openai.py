@@ -25,7 +25,7 @@ MAX_TOP_LOGPROBS = 20
 class RequestError(RequestRejected, ValueError):
     """A request the server cannot take, with its OpenAI error fields.
 
-    `mesh_llm.api.errors` turns it into the HTTP answer; a 503 (busy, or generation failed)
+    `mesh_llm.http_errors` turns it into the HTTP answer; a 503 (busy, or generation failed)
     asks the client to retry in a second.
     """
 

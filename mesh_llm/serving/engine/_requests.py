@@ -14,7 +14,6 @@ from typing import Any
 from fastapi import Request
 
 from mesh_llm.serving.engine._chat import ChatError, ChatTemplate, normalize_messages
-from mesh_llm.serving.engine._dialects import FALLBACK, Dialect, forced_call_grammar, starts_in_reasoning
 from mesh_llm.serving.engine._engine import Engine
 from mesh_llm.serving.engine._grammar import any_json_grammar, json_grammar
 from mesh_llm.serving.engine._jobs import Delta, Finished
@@ -27,6 +26,7 @@ from mesh_llm.serving.engine._tools import (
     resolve_tool_choice,
     validate_tools,
 )
+from mesh_llm.serving.engine.dialects import FALLBACK, Dialect, forced_call_grammar, starts_in_reasoning
 
 
 class Channel:

@@ -20,10 +20,10 @@ from mesh_llm.serving.engine._answers import (
     sse_event,
     usage_json,
 )
-from mesh_llm.serving.engine._dialects import CallArgs, CallStart, Content, Event, Reasoning
 from mesh_llm.serving.engine._engine import Engine
 from mesh_llm.serving.engine._jobs import Delta, Finished, FinishReason, Job, TokenLogprob
 from mesh_llm.serving.engine._requests import Channel, Prepared
+from mesh_llm.serving.engine.dialects import CallArgs, CallStart, Content, Event, Reasoning
 
 
 async def stream_answer(

@@ -1,4 +1,4 @@
-"""Calls written as JSON: the readers that the JSON-writing entries of `_dialects`' table share.
+"""Calls written as JSON: the readers that the JSON-writing entries of the `dialects` table share.
 
     Llama 3.x       {"name": "f", "parameters": {...}}  (whole text; `<|python_tag|>` and `;` lists)
     Mistral         [TOOL_CALLS][{"name": "f", "arguments": {...}}]  or  [TOOL_CALLS]f[ARGS]{...}

@@ -3,7 +3,7 @@
 request `tools` ──validate_tools──▶ tool dicts ──▶ ChatTemplate.render (the prompt)
 request `tool_choice` ──resolve_tool_choice──▶ ToolChoice
      required / named ──forced_call_schema──▶ JSON schema ──▶ grammar (the engine's job)
-generated text ──▶ content, reasoning and calls (`_dialects`, one parser per model family)
+generated text ──▶ content, reasoning and calls (`dialects`, one parser per model family)
 """
 
 from __future__ import annotations
