@@ -43,7 +43,7 @@ def _start_ours(path: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     sock.set_inheritable(True)
-    cmd = [sys.executable, "-m", "mesh_llm.serving.model_server", "--fd", str(sock.fileno()),
+    cmd = [sys.executable, "-m", "mesh_llm.serving.model_server_main", "--fd", str(sock.fileno()),
            "--model", str(path), "--alias", MODEL, "--n-ctx", "4096", "--parallel", "4"]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, pass_fds=(sock.fileno(),))

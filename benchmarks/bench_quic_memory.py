@@ -13,7 +13,7 @@ import argparse
 import time
 from typing import Any
 
-from mesh_llm.mesh.identity import NodeIdentity
+from mesh_llm.peer.identity import NodeIdentity
 from mesh_llm.transport._compat import ENGINES, QuicEngine, load_engine
 from mesh_llm.transport._listener import destination_cid
 

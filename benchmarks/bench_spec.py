@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 
 from benchmarks.common import median, timed_stream
-from mesh_llm.mesh.token import InviteToken
+from mesh_llm.peer.token import InviteToken
 from tests.harness import NodeProcess, smollm2_path
 
 STORY = "Write a long story about a lighthouse keeper who finds a message in a bottle."

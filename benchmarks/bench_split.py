@@ -27,9 +27,9 @@ import httpx
 from benchmarks.common import median, timed_stream
 from mesh_llm.config import BackendConfig
 from mesh_llm.models.resolve import ResolvedModel
-from mesh_llm.serving.backend import ModelServer
-from mesh_llm.serving.rpc_cache import clear_rpc_cache, prefill_rpc_cache
-from mesh_llm.serving.rpc_supervisor import RpcWorker
+from mesh_llm.serving.model_server import ModelServer
+from mesh_llm.serving.rpc.cache import clear_rpc_cache, prefill_rpc_cache
+from mesh_llm.serving.rpc.supervisor import RpcWorker
 from tests.gguf_fixtures import write_wide_llama_gguf
 from tests.harness import NodeProcess, smollm2_path
 from tests.integration.test_rpc_split import CountingRelay, layer_bytes

@@ -93,7 +93,7 @@ async def inside(args: argparse.Namespace) -> None:
     prompt_tokens = 0
     rpc_server = await asyncio.create_subprocess_exec(
         *far, sys.executable, "-c",
-        "from mesh_llm.serving.ggml import serve_rpc_forever; "
+        "from mesh_llm.serving.rpc.ggml import serve_rpc_forever; "
         f"serve_rpc_forever('{pair.worker_ip}:{RPC_PORT}', None, 1, 'cpu')",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip

@@ -154,8 +154,8 @@ async def run_mesh_host(
 
 
 async def _start_transport(datagram_size: int, engine: str, bind: str) -> Any:
-    from mesh_llm.mesh.identity import NodeIdentity
-    from mesh_llm.mesh.token import MeshCredentials
+    from mesh_llm.peer.identity import NodeIdentity
+    from mesh_llm.peer.token import MeshCredentials
     from mesh_llm.transport import MeshTransport, TransportConfig
 
     # The parent hands both nodes the same (throwaway) mesh credentials on stdin.
@@ -246,7 +246,7 @@ def hops(
     reached at its address; everything else runs here, in the host's namespace.
     """
     from benchmarks.netns import Pair
-    from mesh_llm.mesh.token import new_mesh
+    from mesh_llm.peer.token import new_mesh
 
     pair = Pair()
     far = pair.prefix(pair.worker_ns) if in_netns else []

@@ -93,7 +93,7 @@ def agreement_line(gpu: dict, cpu: dict) -> str:
 def _measure(path: Path, device: str, n_decode: int) -> dict:
     from mesh_llm.planning.offload import ALL_LAYERS
     from mesh_llm.serving.engine._llama import Batch, Context, Model
-    from mesh_llm.serving.host_split import LlamaLogCapture
+    from mesh_llm.serving.rpc.host_split import LlamaLogCapture
 
     capture = LlamaLogCapture()
     on_gpu = device.upper() != "CPU"

@@ -142,7 +142,7 @@ step "1 stream on CUDA0" 45 "$py" -m benchmarks.gpu_check streams "$model" CUDA0
 step "4 streams on CUDA0" 45 "$py" -m benchmarks.gpu_check streams "$model" CUDA0 4 128
 
 port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$py" -m mesh_llm.serving.rpc_worker --port "$port" --device CUDA0 >"$out/rpc-worker.log" 2>&1 &
+"$py" -m mesh_llm.serving.rpc.worker_main --port "$port" --device CUDA0 >"$out/rpc-worker.log" 2>&1 &
 worker=$!
 trap 'kill "$worker" 2>/dev/null' EXIT
 sleep 3
@@ -150,7 +150,7 @@ step "2-node split: host layers and an RPC worker both on CUDA0" 120 "$py" - "$m
 import sys, time
 from gguf import GGUFReader
 from mesh_llm.planning.placement import parse_placement
-from mesh_llm.serving.host_split import LlamaLogCapture, prepare_host_split
+from mesh_llm.serving.rpc.host_split import LlamaLogCapture, prepare_host_split
 from mesh_llm.serving.engine._llama import Batch, Context, Model
 path, port = sys.argv[1], sys.argv[2]
 reader = GGUFReader(path)

@@ -4,31 +4,36 @@ Nothing below the CLI reads environment variables or globals: flags (and the few
 fallbacks the CLI documents) become these records in `build_config`, then
 `Node(config, load_resources(config))`. Every part gets its own record from here: gossip,
 transport, planner (the fit factor, the RTT cap), demand, split timings, the backend, the node's
-own timings. Subsystems keep their defaults in their config classes, never in code below.
+own timings. A flag's name, default and bounds are declared once, in mesh_llm.settings, and the
+records below take those defaults from there; other defaults stay in the config classes, never
+in code below.
 """
 
 from __future__ import annotations
 
-import os
+import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from mesh_llm.discovery._config import DiscoveryConfig, DiscoveryTiming, check_relay_url, check_tag
-from mesh_llm.discovery._listing import DEFAULT_RELAYS
+from mesh_llm.discovery import DEFAULT_RELAYS, DiscoveryConfig, DiscoveryTiming, check_relay_url, check_tag
 from mesh_llm.errors import ConfigError
 from mesh_llm.mesh.gossip import GossipConfig
 from mesh_llm.mesh.service import MeshTimings
 from mesh_llm.models.kv import DEFAULT_CTX_SLOT
 from mesh_llm.planning.demand import DemandConfig
 from mesh_llm.planning.planner import PlanConfig
-from mesh_llm.transport import DEFAULT_ENGINE, ENGINES, TransportConfig
+from mesh_llm.settings import NODE, find, node_default, resolve
+from mesh_llm.transport import TransportConfig
 
-DEFAULT_API_PORT = 9337
-DEFAULT_CONSOLE_PORT = 3131
+DEFAULT_API_PORT: int = node_default("port")
+DEFAULT_CONSOLE_PORT: int = node_default("console")
 # Share of system RAM a GPU-less node offers as its capacity: the rest stays for the OS,
 # the KV cache and whatever else the machine runs.
 CPU_RAM_FRACTION = 0.75
-API_KEY_ENV = "MESH_LLM_API_KEY"  # the API key when --api-key is not given
+API_KEY_ENV: str = find(NODE, "api_key").env or ""  # the API key when --api-key is not given
+MIB = 1024**2
 GIB = 1024**3
 
 
@@ -45,9 +50,9 @@ class BackendConfig:
     """How model-server subprocesses are started and supervised."""
 
     n_ctx: int = DEFAULT_CTX_SLOT  # per slot
-    n_parallel: int = 4  # slots per model server
-    max_queue: int = 64
-    max_body_bytes: int = 8 * 1024 * 1024
+    n_parallel: int = node_default("parallel")  # slots per model server
+    max_queue: int = node_default("max_queue")
+    max_body_bytes: int = int(node_default("max_body_mb") * MIB)
     n_threads: int | None = None  # llama.cpp's default: physical cores
     startup_timeout_s: float = 300.0
     health_interval_s: float = 2.0
@@ -56,7 +61,7 @@ class BackendConfig:
     stop_timeout_s: float = 5.0
     request_timeout_s: float = 600.0  # upper bound on one proxied request
     draft: str | None = None  # None: the catalog pairing; "off"; "lookup"; a GGUF path or catalog name
-    draft_max: int = 8  # most draft tokens verified per slot and step
+    draft_max: int = node_default("draft_max")  # most draft tokens verified per slot and step
     # Size n_ctx by planning/offload.auto_ctx (training context, capped, within the memory left
     # after the weights, on GPUs and the CPU): only without --ctx-size and for a node given at
     # most one model (with several, each gets the n_ctx the planner counted).
@@ -101,7 +106,7 @@ class NodeConfig:
     api: HttpConfig = field(default_factory=lambda: HttpConfig("127.0.0.1", DEFAULT_API_PORT))
     console: HttpConfig | None = field(default_factory=lambda: HttpConfig("127.0.0.1", DEFAULT_CONSOLE_PORT))
     api_key: str | None = None
-    state_dir: Path = field(default_factory=lambda: Path.home() / ".mesh-llm")
+    state_dir: Path = field(default_factory=lambda: Path(node_default("state_dir")).expanduser())
     max_vram_bytes: int | None = None
     bind_port: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -123,119 +128,78 @@ class NodeConfig:
         return not self.models and not self.join and not self.client and not self.discovery.active
 
 
-def _port(value: int, flag: str) -> int:
-    if not 0 <= value <= 65535:
-        raise ConfigError(f"{flag} must be a port number between 0 and 65535, not {value}")
-    return value
-
-
 def build_config(
+    flags: argparse.Namespace | Mapping[str, Any] | None = None,
+    /,
     *,
-    models: list[str] | None = None,
-    join: list[str] | None = None,
-    client: bool = False,
-    port: int = DEFAULT_API_PORT,
-    console: int = DEFAULT_CONSOLE_PORT,
-    no_console: bool = False,
-    listen_all: bool = False,
-    api_key: str | None = None,
-    state_dir: str | None = None,
-    max_vram: float | None = None,
-    bind_port: int = 0,
-    split: bool = False,
-    device: str | None = None,
-    ctx_size: int | None = None,
-    cache_type_k: str | None = None,
-    cache_type_v: str | None = None,
-    threads: int | None = None,
-    parallel: int = 4,
-    max_queue: int = 64,
-    max_body_mb: float = 8,
-    allow_hosts: list[str] | None = None,
-    quic: str = DEFAULT_ENGINE,
-    draft: str | None = None,
-    no_draft: bool = False,
-    draft_max: int = 8,
-    auto: bool = False,
-    publish: bool = False,
-    mesh_name: str | None = None,
-    region: str | None = None,
-    max_clients: int | None = None,
-    nostr_relays: list[str] | None = None,
-    no_lan: bool = False,
-    discovery_timing: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    **values: Any,
 ) -> NodeConfig:
-    """Validate flag values and build the node's configuration."""
-    models = list(models or [])
+    """Validate the node's settings and build its configuration: the one place flags become records.
+
+    ``flags`` is the parsed command line (or a mapping by setting name, see mesh_llm.settings);
+    ``values`` override it by the same names. What neither gives is read from the setting's
+    environment variable in ``environ`` (the CLI passes os.environ), else is its default.
+    """
+    given = dict(vars(flags) if isinstance(flags, argparse.Namespace) else flags or {})
+    v = resolve(NODE, {**given, **values}, environ)
+    models = list(v["models"])
+    client = v["client"]
     if client and models:
         raise ConfigError("--client nodes never serve models: drop --model or --client")
     discovery = _discovery(
-        client=client, joins=bool(join), auto=auto, publish=publish, mesh_name=mesh_name, region=region,
-        max_clients=max_clients, relays=nostr_relays, lan=not no_lan, timing=discovery_timing,
+        client=client, joins=bool(v["join"]), auto=v["auto"], publish=v["publish"], mesh_name=v["mesh_name"],
+        region=v["region"], max_clients=v["max_clients"], relays=v["nostr_relays"], lan=not v["no_lan"],
+        timing=v["discovery_timing"],
     )  # fmt: skip
-    if client and not join and not discovery.finds:
+    if client and not v["join"] and not discovery.finds:
         raise ConfigError("--client needs a mesh to use: add --join <token>, or --auto to find one")
-    if max_vram is not None and max_vram <= 0:
-        raise ConfigError(f"--max-vram must be a positive number of GB, not {max_vram}")
     from mesh_llm.planning.offload import cache_type
 
-    for kv_type in (cache_type_k, cache_type_v):
+    for kv_type in (v["cache_type_k"], v["cache_type_v"]):
         if kv_type is not None:
             cache_type(kv_type)  # ConfigError naming the types there are
-    if ctx_size is not None and ctx_size < 256:
-        raise ConfigError(f"--ctx-size must be at least 256, not {ctx_size}")
-    if draft is not None and no_draft:
+    if v["draft"] is not None and v["no_draft"]:
         raise ConfigError("--draft and --no-draft contradict each other: give one")
-    if not 1 <= draft_max <= 32:
-        raise ConfigError(f"--draft-max must be between 1 and 32, not {draft_max}")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be at least 1, not {threads}")
-    if not 1 <= parallel <= 64:
-        raise ConfigError(f"--parallel must be between 1 and 64, not {parallel}")
-    if max_queue < 0:
-        raise ConfigError(f"--max-queue must be 0 or more, not {max_queue}")
-    if not max_body_mb > 0:
-        raise ConfigError(f"--max-body must be a positive number of MB, not {max_body_mb}")
-    host = "0.0.0.0" if listen_all else "127.0.0.1"
-    api_port = _port(port, "--port")
-    console_port = _port(console, "--console")
-    if not no_console and api_port == console_port and api_port != 0:
+    host = "0.0.0.0" if v["listen_all"] else "127.0.0.1"
+    api_port, console_port = v["port"], v["console"]
+    if not v["no_console"] and api_port == console_port and api_port != 0:
         raise ConfigError(f"--port and --console must differ (both are {api_port})")
-    engine = _quic_engine(quic)
+    max_vram_bytes = int(v["max_vram"] * GIB) if v["max_vram"] is not None else None
     planner = PlanConfig()
     return NodeConfig(
         models=tuple(models),
-        join=tuple(join or []),
+        join=tuple(v["join"]),
         client=client,
         api=HttpConfig(host, api_port),
-        console=None if no_console else HttpConfig(host, console_port),
-        api_key=api_key or None,
-        state_dir=Path(state_dir).expanduser() if state_dir else Path.home() / ".mesh-llm",
-        max_vram_bytes=int(max_vram * GIB) if max_vram is not None else None,
-        bind_port=_port(bind_port, "--bind-port"),
-        split=SplitConfig(force=split),
+        console=None if v["no_console"] else HttpConfig(host, console_port),
+        api_key=v["api_key"] or None,
+        state_dir=Path(v["state_dir"]).expanduser(),
+        max_vram_bytes=max_vram_bytes,
+        bind_port=v["bind_port"],
+        split=SplitConfig(force=v["split"]),
         planner=planner,
         demand=DemandConfig(fit_factor=planner.fit_factor),  # one fit rule for splits and standbys
-        transport=TransportConfig(quic_engine=engine),
+        transport=TransportConfig(quic_engine=v["quic"]),
         gossip=GossipConfig(),
         timing=NodeTiming(),
         mesh_timing=MeshTimings(),
-        device=device,
+        device=v["device"],
         backend=BackendConfig(
-            n_ctx=ctx_size or DEFAULT_CTX_SLOT,
-            n_ctx_auto=ctx_size is None and len(models) <= 1,
-            gpu_budget_bytes=int(max_vram * GIB) if max_vram is not None else None,
-            cache_type_k=cache_type_k,
-            cache_type_v=cache_type_v,
-            n_parallel=parallel,
-            max_queue=max_queue,
-            max_body_bytes=int(max_body_mb * 1024 * 1024),
-            n_threads=threads,
-            draft="off" if no_draft else draft,
-            draft_max=draft_max,
+            n_ctx=v["ctx_size"] or DEFAULT_CTX_SLOT,
+            n_ctx_auto=v["ctx_size"] is None and len(models) <= 1,
+            gpu_budget_bytes=max_vram_bytes,
+            cache_type_k=v["cache_type_k"],
+            cache_type_v=v["cache_type_v"],
+            n_parallel=v["parallel"],
+            max_queue=v["max_queue"],
+            max_body_bytes=int(v["max_body_mb"] * MIB),
+            n_threads=v["threads"],
+            draft="off" if v["no_draft"] else v["draft"],
+            draft_max=v["draft_max"],
         ),
         allow_download=not client,
-        allow_hosts=tuple(h.strip() for h in allow_hosts or [] if h.strip()),
+        allow_hosts=tuple(h.strip() for h in v["allow_hosts"] if h.strip()),
         discovery=discovery,
     )
 
@@ -261,11 +225,8 @@ def _discovery(
     if client and publish:
         raise ConfigError("--client nodes do not publish a mesh: drop --publish or --client")
     publishes = publish or (name is not None and not client)
-    if max_clients is not None:
-        if max_clients < 1:
-            raise ConfigError(f"--max-clients must be at least 1, not {max_clients}")
-        if not publishes:
-            raise ConfigError("--max-clients limits a published mesh: add --publish or --mesh-name")
+    if max_clients is not None and not publishes:
+        raise ConfigError("--max-clients limits a published mesh: add --publish or --mesh-name")
     return DiscoveryConfig(
         publish=publishes,
         auto=auto,
@@ -278,13 +239,7 @@ def _discovery(
     )
 
 
-def _quic_engine(name: str) -> str:
-    if name not in ENGINES:
-        raise ConfigError(f"--quic must be one of {', '.join(ENGINES)}, not {name!r}")
-    return name
-
-
-def api_key_from_env(environ: os._Environ[str] | dict[str, str]) -> str | None:
-    """The CLI's documented fallback: MESH_LLM_API_KEY when --api-key is not given."""
-    value = environ.get(API_KEY_ENV, "").strip()
-    return value or None
+def api_key_from_env(environ: Mapping[str, str]) -> str | None:
+    """The CLI's documented fallback, MESH_LLM_API_KEY, for commands that talk to the node."""
+    value: str | None = resolve(NODE, {}, environ)["api_key"]
+    return value

@@ -23,7 +23,7 @@
           └── ListingError         a mesh listing that is unsigned, expired, malformed or lies
 
 Foreign exceptions are translated into these at exactly one seam per subsystem. Every error
-that reaches HTTP is turned into one OpenAI-style error body in one place, `mesh_llm.api.errors`,
+that reaches HTTP is turned into one OpenAI-style error body in one place, `mesh_llm.http_errors`,
 which every FastAPI app of the node installs (the proxy, the console and its control routes,
 the model-server child).
 """

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from mesh_llm.api import errors as api_errors
+from mesh_llm import http_errors as api_errors
 from mesh_llm.api.guard import SESSION_COOKIE, AccessPolicy, is_loopback, session_value
 from mesh_llm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 

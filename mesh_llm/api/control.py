@@ -1,6 +1,6 @@
 """Local control routes on the console port: `mesh-llm drop` and `mesh-llm plan` talk to these.
 
-Errors are OpenAI error bodies, with the status `mesh_llm.api.errors` gives each: the console
+Errors are OpenAI error bodies, with the status `mesh_llm.http_errors` gives each: the console
 app that includes this router installs that seam, so a MeshError from `plan` is answered there
 (an unknown model is a 404, a bad argument a 400, and so on).
 """
@@ -12,10 +12,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from mesh_llm.api import errors as api_errors
+from mesh_llm import http_errors as api_errors
 from mesh_llm.api.auth import bearer_matches
-from mesh_llm.api.errors import ApiErrorResponse
 from mesh_llm.api.guard import is_loopback
+from mesh_llm.http_errors import ApiErrorResponse
 
 _MODEL_BODY = 'The body must be JSON: {"model": NAME}.'
 

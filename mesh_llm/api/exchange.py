@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mesh_llm.api import errors as api_errors
-from mesh_llm.api.errors import ApiErrorResponse
+from mesh_llm import http_errors as api_errors
+from mesh_llm.http_errors import ApiErrorResponse
 from mesh_llm.metrics import RequestRecord
 
 __all__ = ["Exchange", "error_code", "parse_body", "usage_not_asked"]

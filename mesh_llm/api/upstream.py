@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 import httpx
 from fastapi import Request
 
-from mesh_llm.api import errors as api_errors
-from mesh_llm.api.errors import ApiErrorResponse
+from mesh_llm import http_errors as api_errors
 from mesh_llm.api.routing import Endpoint
 from mesh_llm.errors import MeshError, NoHealthyHost
+from mesh_llm.http_errors import ApiErrorResponse
 
 __all__ = ["SHUTTING_DOWN", "Upstream", "UpstreamClient", "unless_gone", "unless_stopped"]
 

@@ -57,7 +57,7 @@ def cmd_rotate_key(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     from pathlib import Path
 
-    from mesh_llm.mesh.identity import NodeIdentity
+    from mesh_llm.peer.identity import NodeIdentity
 
     state = Path(args.state_dir).expanduser() if args.state_dir else Path.home() / ".mesh-llm"
     try:

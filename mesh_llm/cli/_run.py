@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from mesh_llm.cli._output import console, error, print_token
 from mesh_llm.cli._parser import node_parser
 from mesh_llm.cli.logs import setup_logging
-from mesh_llm.config import api_key_from_env, build_config
+from mesh_llm.config import build_config
 from mesh_llm.errors import MeshError
 
 log = logging.getLogger("mesh_llm.cli")
@@ -34,41 +34,7 @@ def run_node(argv: Sequence[str]) -> int:
     args = node_parser().parse_args(argv)
     setup_logging(args.verbose, args.log_format, console)
     try:
-        config = build_config(
-            models=args.model,
-            join=args.join,
-            client=args.client,
-            port=args.port,
-            console=args.console,
-            no_console=args.no_console,
-            listen_all=args.listen_all,
-            api_key=args.api_key or api_key_from_env(os.environ),
-            state_dir=args.state_dir,
-            max_vram=args.max_vram,
-            bind_port=args.bind_port,
-            split=args.split,
-            device=args.device,
-            ctx_size=args.ctx_size,
-            cache_type_k=args.cache_type_k,
-            cache_type_v=args.cache_type_v,
-            threads=args.threads,
-            parallel=args.parallel,
-            max_queue=args.max_queue,
-            max_body_mb=args.max_body,
-            allow_hosts=args.allow_host,
-            quic=args.quic,
-            draft=args.draft,
-            no_draft=args.no_draft,
-            draft_max=args.draft_max,
-            auto=args.auto,
-            publish=args.publish,
-            mesh_name=args.mesh_name,
-            region=args.region,
-            max_clients=args.max_clients,
-            nostr_relays=args.nostr_relay,
-            no_lan=args.no_lan,
-            discovery_timing=args.discovery_timing,
-        )
+        config = build_config(args, environ=os.environ)
         from mesh_llm.models.draft import OFF, resolve_draft_spec
         from mesh_llm.models.resolve import validate_spec
 

@@ -99,7 +99,7 @@ def cmd_discover(argv: Sequence[str]) -> int:
     except MeshError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
-    from mesh_llm.discovery._nostr import NostrRelays
+    from mesh_llm.discovery import NostrRelays
 
     async def look() -> Discovered:
         client = None if args.no_nostr else NostrRelays(relays, None, args.timeout)

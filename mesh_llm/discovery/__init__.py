@@ -37,6 +37,10 @@ def __getattr__(name: str) -> Any:
         from mesh_llm.discovery import _service
 
         return _service.Discovery
+    if name == "NostrRelays":
+        from mesh_llm.discovery import _nostr
+
+        return _nostr.NostrRelays
     raise AttributeError(f"module 'mesh_llm.discovery' has no attribute {name!r}")
 
 
@@ -52,6 +56,7 @@ __all__ = [
     "Found",
     "Listing",
     "MeshFacts",
+    "NostrRelays",
     "Preferences",
     "check_relay_url",
     "check_tag",

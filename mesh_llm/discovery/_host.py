@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from mesh_llm.mesh.token import InviteToken
+from mesh_llm.peer.token import InviteToken
 
 
 @dataclass(frozen=True)

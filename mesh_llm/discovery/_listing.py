@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mesh_llm.errors import ListingError, TokenError
-from mesh_llm.mesh.token import InviteToken
+from mesh_llm.peer.token import InviteToken
 
 LISTING_KIND = 31990
 LISTING_TAG = "mesh-llm"  # the value of the `d` and `k` tags

@@ -36,10 +36,10 @@ from mesh_llm.mesh.gossip import (
     PeerView,
 )
 from mesh_llm.mesh.http_transport import MeshHttpTransport
-from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.state_dir import last_port, save_port
-from mesh_llm.mesh.token import InviteToken, MeshCredentials, format_address
 from mesh_llm.mesh.tunnel import TunnelCounters, serve_tcp_streams
+from mesh_llm.peer.identity import NodeIdentity
+from mesh_llm.peer.token import InviteToken, MeshCredentials, format_address
 from mesh_llm.supervise import spawn_logged, supervised
 from mesh_llm.transport import MeshTransport, PeerLink, TransportConfig
 

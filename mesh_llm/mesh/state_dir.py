@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 from mesh_llm.errors import ConfigError, TokenError
-from mesh_llm.mesh.identity import NodeIdentity
-from mesh_llm.mesh.token import InviteToken, MeshCredentials, new_mesh
+from mesh_llm.peer.identity import NodeIdentity
+from mesh_llm.peer.token import InviteToken, MeshCredentials, new_mesh
 
 
 def load_identity(state_dir: Path) -> NodeIdentity:

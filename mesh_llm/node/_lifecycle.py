@@ -1,7 +1,9 @@
 """The node: one asyncio runtime that wires models, backends, the API and the console together.
 
-Startup and shutdown are explicit ordered phases (see `run`). The node owns the signals and
-every child process it starts, and stops exactly those.
+`Node` composes a few components that each own their state (`_local.LocalServing`,
+`_placement.Placement`, `_membership.Membership`, `_front.Front`), derives the routing table
+whenever one of them changes (`routing.derive_table`), and runs the ordered start and stop
+(see `run`). The node owns the signals and every child process it starts, and stops exactly those.
 """
 
 from __future__ import annotations
@@ -11,60 +13,36 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-import uvicorn
-
-from mesh_llm import __version__
-from mesh_llm.api.console import console_policy, create_console_app, status_for_caller
+from mesh_llm.api.console import ChangeFeed, console_policy, create_console_app, status_for_caller
 from mesh_llm.api.control import control_router
 from mesh_llm.api.guard import AccessPolicy, allowed_hosts, guarded
-from mesh_llm.api.limits import limited_protocol
 from mesh_llm.api.proxy import Proxy
-from mesh_llm.config import HttpConfig, NodeConfig
-from mesh_llm.discovery import Discovery
-from mesh_llm.errors import ConfigError, MeshError
-from mesh_llm.node._base import NodeResources
-from mesh_llm.node._meshes import NodeMeshes
+from mesh_llm.config import NodeConfig
+from mesh_llm.errors import MeshError, ModelError
+from mesh_llm.mesh.gossip import ModelAd
+from mesh_llm.mesh.service import MeshService
+from mesh_llm.node._front import Front
+from mesh_llm.node._http import HttpServers, bind_tcp
+from mesh_llm.node._local import LocalServing
+from mesh_llm.node._membership import Membership
+from mesh_llm.node._placement import Placement
+from mesh_llm.node._resources import NodeResources
 from mesh_llm.node._snapshot import NodeStatus
 from mesh_llm.node._stop_watch import StopWatch, bounded_step, kill_children
+from mesh_llm.node.routing import RoutingInputs, RoutingTable, derive_table
+from mesh_llm.runtime import RuntimeFile
+from mesh_llm.serving.model_server import BackendState
+from mesh_llm.split.claims import intents_record
 from mesh_llm.supervise import all_logged, spawn_supervised
 
 log = logging.getLogger(__name__)
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to the node."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def bind_tcp(http: HttpConfig, what: str) -> socket.socket:
-    """Bind a listening socket up front so a busy port is a clear error, not a uvicorn exit."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted sockets inherit TCP_NODELAY; without it a response's header and body writes
-    # meet delayed ACKs and each request waits about 40 ms on loopback.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((http.host, http.port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            f"cannot listen on {http.host}:{http.port} for the {what} ({exc.strerror}); "
-            f"is another mesh-llm running? Pick another port with --{'port' if what == 'API' else 'console'}."
-        ) from exc
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
-class Node(NodeMeshes, NodeStatus):
+class Node:
     """A mesh-llm node. `await Node(config, load_resources(config)).run()` serves until stopped."""
 
     def __init__(
@@ -75,11 +53,146 @@ class Node(NodeMeshes, NodeStatus):
         on_ready: Callable[[Node], None] | None = None,
         stop_watch: StopWatch | None = None,
     ) -> None:
-        super().__init__(config, resources)
+        self.config = config
+        self.node_id = resources.identity.node_id
+        self.capacity = resources.capacity
+        self.started_at = time.time()
+        self.feed = ChangeFeed()
+        self.api_port: int | None = None
+        self.console_port: int | None = None
+        self.stopping = False
+        self.fatal: MeshError | None = None  # why the node stopped by itself (run() returns 1)
+        self.serving = LocalServing(config, self.node_id, self.capacity, self.changed)
+        self.placement = Placement(
+            config, self.node_id, self.capacity, self.serving, lambda: self.membership.mesh, self.changed
+        )
+        self.membership = Membership(
+            config, resources.identity, self.capacity, self.placement,
+            record=self._record_fields, table=lambda: self.front.table, stopping=lambda: self.stopping,
+            changed=self.changed, mesh_changed=self._mesh_changed, discovery_changed=self.feed.bump,
+        )  # fmt: skip
+        self.front = Front(self.placement, self.membership, self.feed, self.refresh)
+        self.status_view = NodeStatus(self)
+        self.proxy: Proxy | None = None
+        self.refresh()
         self._on_ready = on_ready
-        self._http: list[tuple[_EmbeddedServer, asyncio.Task[None]]] = []  # console first, then API
+        self._http = HttpServers()
+        self._stop = asyncio.Event()
+        self._poke = asyncio.Event()  # set when the mesh changed; wakes the advertise loop early
+        self._grace_s = config.timing.stop_grace_s
         # The process's watchdog (the CLI's); without one, a stuck stop is only logged by step.
         self._stop_watch = stop_watch or StopWatch(None)
+        self.runtime = RuntimeFile(config.state_dir)
+
+    @property
+    def mesh(self) -> MeshService | None:
+        """The mesh service of the mesh this node is in; None outside one."""
+        return self.membership.mesh
+
+    @property
+    def table(self) -> RoutingTable:
+        """Where each model is served, as of the last change (read it; never derive it here)."""
+        return self.front.table
+
+    def status(self) -> dict[str, Any]:
+        return self.status_view.status()
+
+    # ---- the routing table and what the node advertises ----------------------------------
+
+    def refresh(self) -> None:
+        """Derive the routing table from the mesh view and local serving state, as they are now."""
+        now = time.monotonic()
+        demand, serving = self.placement.demand, self.serving
+        servers = serving.servers
+        self.front.table = derive_table(
+            RoutingInputs(
+                node_id=self.node_id,
+                now=now,
+                local=tuple(self.placement.local_endpoints(self.front.in_flight)),
+                servers=frozenset(servers),
+                slotted=frozenset(n for n, s in servers.items() if s.free_slots is not None),
+                peers=self.mesh.peers() if self.mesh is not None else {},
+                wants=tuple(self.placement.split.wants),
+                declined=frozenset(serving.declined),
+                standbys=self.placement.standbys(),
+                rates=demand.rates(now),
+                recent=demand.recent(now),
+                sizes=self.placement.model_sizes(),
+                demand=self.config.demand,
+                known=self.front.table.known,
+                known_memory_s=self.config.timing.known_model_memory_s,
+                started_at=self.started_at,
+                n_parallel=self.config.backend.n_parallel,
+            )
+        )
+
+    def changed(self) -> None:
+        """Something this node serves or publishes changed: new table, tell the page, re-advertise."""
+        self.refresh()
+        self.feed.bump()
+        if self.mesh is not None:
+            self.mesh.advertise(**self._record_fields())
+
+    def _mesh_changed(self) -> None:
+        """A peer joined, left or changed its record: new table, tell the page, re-plan splits soon."""
+        self.refresh()
+        self.feed.bump()
+        self._poke.set()
+
+    @property
+    def state(self) -> str:
+        serving, split = self.serving, self.placement.split
+        if self.stopping:
+            return "stopping"
+        if self.config.idle:
+            return "idle"
+        if self.config.client:
+            return "client"
+        if not serving.servers and not serving.pending and not split.hosts:
+            if split.duties:
+                return "worker"
+            return "waiting" if split.wants else "standby"
+        if any(not h.server for h in split.hosts.values()):
+            return "waiting"
+        states = [s.status().state for s in serving.servers.values()]
+        if serving.pending or any(s is BackendState.STARTING for s in states) or not states:
+            return "starting"
+        if all(s is BackendState.READY for s in states):
+            return "serving"
+        return "degraded"
+
+    @property
+    def role(self) -> str:
+        return self.placement.role
+
+    def _record_fields(self) -> dict[str, Any]:
+        """What this node advertises; health follows the model servers' live checks."""
+        split, serving, in_flight = self.placement.split, self.serving, self.front.in_flight
+        models = tuple(
+            ModelAd(
+                name, server.ready, "host", in_flight=in_flight[name], layers=split.host_layers(name),
+                free_slots=server.free_slots,
+            )
+            for name, server in sorted(serving.servers.items())
+        ) + tuple(split.worker_ads())  # fmt: skip
+        picking_up = self.placement.standby.state.model
+        if picking_up is not None and picking_up not in serving.servers:
+            # Resolving (perhaps assembling or downloading) before its server starts: say so, or
+            # the mesh would see the model unserved and this node no longer a standby.
+            models += (ModelAd(picking_up, False, "host"),)
+        return {
+            "role": self.role,
+            "capacity_bytes": self.capacity.offered_bytes,
+            "models": models,
+            "on_disk": tuple(sorted(set(serving.on_disk) | set(serving.resolved))),
+            "api_port": self.api_port or 0,
+            "console_port": self.console_port or 0,
+            "demand": self.placement.demand.own_counters(),
+            "client": self.config.client,
+            "extra": intents_record(split.claims(), split.wants, serving.declined),
+        }
+
+    # ---- start and stop ------------------------------------------------------------------
 
     def request_stop(self, sig: int | None = None) -> None:
         """Begin an orderly shutdown (the signal handlers call this).
@@ -101,43 +214,26 @@ class Node(NodeMeshes, NodeStatus):
         )  # fmt: skip
         self._stop.set()
 
-    async def _serve_http(self, app: Any, sock: socket.socket, graceful_s: int) -> _EmbeddedServer:
-        # No WebSockets: nothing here speaks them, and an upgraded connection would leave the
-        # per-client connection count and the guard behind.
-        config = uvicorn.Config(
-            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=graceful_s, access_log=False,
-            ws="none",
-        )  # fmt: skip
-        config.load()
-        config.http_protocol_class = limited_protocol(config.http_protocol_class)
-        server = _EmbeddedServer(config)
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        self._http.append((server, task))
-        while not server.started:
-            if task.done():
-                task.result()
-                raise MeshError("HTTP server stopped during startup")
-            await asyncio.sleep(0.01)
-        return server
-
     async def _start_http(self) -> None:
         if self.config.console is not None:
             sock = bind_tcp(self.config.console, "console")
             self.console_port = sock.getsockname()[1]
             app = create_console_app(
-                self.status, self.feed, api_key=self.config.api_key, metrics=self.metrics_text
+                self.status, self.feed, api_key=self.config.api_key, metrics=self.status_view.metrics_text
             )
-            app.include_router(control_router(self.drop, self.split.preview, self.config.api_key))
-            await self._serve_http(guarded(app, console_policy(self.config.api_key, self._hosts())), sock, 1)
+            app.include_router(
+                control_router(self.placement.drop, self.placement.split.preview, self.config.api_key)
+            )
+            await self._http.serve(guarded(app, console_policy(self.config.api_key, self._hosts())), sock, 1)
         if not self.config.idle:
             sock = bind_tcp(self.config.api, "API")
             self.api_port = sock.getsockname()[1]
-            self._proxy = Proxy(
-                self,
+            self.proxy = Proxy(
+                self.front,
                 api_key=self.config.api_key,
                 request_timeout_s=self.config.backend.request_timeout_s,
                 max_body_bytes=self.config.backend.max_body_bytes,
-                gauges=self.gauges,
+                gauges=self.status_view.gauges,
                 status=lambda request: status_for_caller(
                     self.status(), request.client.host if request.client else "", self.config.api_key
                 ),
@@ -145,8 +241,8 @@ class Node(NodeMeshes, NodeStatus):
             # The proxy checks the key itself (OpenAI-shaped 401s); the guard checks the Host.
             policy = AccessPolicy(None, self._hosts(), json_only=False, max_body=None)
             # uvicorn's own deadline comes after the proxy's drain (grace, then ending answers).
-            await self._serve_http(
-                guarded(self._proxy.app, policy), sock, graceful_s=int(self.config.timing.stop_grace_s) + 5
+            await self._http.serve(
+                guarded(self.proxy.app, policy), sock, graceful_s=int(self.config.timing.stop_grace_s) + 5
             )
 
     def _hosts(self) -> frozenset[str]:
@@ -169,14 +265,13 @@ class Node(NodeMeshes, NodeStatus):
                 api_host=self.config.api.host,
             )  # fmt: skip
             if not self.config.idle and not self.config.discovery.finds:
-                await self._start_mesh()  # with --auto / --mesh-name, discovery picks the mesh
+                await self.membership.start_mesh()  # with --auto / --mesh-name, discovery picks the mesh
             advertiser = spawn_supervised("advertise", self._advertise_loop)
             if self._on_ready is not None:
                 self._on_ready(self)
             if self.config.discovery.active:
                 # In the background: the API and console are already up and stay up.
-                self.discovery = Discovery(self.config.discovery, self, self.config.state_dir, __version__)
-                discovering = spawn_supervised("discovery", self.discovery.run)
+                discovering = spawn_supervised("discovery", self.membership.start_discovery().run)
             await self._start_models()
             await self._stop.wait()
         finally:
@@ -184,8 +279,9 @@ class Node(NodeMeshes, NodeStatus):
             if discovering is not None:
                 discovering.cancel()
                 await self._step("discovery's last round", all_logged("discovery", [discovering], log))
-            if self.discovery is not None:  # take the listing down before leaving the mesh
-                await self._step("delisting the mesh", self.discovery.stop(), extra_s=self.discovery.stop_s)
+            discovery = self.membership.discovery
+            if discovery is not None:  # take the listing down before leaving the mesh
+                await self._step("delisting the mesh", discovery.stop(), extra_s=discovery.stop_s)
             if advertiser is not None:
                 advertiser.cancel()
             await self._shutdown()
@@ -194,6 +290,17 @@ class Node(NodeMeshes, NodeStatus):
                 loop.remove_signal_handler(sig)
             self._stop_watch.step = "exiting (asyncio's cleanup, the interpreter's exit)"
         return 1 if self.fatal is not None else 0
+
+    async def _start_models(self) -> None:
+        await self.serving.find_on_disk()
+        for spec in self.config.models:
+            await self.placement.serve(spec)
+        self.feed.bump()
+        failed = self.serving.pending.failures()
+        if self.config.models and len(failed) == len(self.config.models):
+            # Nothing the user asked for can run: say why and exit rather than serve nothing.
+            self.fatal = ModelError(failed[0] if len(failed) == 1 else "; ".join(failed))
+            self._stop.set()
 
     async def _step(self, what: str, work: Coroutine[Any, Any, object], extra_s: float = 0.0) -> None:
         """One step of the stop, bounded by `timing.stop_step_s` (plus `extra_s`)."""
@@ -219,37 +326,36 @@ class Node(NodeMeshes, NodeStatus):
             now = time.monotonic()
             peers = self.mesh.peers()
             for node_id, view in peers.items():
-                self.demand.merge(node_id, view.record.demand, now, generation=view.record.incarnation)
-            await self.split.reconcile()
+                self.placement.demand.merge(
+                    node_id, view.record.demand, now, generation=view.record.incarnation
+                )
+            await self.placement.split.reconcile()
+            self.refresh()  # what only time changes: demand decays, known models expire
             self.mesh.advertise(**self._record_fields())
             if self.role == "standby" and not self.stopping and now - last_eval >= timing.standby_eval_s:
                 last_eval = now
-                await self._maybe_pick_up_work(now)
+                await self.placement.pick_up_work(self.table)
 
     async def _shutdown(self) -> None:
         """Stop accepting, let in-flight requests finish briefly, leave the mesh, stop children."""
         self.stopping = True
         self.feed.bump()
-        for task in list(self._serving_tasks):
-            task.cancel()
-        api = self._http[1:] if self.config.console is not None else self._http
-        for server, _ in api:
-            server.should_exit = True  # no new connections; idle keep-alive ones close
-        if self._proxy is not None:
-            await self._step("answers in progress", self._drain(self._proxy), extra_s=self._grace_s)
-        await self._step("the API server", all_logged("the API server", [t for _, t in api], log))
-        await self._step("split models", self.split.stop())
+        self.placement.cancel_serving()
+        started = self._http.started
+        api = self._http.close(
+            started[1:] if self.config.console is not None else started
+        )  # no new connections
+        if self.proxy is not None:
+            await self._step("answers in progress", self._drain(self.proxy), extra_s=self._grace_s)
+        await self._step("the API server", all_logged("the API server", api, log))
+        await self._step("split models", self.placement.split.stop())
         if self.mesh is not None:
             await self._step("leaving the mesh", self.mesh.stop())
-        await self._step(
-            "model servers", all_logged("model servers", [s.stop() for s in self.servers.values()], log)
-        )
-        if self._proxy is not None:
-            await self._step("the proxy's connections", self._proxy.aclose())
+        await self._step("model servers", self.serving.stop())
+        if self.proxy is not None:
+            await self._step("the proxy's connections", self.proxy.aclose())
         self.feed.close()
-        for server, _ in self._http:
-            server.should_exit = True
-        await self._step("the console", all_logged("the console", [t for _, t in self._http], log))
+        await self._step("the console", all_logged("the console", self._http.close(started), log))
 
     async def _drain(self, proxy: Proxy) -> None:
         cut = await proxy.drain(self._grace_s)

@@ -1,15 +1,22 @@
-"""The node's status, frozen into a `StatusSnapshot` (see `status.py`), and its gauges."""
+"""The node's status, frozen into a `StatusSnapshot` (see `status.py`), and its gauges.
+
+Both read the node's components and its routing table; neither changes anything.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Protocol
 
 from mesh_llm import __version__
+from mesh_llm.api.proxy import Proxy
+from mesh_llm.config import NodeConfig
 from mesh_llm.metrics import Gauge
-from mesh_llm.node._serving import NodeServingView
+from mesh_llm.node._front import Front
+from mesh_llm.node._membership import Membership
+from mesh_llm.node._placement import Placement
 from mesh_llm.node.status import (
     DemandSnapshot,
     Duty,
@@ -24,75 +31,110 @@ from mesh_llm.node.status import (
 log = logging.getLogger(__name__)
 
 
-class NodeStatus(NodeServingView):
-    """The node's status snapshot and its `/metrics` gauges."""
+class StatusParts(Protocol):
+    """The node as its status sees it: its components and what it is doing."""
+
+    config: NodeConfig
+    node_id: str
+    started_at: float
+    capacity: Any
+    placement: Placement
+    membership: Membership
+    front: Front
+    api_port: int | None
+    console_port: int | None
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def proxy(self) -> Proxy | None: ...
+
+
+class NodeStatus:
+    """The node's status snapshot and its `/metrics` gauges, read from `node`'s parts."""
+
+    def __init__(self, node: StatusParts) -> None:
+        self.node = node
 
     def status(self) -> dict[str, Any]:
         """The node's status as JSON-able data (served at /api/status and streamed on /api/events)."""
-        return build_status(self.status_snapshot())
+        return build_status(self.snapshot())
 
-    def status_snapshot(self) -> StatusSnapshot:
+    def snapshot(self) -> StatusSnapshot:
         """What status shows, frozen at this instant: the one place status reads the node."""
-        split_rows = self.split.host_rows()
+        node = self.node
+        serving, split, front, demand_table = (
+            node.placement.serving,
+            node.placement.split,
+            node.front,
+            node.placement.demand,
+        )
+        split_rows = split.host_rows()
         models = tuple(
             LocalModel(
                 name, server.status(), str(server.model.path), server.model.size_bytes,
-                self.in_flight[name], self.requests[name], server.slots, server.draft,
+                front.in_flight[name], front.requests[name], server.slots, server.draft,
                 server.draft_error, server.load_s, split_rows.pop(name, None),
             )
-            for name, server in self.servers.items()
+            for name, server in serving.servers.items()
         )  # fmt: skip
         waiting = tuple(
-            WaitingSplit(name, *self.split.host_facts(name), self.requests[name], extra)
+            WaitingSplit(name, *split.host_facts(name), front.requests[name], extra)
             for name, extra in split_rows.items()
         )
         mono = time.monotonic()
-        served = self._served_map()
-        rates = self.demand.rates(mono)
+        served = {m: list(ids) for m, ids in front.table.served.items()}
+        rates = demand_table.rates(mono)
         demand = DemandSnapshot(
-            rates, {m: self.demand.total(m) for m in set(rates) | set(served)}, served,
-            self.demand.config.wanted_min_rpm,
+            rates, {m: demand_table.total(m) for m in set(rates) | set(served)}, served,
+            demand_table.config.wanted_min_rpm,
         )  # fmt: skip
         mesh = None
-        if self.mesh is not None:
+        mesh_service = node.membership.mesh
+        if mesh_service is not None:
             peers = tuple(
                 PeerSnapshot(
-                    node_id, view, self.mesh.rtt_ms(node_id), self.mesh.rtt_min_ms(node_id),
-                    {m: n for (m, host), n in self.routed.items() if host == node_id},
+                    node_id, view, mesh_service.rtt_ms(node_id), mesh_service.rtt_min_ms(node_id),
+                    {m: n for (m, host), n in front.routed.items() if host == node_id},
                 )
-                for node_id, view in self.mesh.peers().items()
+                for node_id, view in mesh_service.peers().items()
             )  # fmt: skip
-            rpc = self.mesh.rpc_counters
+            rpc = mesh_service.rpc_counters
             mesh = MeshSnapshot(
-                self.mesh.invite_token, self.mesh.credentials.mesh_id_hex, self.mesh.transport.port,
-                self.mesh.transport.engine, peers,
+                mesh_service.invite_token, mesh_service.credentials.mesh_id_hex, mesh_service.transport.port,
+                mesh_service.transport.engine, peers,
                 rpc.bytes_from_peer if rpc is not None else None, rpc.bytes_to_peer if rpc is not None else None,
             )  # fmt: skip
-        duties = tuple(Duty(*row) for row in self.split.duty_rows())
+        discovery = node.membership.discovery
+        duties = tuple(Duty(*row) for row in split.duty_rows())
         return StatusSnapshot(
-            node_id=self.node_id,
-            started_at=self.started_at,
+            node_id=node.node_id,
+            started_at=node.started_at,
             now=time.time(),
             monotonic=mono,
-            state=self.state,
-            role=self.role,
-            client=self.config.client,
-            api_host=self.config.api.host,
-            api_port=self.api_port,
-            api_auth=self.config.api_key is not None,
-            console_port=self.console_port,
-            capacity=self.capacity,
+            state=node.state,
+            role=node.role,
+            client=node.config.client,
+            api_host=node.config.api.host,
+            api_port=node.api_port,
+            api_auth=node.config.api_key is not None,
+            console_port=node.console_port,
+            capacity=node.capacity,
             models=models,
             waiting_splits=waiting,
-            pending=tuple(self.pending.items()),
+            pending=tuple(serving.pending.items()),
             mesh=mesh,
             demand=demand,
-            standby=self.standby.state.text,
-            declined=tuple(self.declined),
+            standby=node.placement.standby.state.text,
+            declined=tuple(serving.declined),
             duties=duties,
-            in_flight=sum(self.in_flight.values()),
-            requests_total=sum(self.requests.values()),
-            discovery=self.discovery.status() if self.discovery is not None else None,
+            in_flight=sum(front.in_flight.values()),
+            requests_total=sum(front.requests.values()),
+            discovery=discovery.status() if discovery is not None else None,
         )
 
     # ---- metrics -----------------------------------------------------------------------
@@ -101,21 +143,23 @@ class NodeStatus(NodeServingView):
         """The `/metrics` page (Prometheus text format)."""
         from mesh_llm.metrics import RequestMetrics, render
 
-        return render(self._proxy.metrics if self._proxy else RequestMetrics(), self.gauges())
+        proxy = self.node.proxy
+        return render(proxy.metrics if proxy else RequestMetrics(), self.gauges())
 
     def gauges(self) -> list[Gauge]:
         """What `/metrics` reads at scrape time: slots, queue, in-flight requests, peers, RTT."""
+        node = self.node
         info = Gauge(
             "mesh_llm_node_info", "This node (always 1).",
-            [({"node_id": self.node_id, "version": __version__, "role": self.role, "state": self.state}, 1)],
+            [({"node_id": node.node_id, "version": __version__, "role": node.role, "state": node.state}, 1)],
         )  # fmt: skip
         in_flight = Gauge(
             "mesh_llm_in_flight_requests", "Requests this node's API is answering now, by model.",
-            [({"model": m}, n) for m, n in sorted(self.in_flight.items())],
+            [({"model": m}, n) for m, n in sorted(node.front.in_flight.items())],
         )  # fmt: skip
         slots: list[tuple[dict[str, str], float]] = []
         queued: list[tuple[dict[str, str], float]] = []
-        for name, server in sorted(self.servers.items()):
+        for name, server in sorted(node.placement.serving.servers.items()):
             if server.slots is None or not server.ready:
                 continue
             for state in ("busy", "free"):
@@ -123,10 +167,11 @@ class NodeStatus(NodeServingView):
             queued.append(({"model": name}, float(server.slots.get("queued", 0))))
         peers: Counter[str] = Counter()
         rtts: list[tuple[dict[str, str], float]] = []
-        if self.mesh is not None:
-            for node_id, view in sorted(self.mesh.peers().items()):
+        mesh_service = node.membership.mesh
+        if mesh_service is not None:
+            for node_id, view in sorted(mesh_service.peers().items()):
                 peers[view.status.value if view.connected else "relayed"] += 1
-                rtt = self.mesh.rtt_ms(node_id)
+                rtt = mesh_service.rtt_ms(node_id)
                 if rtt is not None:
                     rtts.append(({"peer": node_id[:8]}, rtt / 1000))
         return [

@@ -13,10 +13,10 @@ from typing import Any
 
 from mesh_llm import __version__
 from mesh_llm.mesh.gossip import PeerView
-from mesh_llm.planning.claims import PeerClaim, peer_claims
-from mesh_llm.serving.backend import BackendStatus
+from mesh_llm.models.states import PendingState
 from mesh_llm.serving.hardware import Capacity
-from mesh_llm.states import PendingState
+from mesh_llm.serving.model_server import BackendStatus
+from mesh_llm.split.claims import PeerClaim, peer_claims
 
 
 @dataclass(frozen=True)

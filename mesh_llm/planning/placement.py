@@ -7,7 +7,7 @@ without loading a model, :func:`parse_placement` reads what llama.cpp actually d
 load log, and :meth:`HostSplit.check` compares the two.
 
 Pure: numbers and log text in, settings and verdicts out. The model server carries them out
-(see ``mesh_llm.serving.host_split``).
+(see ``mesh_llm.serving.rpc.host_split``).
 """
 
 from __future__ import annotations

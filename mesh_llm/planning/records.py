@@ -7,7 +7,7 @@ OverflowError), counts and string lengths are capped, and node ids are 64 hex di
 that fails any check is dropped whole, with one warning per peer and model. Unknown fields
 are ignored, so newer nodes can add some.
 
-The split claims, wants and declines built on these checks are in `planning/claims.py`.
+The split claims, wants and declines built on these checks are in `split/claims.py`.
 """
 
 from __future__ import annotations

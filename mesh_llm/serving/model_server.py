@@ -1,350 +1,329 @@
-"""Entry point of a model-server subprocess: mesh-llm's own engine on a loopback socket.
-
-Run as `python -m mesh_llm.serving.model_server --fd N --model PATH --alias NAME ...`. The
-parent node opens the listening socket and passes its descriptor, so the port is known before
-the child starts, stays the same across restarts, and no other process can race for it. The
-child loads the model with llama-cpp-python's low-level API, starts the continuous-batching
-engine (`--parallel` slots of `--n-ctx` tokens each) and serves OpenAI's /v1 routes, plus
-/mesh/health, /mesh/slots and, on split hosts, /mesh/placement.
-
-Split hosts add `--rpc HOST:PORT` once per RPC worker and `--layer-split H,W1,W2,...` (host
-first, then one count per worker in the same order): the host keeps layers [0, H) on its CPU
-(on the first `--gpu-devices` GPU when given), the first worker the next W1 layers, and so on. After loading, the placement llama.cpp really
-made is checked against the split (a mismatch exits), logged, and served at /mesh/placement. A
-worker connection that closes ends the process at once (exit code 4), so its supervisor
-learns of a lost worker within a second instead of at the next request.
-
-`--draft PATH` loads a draft model next to the model, on this process's own devices only (never
-a split's RPC workers, so drafting costs no round trips), and `--draft lookup` drafts by prompt
-lookup; a draft whose vocabulary differs from the model's exits with code 5 and says why.
-"""
+"""Supervised model-server subprocesses: start, health-check, restart with backoff, stop."""
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import json
+import asyncio
+import contextlib
+import logging
 import os
-import signal
 import socket
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
 
+import httpx
+
+from mesh_llm.config import BackendConfig
 from mesh_llm.errors import ConfigError, MeshError
-from mesh_llm.models.kv import DEFAULT_CTX_SLOT
+from mesh_llm.models.draft import choose_draft
+from mesh_llm.models.kv import context_warning, training_context
+from mesh_llm.models.resolve import ResolvedModel
+from mesh_llm.planning.offload import solo_offload
+from mesh_llm.serving.process import Exited, SupervisedChild, TimedOut
+from mesh_llm.serving.rpc.cache import gguf_header
+from mesh_llm.settings import model_server_args
 
-if TYPE_CHECKING:
-    from mesh_llm.serving.engine._draft import Drafter
-    from mesh_llm.serving.engine._jobs import EngineConfig
-    from mesh_llm.serving.engine._llama import Model
+log = logging.getLogger(__name__)
 
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGTERM us when the node dies, even by kill -9: no orphan model servers."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except OSError:
-        return  # not Linux: the node's own shutdown still stops us
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        sys.exit(0)
+SLOTS_POLL_S = 0.5
+STABLE_AFTER_S = 60.0  # a server up this long before crashing restarts with the shortest backoff
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="mesh-llm-model-server")
-    p.add_argument("--fd", type=int, required=True, help="inherited listening socket")
-    p.add_argument("--model", required=True, help="path to the GGUF file")
-    p.add_argument("--alias", required=True, help="model name clients use")
-    p.add_argument("--n-ctx", type=int, default=DEFAULT_CTX_SLOT)
-    p.add_argument("--n-threads", type=int, default=None)
-    p.add_argument("--parallel", type=int, default=4, help="slots: requests decoded together")
-    p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a slot")
-    p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body in bytes")
-    p.add_argument("--n-gpu-layers", type=int, default=0)
-    p.add_argument(
-        "--gpu-devices",
-        default=None,
-        metavar="CUDA0,...",
-        help="ggml devices this process offloads to, in order",
-    )
-    p.add_argument(
-        "--tensor-split", default=None, metavar="S0,S1,...", help="share of layers per --gpu-devices"
-    )
-    p.add_argument(
-        "--auto-ctx", action="store_true",
-        help="size the context per slot by planning/offload.auto_ctx (training context, capped, within memory)",
-    )  # fmt: skip
-    p.add_argument(
-        "--gpu-budget",
-        type=int,
-        default=None,
-        help="bytes the weights and KV caches may take (--max-vram), on GPUs or the CPU",
-    )
-    p.add_argument("--cache-type-k", default=None, help="KV cache type for K: f16, q8_0, q4_0, ...")
-    p.add_argument("--cache-type-v", default=None, help="KV cache type for V")
-    p.add_argument(
-        "--draft", default=None, metavar="PATH|lookup", help="speculative decoding: a draft GGUF or lookup"
-    )
-    p.add_argument("--draft-max", type=int, default=8, help="most draft tokens verified per step")
-    p.add_argument("--parent-pid", type=int, default=0)
-    p.add_argument("--verbose", action="store_true")
-    p.add_argument(
-        "--rpc", action="append", default=[], metavar="HOST:PORT", help="RPC worker, in layer order"
-    )
-    p.add_argument("--layer-split", default=None, help="layer counts: the host's, then one per --rpc")
-    p.add_argument(
-        "--output-on", choices=("host", "last"), default="host",
-        help="where the output head lives: the host (less traffic per token) or the last worker",
-    )  # fmt: skip
-    p.add_argument("--rpc-timeout", type=float, default=10.0, help="seconds to wait for each worker's HELLO")
-    return p.parse_args(argv)
+EXIT_BAD_DRAFT = 5  # the model server's exit code for a draft that cannot draft for the model
 
 
-EXIT_RPC_UNUSABLE = 3  # a worker did not answer, or llama.cpp did not place layers as planned
-EXIT_RPC_LOST = 4  # a worker's connection closed after the model had loaded
-EXIT_BAD_DRAFT = 5  # the draft model cannot draft for this model
+class BackendState(Enum):
+    STARTING = "starting"  # process launched, model loading
+    READY = "ready"  # answering health checks: requests may be routed here
+    RESTARTING = "restarting"  # crashed or unhealthy, waiting out the backoff
+    STOPPED = "stopped"
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"mesh-llm model server: {message}", file=sys.stderr, flush=True)
-    return code
+@dataclass(frozen=True)
+class BackendStatus:
+    """A snapshot of one supervised model server, for status views."""
+
+    model: str
+    state: BackendState
+    port: int
+    pid: int | None
+    restarts: int
+    since: float
+    message: str = ""
 
 
-def _load_draft(spec: str | None, model: Model, gpus: Sequence[str] = ()) -> Model | Drafter | None:
-    """The draft `--draft` asks for: a lookup drafter, a loaded draft model (on the first of
-    ``gpus``), or None. A draft model's context is sized later, with the model's."""
-    from pathlib import Path
-
-    from mesh_llm.planning.offload import draft_offload
-    from mesh_llm.serving.engine._draft import LOOKUP, LookupDrafter, check_vocab
-    from mesh_llm.serving.engine._llama import Model
-
-    if spec is None:
-        return None
-    if spec == LOOKUP:
-        return LookupDrafter()
-    path = Path(spec)
-    # Devices are chosen explicitly by a split host's hook; a draft with no offloaded layers
-    # stays on this process's CPU whatever that hook lists. With GPUs it goes on the first one.
-    plan = draft_offload([(name, 0) for name in gpus])
-    draft = Model(path, n_gpu_layers=plan.n_gpu_layers, devices=plan.devices) if plan else Model(path)
-    try:
-        check_vocab(
-            model.vocab_pieces(), draft.vocab_pieces(), model.special_ids(), draft.special_ids(), path.name
-        )
-    except MeshError:
-        draft.close()
-        raise
-    print(f"mesh-llm draft: {path.name} drafts for {model.n_layer}-layer model", file=sys.stderr, flush=True)
-    return draft
+def _listening_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted sockets inherit TCP_NODELAY; without it a response's header and body writes
+    # meet delayed ACKs and each request waits about 40 ms on loopback.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
 
 
-def _drafter(draft: Model | Drafter | None, config: EngineConfig) -> Drafter | None:
-    """A loaded draft model becomes a drafter with the engine's slots and context."""
-    from mesh_llm.serving.engine._drafter import ModelDrafter
-    from mesh_llm.serving.engine._llama import Model
-
-    if not isinstance(draft, Model):
-        return draft
-    return ModelDrafter(
-        draft,
-        name=draft.path.stem,
-        n_seq=config.n_slots,
-        n_ctx_seq=config.n_ctx_slot,
-        n_batch=config.batch_size(drafting=False),
-        n_threads=config.n_threads,
-        n_threads_batch=config.n_threads_batch,
-    )
-
-
-def _host_gpus(gpus: Sequence[str]) -> list[tuple[str, int]]:
-    """``(name, free bytes)`` of the chosen GPUs, in the order given."""
-    if not gpus:
-        return []
-    from mesh_llm.serving.devices import registry_devices
-
-    free = {d.name: d.free_bytes for d in registry_devices()}
-    return [(name, free.get(name, 0)) for name in gpus]
+def gpu_server_values(
+    config: BackendConfig, gpus: Sequence[tuple[str, int]], *, split: bool
+) -> dict[str, Any]:
+    """Pure: the model-server settings for GPUs and KV cache types; none at all on the CPU path."""
+    values: dict[str, Any] = {"cache_type_k": config.cache_type_k, "cache_type_v": config.cache_type_v}
+    plan = None if split else solo_offload(gpus)
+    if plan is not None:
+        values.update(gpu_devices=",".join(plan.devices), n_gpu_layers=plan.n_gpu_layers)
+        if plan.tensor_split:
+            values["tensor_split"] = ",".join(f"{s:g}" for s in plan.tensor_split)
+        if config.n_ctx_auto:
+            values.update(auto_ctx=True, gpu_budget=config.gpu_budget_bytes)
+    elif split and gpus:
+        # The host's own layers, divided by free memory, and a draft (on the first GPU).
+        values["gpu_devices"] = ",".join(name for name, _ in gpus)
+    return values
 
 
-def _tied_embeddings(path: str) -> bool:
-    """Whether the model's output head is its input embedding table (no ``output.weight``)."""
-    from pathlib import Path
-
-    from mesh_llm.serving.rpc_cache import gguf_tensors
-
-    return all(e.tensor != "output.weight" for e in gguf_tensors(Path(path)))
+def gpu_server_args(config: BackendConfig, gpus: Sequence[tuple[str, int]], *, split: bool) -> list[str]:
+    """Pure: `gpu_server_values` as the model server's command-line words."""
+    return model_server_args(gpu_server_values(config, gpus, split=split))
 
 
-def _gpu_free(gpus: Sequence[str]) -> int:
-    return sum(free for _, free in _host_gpus(gpus))
+class ModelServer:
+    """One model served by a llama-cpp-python subprocess on a fixed loopback port.
 
-
-def _free_memory(gpus: Sequence[str]) -> int:
-    """Memory free now where the KV caches will live: the chosen GPUs, else the machine's RAM."""
-    if gpus:
-        return _gpu_free(gpus)
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
-def _auto_ctx(
-    models: Sequence[Model], gpus: Sequence[str], free_before: int, args: argparse.Namespace
-) -> int:
-    """Per-slot context by planning/offload.auto_ctx: the smallest training context among the
-    loaded models (the model's and a draft's), capped, within what the memory left after their
-    weights holds and within ``--gpu-budget``. Every model's KV cache and attention compute
-    buffer count per token, since each slot has one of each.
-
-    On GPUs the weights are what loading took from free memory. On the CPU llama.cpp maps the
-    file, and mapped pages still count as available, so the files' sizes are taken off instead.
+    The node owns the listening socket, so the port survives restarts. The child runs in its
+    own process group (Ctrl-C in the terminal does not reach it directly; the node stops it in
+    order) and asks the kernel to end it if the node dies.
     """
-    from mesh_llm.planning.offload import (
-        DEFAULT_CACHE_TYPE,
-        auto_ctx,
-        compute_bytes_per_token,
-        context_memory,
-        kv_bytes_per_token,
-    )
-    from mesh_llm.serving.engine import EngineConfig
 
-    if gpus:
-        free = _gpu_free(gpus)
-        weights = max(0, free_before - free)
-    else:
-        weights = sum(m.path.stat().st_size for m in models)
-        free = max(0, free_before - weights)
-    memory = None if free_before <= 0 else context_memory(free, weights, args.gpu_budget)
-    kinds = {
-        "type_k": args.cache_type_k or DEFAULT_CACHE_TYPE,
-        "type_v": args.cache_type_v or DEFAULT_CACHE_TYPE,
-    }
-    engine = EngineConfig(n_slots=args.parallel, draft_max=args.draft_max)
-    # The model verifies drafts of either kind; a draft model's own context never drafts.
-    batches = [engine.batch_size(drafting=args.draft is not None), engine.batch_size(drafting=False)]
-    per_token = sum(
-        kv_bytes_per_token(m.n_layer, m.n_head_kv, m.head_dim_k, m.head_dim_v, **kinds)
-        + compute_bytes_per_token(m.n_head, n_batch)
-        for m, n_batch in zip(models, batches, strict=False)
-    )
-    ceiling = min(m.n_ctx_train for m in models)
-    n_ctx = auto_ctx(memory, per_token, args.parallel, n_ctx_train=ceiling, fallback=args.n_ctx)
-    print(
-        f"mesh-llm context: {n_ctx} tokens per slot x {args.parallel} (training context {ceiling}; "
-        f"{(memory or 0) / 2**30:.1f} GiB for KV caches and attention on {','.join(gpus) or 'CPU'} "
-        "after the weights)",
-        file=sys.stderr,
-        flush=True,
-    )
-    return n_ctx
+    def __init__(
+        self,
+        model: ResolvedModel,
+        config: BackendConfig,
+        log_dir: Path,
+        on_change: Callable[[], None] = lambda: None,
+        *,
+        rpc_endpoints: Sequence[str] = (),
+        layer_split: Sequence[int] = (),
+        output_on_host: bool = True,
+        gpus: Sequence[tuple[str, int]] = (),
+    ) -> None:
+        """``gpus`` holds ``(ggml name, free bytes)`` of this node's chosen GPUs: a solo model goes
+        wholly on them, divided by free memory (see planning/offload.py); none: the CPU.
 
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parse(argv)
-    if args.parent_pid:
-        _die_with_parent(args.parent_pid)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-
-    gpus = [g for g in (args.gpu_devices or "").split(",") if g]
-    split = None
-    capture = None
-    if args.rpc or args.layer_split:
-        # A lost worker makes ggml abort; without this it first runs gdb for a backtrace.
-        os.environ.setdefault("GGML_NO_BACKTRACE", "1")
-        from mesh_llm.planning.placement import parse_placement
-        from mesh_llm.serving.host_split import LlamaLogCapture, prepare_host_split, watch_rpc_connections
-
-        try:
-            if not args.rpc or not args.layer_split:
-                raise ConfigError("--rpc and --layer-split go together")
-            counts = [int(c) for c in args.layer_split.split(",")]
-            split = prepare_host_split(
-                args.rpc, counts, output_on_host=args.output_on == "host", probe_timeout=args.rpc_timeout,
-                host_gpus=_host_gpus(gpus), tied_embeddings=_tied_embeddings(args.model) if gpus else True,
-            )  # fmt: skip
-        except (MeshError, ValueError) as exc:
-            return _fail(str(exc), EXIT_RPC_UNUSABLE)
-        capture = LlamaLogCapture()
-
-    import uvicorn
-
-    from mesh_llm.planning.offload import cache_type
-    from mesh_llm.serving.engine import Engine, EngineConfig, ModelApp, ServerInfo
-    from mesh_llm.serving.engine._chat import ChatTemplate
-    from mesh_llm.serving.engine._llama import Model
-
-    sized = bool(args.auto_ctx and not split)
-    free_before = _free_memory(gpus) if sized else 0
-    try:
-        type_k = cache_type(args.cache_type_k) if args.cache_type_k else None
-        type_v = cache_type(args.cache_type_v) if args.cache_type_v else None
-        if split:
-            model = Model(
-                args.model,
-                n_gpu_layers=split.offload.n_gpu_layers,
-                tensor_split=list(split.offload.tensor_split),
+        ``rpc_endpoints`` and ``layer_split`` make this a split host: ``layer_split`` holds the
+        host's layer count, then one per endpoint in the same order (see planning.placement.offload_settings).
+        The child exits when a worker's connection closes; like any crash that is reported in
+        the status message and retried with backoff, so the owner should re-plan and stop it.
+        """
+        if bool(rpc_endpoints) != bool(layer_split) or (
+            rpc_endpoints and len(layer_split) != len(rpc_endpoints) + 1
+        ):
+            raise ConfigError(
+                f"layer split {tuple(layer_split)} needs one count for the host and one per RPC endpoint "
+                f"({len(rpc_endpoints)})"
             )
-        else:
-            shares = [float(s) for s in args.tensor_split.split(",")] if args.tensor_split else None
-            model = Model(args.model, n_gpu_layers=args.n_gpu_layers, tensor_split=shares, devices=gpus)
-    except (MeshError, ValueError) as exc:
-        return _fail(str(exc), EXIT_RPC_UNUSABLE if split else 1)
-    extra: dict[str, object] = {}
-    if split is not None and capture is not None:
+        self.rpc_endpoints = tuple(rpc_endpoints)
+        self.layer_split = tuple(int(c) for c in layer_split)
+        self.output_on_host = output_on_host
+        self.gpus = tuple(gpus)
+        self.model = model
+        self._config = config
+        self._child = SupervisedChild(
+            f"model server {model.name}",
+            log_dir / f"{model.name}.log",
+            BackendState.STOPPED,
+            stop_timeout_s=config.stop_timeout_s,
+            on_change=on_change,
+            logger=log,
+        )
+        self._sock = _listening_socket()
+        self.port: int = self._sock.getsockname()[1]
+        self._task: asyncio.Task[None] | None = None
+        self.restarts = 0
+        self._stopping = False
+        self._ready_at: float | None = None
+        self._spawned_at: float | None = None
+        self.load_s: float | None = None  # seconds the last start took from launch to ready
+        self.slots: dict[str, Any] | None = None  # the engine's last /mesh/slots answer
+        self.draft: str | None = None  # what the model server drafts with (see models/draft.py)
+        self.draft_error = ""
         try:
-            placement = parse_placement(capture.finish())
-            split.check(placement)
-        except MeshError as exc:
-            return _fail(str(exc), EXIT_RPC_UNUSABLE)
-        described = split.describe(placement)
-        print(f"mesh-llm placement: {json.dumps(described)}", file=sys.stderr, flush=True)
-        extra["placement"] = lambda: described
+            self.draft = choose_draft(model, config.draft)
+        except MeshError as exc:  # an explicit --draft that went missing since start-up
+            self.draft_error = str(exc)
 
-        def lost(endpoint: str) -> None:
-            _fail(f"connection to RPC worker {endpoint} closed; the split model cannot run", EXIT_RPC_LOST)
-            os._exit(EXIT_RPC_LOST)  # uvicorn and llama.cpp threads would not end on their own
+    @property
+    def name(self) -> str:
+        return self.model.name
 
-        watch_rpc_connections(split.endpoints, lost)
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
-    try:
-        draft = _load_draft(args.draft, model, gpus)
-    except MeshError as exc:
-        return _fail(str(exc), EXIT_BAD_DRAFT)
-    loaded = [model, draft] if isinstance(draft, Model) else [model]
-    cores = os.cpu_count() or 2
-    engine_config = EngineConfig(
-        n_slots=args.parallel,
-        n_ctx_slot=_auto_ctx(loaded, gpus, free_before, args) if sized else args.n_ctx,
-        max_queue=args.max_queue,
-        # llama-cpp-python's defaults: half the cores for one-token steps, all for batches.
-        n_threads=args.n_threads or max(1, cores // 2),
-        n_threads_batch=args.n_threads or cores,
-        draft_max=args.draft_max,
-        type_k=type_k,
-        type_v=type_v,
-    )
-    engine = Engine(model, engine_config, _drafter(draft, engine_config))
-    source = model.chat_template()
-    template = (
-        ChatTemplate(source, bos_token=model.special_text("bos"), eos_token=model.special_text("eos"))
-        if source
-        else None
-    )
-    engine.start()
-    info = ServerInfo(args.alias, max_body=args.max_body, extra=extra)  # type: ignore[arg-type]
-    app = ModelApp(engine, model, template, info).app
+    @property
+    def ready(self) -> bool:
+        return self._child.state is BackendState.READY
 
-    sock = socket.socket(fileno=args.fd)
-    config = uvicorn.Config(
-        app, log_level="warning", lifespan="off", timeout_keep_alive=30, limit_concurrency=1000
-    )
-    server = uvicorn.Server(config)
-    server.run(sockets=[sock])
-    return 0
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
 
+    def status(self) -> BackendStatus:
+        c = self._child
+        return BackendStatus(self.name, c.state, self.port, c.pid, self.restarts, c.since, c.message)
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+    async def start(self) -> None:
+        """Launch the supervisor; returns at once (watch `ready` or the on_change callback)."""
+        if not self._config.n_ctx_auto or self.rpc_endpoints:  # a fixed context: say if it overreaches
+            warning = await asyncio.to_thread(self._context_warning)
+            if warning:
+                log.warning("%s", warning)
+        self._task = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until the server answers health checks; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready:
+                return True
+            await asyncio.sleep(0.05)
+        return self.ready
+
+    async def placement(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """Where llama.cpp put each layer of a split model (checked against the split at load);
+        None for a solo model or a server that is not ready."""
+        if not self.rpc_endpoints or not self.ready:
+            return None
+        try:
+            async with httpx.AsyncClient() as client:
+                r = await client.get(f"{self.base_url}/mesh/placement", timeout=timeout)
+            return dict(r.json()) if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    async def stop(self) -> None:
+        """Stop the supervisor and the child's whole process group; idempotent."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._kill_child()
+        self._sock.close()
+        self._child.set_state(BackendState.STOPPED, "stopped")
+
+    def _context_warning(self) -> str | None:
+        try:
+            meta, _ = gguf_header(self.model.path)
+        except (MeshError, OSError):
+            return None  # the model server reports an unreadable file itself
+        return context_warning(self.name, self._config.n_ctx, training_context(meta))
+
+    def _command(self) -> list[str]:
+        config = self._config
+        values: dict[str, Any] = {
+            "fd": self._sock.fileno(),
+            "model": str(self.model.path),
+            "alias": self.name,
+            "n_ctx": config.n_ctx,
+            "parallel": config.n_parallel,
+            "max_queue": config.max_queue,
+            "max_body": config.max_body_bytes,
+            "parent_pid": os.getpid(),
+            "n_threads": config.n_threads or None,
+            "rpc": self.rpc_endpoints,
+            **gpu_server_values(config, self.gpus, split=bool(self.rpc_endpoints)),
+        }
+        if config.n_ctx_auto and not self.gpus and not self.rpc_endpoints:
+            # The CPU path sizes its context by the same rule as GPUs (planning/offload.auto_ctx).
+            values.update(auto_ctx=True, gpu_budget=config.gpu_budget_bytes)
+        if self.draft is not None:
+            values.update(draft=self.draft, draft_max=config.draft_max)
+        if self.layer_split:
+            values["layer_split"] = ",".join(map(str, self.layer_split))
+            values["output_on"] = "host" if self.output_on_host else "last"
+        return [sys.executable, "-m", "mesh_llm.serving.model_server_main", *model_server_args(values)]
+
+    async def _healthy(self, client: httpx.AsyncClient) -> bool:
+        """One health check; it also refreshes the slot figures shown in status and gossip."""
+        try:
+            r = await client.get(f"{self.base_url}/mesh/slots", timeout=self._config.health_timeout_s)
+            if r.status_code != 200:
+                return False
+            body = r.json()
+            self.slots = body if isinstance(body, dict) else None
+            return True
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    @property
+    def free_slots(self) -> int | None:
+        """Slots free at the last check, or None before the first."""
+        if self.slots is None or not self.ready:
+            return None
+        return int(self.slots.get("slots_free", 0))
+
+    async def _supervise(self) -> None:
+        failures = 0
+        async with httpx.AsyncClient() as client:
+            while not self._stopping:
+                self._child.set_state(BackendState.STARTING, "loading model")
+                self._ready_at = None
+                self._spawned_at = time.monotonic()
+                await self._child.spawn(self._command(), pass_fds=(self._sock.fileno(),))
+                reason = await self._run_once(client)
+                await self._kill_child()
+                if self._stopping:
+                    return
+                self.restarts += 1
+                if self._ready_at is not None and time.monotonic() - self._ready_at > STABLE_AFTER_S:
+                    failures = 0  # it ran fine for a while: this crash starts a new backoff series
+                delay = self._config.restart_backoff_s[min(failures, len(self._config.restart_backoff_s) - 1)]
+                failures += 1
+                self._child.set_state(BackendState.RESTARTING, f"{reason}; restarting in {delay:g} s")
+                await asyncio.sleep(delay)
+
+    async def _run_once(self, client: httpx.AsyncClient) -> str:
+        """Run one child until it exits or fails its health checks; return why it ended."""
+        child = self._child
+
+        async def healthy() -> bool:
+            return await self._healthy(client)
+
+        outcome = await child.wait_ready(healthy, self._config.startup_timeout_s, 0.1)
+        if isinstance(outcome, Exited):
+            if outcome.code == EXIT_BAD_DRAFT and self.draft is not None:
+                # The draft cannot draft for this model: serve without it, and say why.
+                self.draft_error = child.log_tail()
+                log.warning("model server %s: draft refused: %s", self.name, self.draft_error)
+                self.draft = None
+                return "its draft was refused; starting without it"
+            return f"exited with code {outcome.code} while loading ({child.log_tail()})"
+        if isinstance(outcome, TimedOut):
+            return f"did not become healthy within {outcome.after_s:g} s"
+        self._ready_at = time.monotonic()
+        if self._spawned_at is not None:
+            self.load_s = self._ready_at - self._spawned_at
+        child.set_state(BackendState.READY, "")
+        misses = 0
+        # Checks every half second keep the slot figures fresh; the miss budget stays in time.
+        interval = min(self._config.health_interval_s, SLOTS_POLL_S)
+        allowed_misses = max(3, round(3 * self._config.health_interval_s / interval))
+        while True:
+            code = await child.wait_exit(interval)
+            if code is not None:
+                if self.rpc_endpoints:  # say which worker went away
+                    return f"exited with code {code} ({child.log_tail(1)})"
+                return f"exited with code {code}"
+            misses = 0 if await self._healthy(client) else misses + 1
+            if misses >= allowed_misses:
+                return "stopped answering health checks"
+
+    async def _kill_child(self) -> None:
+        self.slots = None
+        await self._child.stop()

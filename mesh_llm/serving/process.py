@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -194,3 +196,16 @@ class SupervisedChild(Generic[S]):
                 await self._watch
             self._watch = None
         await stop_group(self.proc, self._stop_timeout_s)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """In the child: ask Linux to SIGTERM it when the node dies, even by kill -9, so no child
+    outlives its node."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        return  # not Linux: the node's own shutdown still stops us
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        sys.exit(0)

@@ -13,8 +13,8 @@ from typing import Protocol
 from mesh_llm.mesh.gossip import PeerView
 from mesh_llm.mesh.tunnel import TcpTunnel
 from mesh_llm.models.resolve import ResolvedModel
-from mesh_llm.serving.backend import ModelServer
 from mesh_llm.serving.hardware import Capacity
+from mesh_llm.serving.model_server import ModelServer
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from mesh_llm.planning.planner import PlanConfig, replan
 from mesh_llm.planning.plans import ModelFacts, PlanNode, Solo, Split, Waiting
 from mesh_llm.split._election import MeshView, plan_nodes
-from mesh_llm.states import Loading, Serving, SplitHostState, WaitingForCapacity, WaitingForWorkers
+from mesh_llm.split.states import Loading, Serving, SplitHostState, WaitingForCapacity, WaitingForWorkers
 
 Plan = Solo | Split | Waiting
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mesh_llm.planning.claims import PeerClaim
-from mesh_llm.planning.election import HostClaim, elect_host
 from mesh_llm.planning.plans import PlanNode
+from mesh_llm.split.claims import PeerClaim
+from mesh_llm.split.host_election import HostClaim, elect_host
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ from mesh_llm.config import BackendConfig
 from mesh_llm.mesh.tunnel import TcpTunnel
 from mesh_llm.models.kv import kv_cache_bytes
 from mesh_llm.models.resolve import ResolvedModel
-from mesh_llm.planning.claims import PeerClaim
 from mesh_llm.planning.plans import ModelFacts, Split
-from mesh_llm.serving.backend import ModelServer
-from mesh_llm.serving.rpc_cache import gguf_header
+from mesh_llm.serving.model_server import ModelServer
+from mesh_llm.serving.rpc.cache import gguf_header
 from mesh_llm.split._context import SplitContext
 from mesh_llm.split._decisions import HostSituation, HostStep, Plan, describe, mode
-from mesh_llm.states import NoLinkToWorker, Planning, SplitHostState, log_transition
+from mesh_llm.split.claims import PeerClaim
+from mesh_llm.split.states import NoLinkToWorker, Planning, SplitHostState, log_transition
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A node asked to serve a model that does not fit it (or with `--split`) *wants* it and says so in
 its gossip record (`extra["wants"]`). Every node computes the same coordinator for each wanted
-model (`planning.election.elect_host`): a host already placing it keeps it, else the node with the GGUF
+model (`split.host_election.elect_host`): a host already placing it keeps it, else the node with the GGUF
 and the most capacity. Nodes remember the split models they have seen for ten minutes, so when a
 host dies or drops one, the node with the next-most capacity takes it over.
 
@@ -31,7 +31,6 @@ from mesh_llm.errors import MeshError, ModelError
 from mesh_llm.mesh.gossip import ModelAd, PeerView
 from mesh_llm.models.catalog import find_entry
 from mesh_llm.models.resolve import ResolvedModel, resolve
-from mesh_llm.planning.claims import PeerClaim, read_intents
 from mesh_llm.planning.planner import PlanConfig
 from mesh_llm.planning.plans import Split
 from mesh_llm.split._context import Holdings, SplitContext
@@ -41,7 +40,8 @@ from mesh_llm.split._election import duty_changes as _duty_changes
 from mesh_llm.split._host import HostExecutor, SplitHost, model_facts, serving_bytes
 from mesh_llm.split._preview import preview_plan
 from mesh_llm.split._worker import WorkerDuty, WorkerExecutor, rpc_port
-from mesh_llm.states import SplitFailed
+from mesh_llm.split.claims import PeerClaim, read_intents
+from mesh_llm.split.states import SplitFailed
 from mesh_llm.supervise import all_logged
 
 log = logging.getLogger(__name__)

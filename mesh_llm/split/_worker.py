@@ -17,8 +17,8 @@ from mesh_llm.errors import MeshError
 from mesh_llm.mesh.gossip import ModelAd
 from mesh_llm.models.resolve import ResolvedModel
 from mesh_llm.planning.records import model_dir_name
-from mesh_llm.serving.rpc_cache import clear_rpc_cache, prefill_rpc_cache
-from mesh_llm.serving.rpc_supervisor import RpcWorker, RpcWorkerState
+from mesh_llm.serving.rpc.cache import clear_rpc_cache, prefill_rpc_cache
+from mesh_llm.serving.rpc.supervisor import RpcWorker, RpcWorkerState
 from mesh_llm.split._context import SplitContext
 from mesh_llm.split._election import DutyAssignment
 

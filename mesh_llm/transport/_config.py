@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mesh_llm.errors import ConfigError
-from mesh_llm.mesh.wire import DEFAULT_MAX_FRAME
+from mesh_llm.peer.wire import DEFAULT_MAX_FRAME
 from mesh_llm.transport._compat import DEFAULT_ENGINE, ENGINES
 from mesh_llm.transport._handshake import MAX_WINDOW, MIN_WINDOW
 

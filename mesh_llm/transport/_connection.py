@@ -15,14 +15,14 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections import deque
 from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
 from mesh_llm.errors import ConfigError, PeerUnreachable, TransportError, WireError
-from mesh_llm.mesh.rtt import RttEstimator
-from mesh_llm.mesh.wire import TYPE_FIELD, FrameDecoder, encode_frame
+from mesh_llm.peer.rtt import RttEstimator
+from mesh_llm.peer.wire import TYPE_FIELD, FrameDecoder, encode_frame
 from mesh_llm.transport._adapter import CidCallback, QuicAdapter
+from mesh_llm.transport._before_ready import BeforeReady
 from mesh_llm.transport._codes import CloseCode, StreamCode, code_name, termination_reason
 from mesh_llm.transport._compat import QuicEngine
 from mesh_llm.transport._config import TransportConfig
@@ -33,8 +33,6 @@ from mesh_llm.transport._state import ConnectionGone, State, check_transition
 from mesh_llm.transport._streams import Stream
 
 log = logging.getLogger("mesh_llm.transport")
-
-MAX_PENDING_MESSAGES = 256
 
 
 class ConnectionOwner(Protocol):
@@ -82,10 +80,7 @@ class Connection(QuicAdapter):
         self._config = owner.config
         self._control_id = 0  # the dialer's first bidirectional stream
         self._decoder = FrameDecoder(owner.config.max_frame)
-        self._inbox: deque[dict[str, Any]] = deque()
-        self._inbox_event = asyncio.Event()
-        self._early: list[Any] = []
-        self._early_bytes = 0
+        self._before_ready = BeforeReady(self._loop, self._config.stream_window)
         self._streams = StreamTable(self, window=self._config.stream_window, max_frame=self._config.max_frame)
         self._liveness = Liveness(self.send_control, self.transmit, interval=self._config.keepalive_interval)
         self._handshake: asyncio.Future[None] | None = None
@@ -155,15 +150,11 @@ class Connection(QuicAdapter):
 
     async def next_auth_message(self, deadline: float) -> dict[str, Any]:
         """The next control message before READY; TimeoutError or ConnectionGone otherwise."""
-        while not self._inbox:
-            if self.state is State.CLOSED:
-                raise ConnectionGone(self.close_code, self.close_reason)
-            remaining = deadline - self._loop.time()
-            if remaining <= 0:
-                raise TimeoutError
-            self._inbox_event.clear()
-            await asyncio.wait_for(self._inbox_event.wait(), remaining)
-        return self._inbox.popleft()
+        return await self._before_ready.next_message(deadline, self._check_open)
+
+    def _check_open(self) -> None:
+        if self.state is State.CLOSED:
+            raise ConnectionGone(self.close_code, self.close_reason)
 
     def peer_certificate(self) -> bytes | None:
         """The peer's TLS certificate (DER), once QUIC's handshake is done."""
@@ -174,10 +165,9 @@ class Connection(QuicAdapter):
         self.link = link
         self._set_state(State.READY, "authenticated")
         self._liveness.start(name=f"keepalive {link.short_id}")
-        pending, self._inbox = self._inbox, deque()
+        pending, early = self._before_ready.release()
         for msg in pending:
             self._on_control_message(msg)
-        early, self._early = self._early, []
         for event in early:
             self.quic_event_received(event)
         self._streams.deliver_fed()
@@ -319,8 +309,7 @@ class Connection(QuicAdapter):
         self._set_state(State.CLOSED, reason)
         exc = TransportError(f"connection to {self._who()} lost: {reason}")
         self._streams.fail_all(exc)
-        self._early.clear()
-        self._inbox_event.set()
+        self._before_ready.close()
         self._liveness.stop(exc)
         self.owner.connection_closed(self, reason)
 
@@ -341,11 +330,8 @@ class Connection(QuicAdapter):
         # can overtake the proof on the wire). Anyone else opening streams before
         # authentication gets them reset, and learns nothing from them.
         if self.dialer and self.state is State.AUTHENTICATING and self._streams.is_remote(stream_id):
-            self._early_bytes += size
-            if self._early_bytes > 4 * self._config.stream_window:
+            if not self._before_ready.hold_event(event, size):
                 self.close_with(CloseCode.PROTOCOL_ERROR, "peer sent too much before authenticating")
-                return
-            self._early.append(event)
             return
         self._streams.refuse(stream_id, StreamCode.NOT_AUTHENTICATED)
 
@@ -365,13 +351,11 @@ class Connection(QuicAdapter):
             if self.state is State.READY:
                 self._on_control_message(msg)
             elif self.state is not State.CLOSED:
-                if len(self._inbox) >= MAX_PENDING_MESSAGES:
+                if not self._before_ready.add_message(msg):
                     self.close_with(
                         CloseCode.PROTOCOL_ERROR, "peer sent too many messages before authenticating"
                     )
                     return
-                self._inbox.append(msg)
-                self._inbox_event.set()
         if end_stream and self.state is not State.CLOSED:
             self.close_with(CloseCode.PROTOCOL_ERROR, "peer ended its control stream")
 
@@ -382,7 +366,7 @@ class Connection(QuicAdapter):
             if isinstance(stream_id, int) and isinstance(limit, int):
                 stream = self._streams.get(stream_id)
                 if stream is not None:
-                    stream.writer._credit(limit)
+                    stream.writer.grant_credit(limit)
         elif kind == "_ping":
             with contextlib.suppress(TransportError):
                 # Say how long the ping waited here, so the sender can take it out of the RTT.

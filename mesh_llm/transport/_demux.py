@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from mesh_llm.errors import TransportError, WireError
-from mesh_llm.mesh.wire import TYPE_FIELD, encode_frame, try_decode_frame
+from mesh_llm.peer.wire import TYPE_FIELD, encode_frame, try_decode_frame
 from mesh_llm.transport._codes import StreamCode, code_name
 from mesh_llm.transport._streams import Stream, StreamHost
 
@@ -66,15 +66,15 @@ class StreamTable:
     def fail_all(self, exc: TransportError) -> None:
         """The connection ended: fail every stream with `exc` and forget them."""
         for stream in list(self._streams.values()):
-            stream.reader._fail(exc)
-            stream.writer._fail(exc)
+            stream.reader.fail(exc)
+            stream.writer.fail(exc)
         self._streams.clear()
         self._opening.clear()
 
     def deliver_fed(self) -> None:
         fed, self._fed = self._fed, {}
         for stream in fed.values():
-            stream.reader._deliver()
+            stream.reader.deliver()
 
     # --- events of an authenticated connection ----------------------------------------------
 
@@ -82,10 +82,10 @@ class StreamTable:
         stream = self._streams.get(stream_id)
         if stream is not None:
             if data:
-                stream.reader._feed(data, deliver=False)
+                stream.reader.feed_data(data, deliver=False)
                 self._fed[stream_id] = stream
             if end_stream:
-                stream.reader._feed_eof()
+                stream.reader.feed_eof()
         elif stream_id in self._opening or (
             self.is_remote(stream_id) and stream_id > self._highest_remote_stream
         ):
@@ -97,7 +97,7 @@ class StreamTable:
         stream = self._streams.get(stream_id)
         if stream is not None:
             reason = code_name(StreamCode, error_code)
-            stream.reader._fail(
+            stream.reader.fail(
                 TransportError(f"{self._host.who()} reset its side of stream {stream.kind!r} ({reason})")
             )
 
@@ -105,7 +105,7 @@ class StreamTable:
         stream = self._streams.get(stream_id)
         if stream is not None:
             reason = code_name(StreamCode, error_code)
-            stream.writer._fail(
+            stream.writer.fail(
                 TransportError(f"{self._host.who()} stopped reading stream {stream.kind!r} ({reason})")
             )
 
@@ -144,7 +144,7 @@ class StreamTable:
         stream = Stream(self._host, stream_id, kind, self._window, self._host.peer_window)
         self._streams[stream_id] = stream
         if rest:
-            stream.reader._feed(rest)
+            stream.reader.feed_data(rest)
         if end_stream:
-            stream.reader._feed_eof()
+            stream.reader.feed_eof()
         self._host.run_stream_handler(stream, handler, header)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh_llm.errors import AuthenticationError, ConfigError, PeerUnreachable, TransportError
-from mesh_llm.mesh.token import format_address, parse_address
+from mesh_llm.peer.token import format_address, parse_address
 from mesh_llm.transport._codes import CloseCode
 from mesh_llm.transport._compat import QuicEngine
 from mesh_llm.transport._config import TransportConfig

@@ -2,9 +2,9 @@
 
 Every node runs one `MeshTransport`. It listens on one UDP socket (dual-stack "::" by default)
 and dials peers from a fresh UDP socket per connection; both ends run the same QUIC engine
-interface (see _compat.py), and the authentication on top is the pure state machine of
-_handshake.py. A peer that fails is closed with an error code and has received nothing but a
-hello.
+interface (see _compat.py), and the authentication on top (_authenticate.py) drives the pure
+state machine of _handshake.py. A peer that fails is closed with an error code and has received
+nothing but a hello.
 
 One link per peer (see _links.py for who wins when two nodes dial each other at once).
 
@@ -21,20 +21,19 @@ import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
-from mesh_llm.errors import ConfigError, PeerUnreachable, TransportError
-from mesh_llm.mesh.identity import NodeIdentity, is_node_id
-from mesh_llm.mesh.token import MeshCredentials, format_address
+from mesh_llm.errors import ConfigError, TransportError
+from mesh_llm.peer.identity import NodeIdentity, is_node_id
+from mesh_llm.peer.token import MeshCredentials, format_address
 from mesh_llm.transport._adapter import CidCallback
+from mesh_llm.transport._authenticate import Authenticator
 from mesh_llm.transport._codes import CloseCode
 from mesh_llm.transport._compat import QuicEngine, ServerCredentials, load_engine
 from mesh_llm.transport._config import TransportConfig
 from mesh_llm.transport._connection import Connection
-from mesh_llm.transport._dial import Dial, connect_quic, parse_targets, race, refusal, send_step
-from mesh_llm.transport._handshake import DialerHandshake, Hello, ListenerHandshake
+from mesh_llm.transport._dial import Dial, connect_quic, parse_targets, race
 from mesh_llm.transport._link import PeerLink
 from mesh_llm.transport._links import LinkTable, await_claim
 from mesh_llm.transport._listener import Listener
-from mesh_llm.transport._state import ConnectionGone, State
 from mesh_llm.transport._streams import Stream
 from mesh_llm.transport._tasks import MessageHandler, StreamHandler, TaskSet, serve_stream
 from mesh_llm.transport._udp import bind_socket, datagram_size, display_address
@@ -81,6 +80,14 @@ class MeshTransport:
         self._tasks = TaskSet()
         self._server_credentials: ServerCredentials = self._engine.server_credentials(
             *identity.tls_certificate()
+        )
+        self._auth = Authenticator(
+            identity,
+            credentials,
+            config,
+            self._table,
+            self._server_credentials.certificate_der,
+            lambda link: self._tasks.notify(self.on_peer_connected, link),
         )
 
     @property
@@ -229,7 +236,7 @@ class MeshTransport:
         if expected_node_id is not None:
             dial.claim = self._table.claim(expected_node_id)
         try:
-            link = await race(targets, dial, problems, self._connect(dial), self._authenticate_outgoing)
+            link = await race(targets, dial, problems, self._connect(dial), self._auth.outgoing)
         except BaseException as exc:
             if dial.claim is not None:
                 dial.claim.fail(exc)
@@ -252,114 +259,15 @@ class MeshTransport:
             size_for=self._datagram_size,
         )
 
-    async def _authenticate_outgoing(self, conn: Connection, dial: Dial) -> PeerLink:
-        """Run the dialer's half of mesh authentication on a fresh connection."""
-        where = conn.remote_address
-        handshake = DialerHandshake(
-            self.credentials,
-            self.identity,
-            self.config.stream_window,
-            listener_certificate=conn.peer_certificate(),
-            expected_node_id=dial.expected,
-        )
-        try:
-            send_step(conn, handshake.start(), where)
-            send_step(conn, handshake.receive(await conn.next_auth_message(dial.deadline)), where)
-            theirs = handshake.peer
-            assert theirs is not None
-            existing = self._links.get(theirs.node_id)
-            if existing is not None:
-                conn.close_with(CloseCode.DUPLICATE, "already connected")
-                return existing
-            if dial.claim is None:
-                other = self._claims.get(theirs.node_id)
-                if other is not None:
-                    conn.close_with(CloseCode.DUPLICATE, "another dial to this node is in progress")
-                    return await await_claim(other, dial.deadline)
-                dial.claim = self._table.claim(theirs.node_id)
-            dial.claim.reached = True
-            send_step(conn, handshake.prove(), where)
-            send_step(conn, handshake.receive(await conn.next_auth_message(dial.deadline)), where)
-            return self._install(conn, theirs)
-        except TimeoutError:
-            conn.close_with(CloseCode.AUTH_TIMEOUT, "authentication timed out")
-            raise PeerUnreachable(f"{where}: authentication did not finish before the deadline") from None
-        except ConnectionGone as gone:
-            if gone.code == CloseCode.DUPLICATE and handshake.peer is not None:
-                # The listener keeps a connection it prefers (see the module docstring).
-                return await self._table.wait_for_link(handshake.peer.node_id, dial.deadline)
-            raise refusal(where, gone) from None
-        except BaseException:
-            conn.close_with(CloseCode.GOODBYE, "dial cancelled")
-            raise
-
     # --- accepting --------------------------------------------------------------------------
 
     def accept_handshake(self, conn: Connection) -> None:
         if self._closed:
             conn.close_with(CloseCode.SHUTDOWN, "transport closed", tell_peer="shutting down")
             return
-        self.spawn(self._authenticate_incoming(conn), name=f"auth {conn.remote_address}")
-
-    async def _authenticate_incoming(self, conn: Connection) -> None:
-        """Run the listener's half of mesh authentication; close the connection on any failure."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.auth_timeout
-        where = conn.remote_address
-        handshake = ListenerHandshake(
-            self.credentials,
-            self.identity,
-            self.config.stream_window,
-            own_certificate=self._server_credentials.certificate_der,
-        )
-        try:
-            while not handshake.identified:
-                step = handshake.receive(await conn.next_auth_message(deadline))
-                if step.refusal is not None:
-                    log.info("refused %s: %s", where, step.refusal.reason)
-                    conn.close_with(step.refusal.code, step.refusal.reason, tell_peer=step.refusal.tell_peer)
-                    return
-                for msg in step.send:
-                    conn.send_control(msg)
-            theirs = handshake.peer
-            assert theirs is not None
-            if not await self._table.admit(theirs.node_id):
-                conn.close_with(CloseCode.DUPLICATE, "duplicate connection", tell_peer="already connected")
-                return
-            if conn.state is State.CLOSED:
-                return
-            for msg in handshake.accept().send:
-                conn.send_control(msg)
-            self._install(conn, theirs)
-        except TimeoutError:
-            log.info("refused %s: no authentication within %g s", where, self.config.auth_timeout)
-            conn.close_with(CloseCode.AUTH_TIMEOUT, "authentication timed out")
-        except (ConnectionGone, TransportError) as exc:
-            log.debug("connection from %s ended during authentication: %s", where, exc)
-            conn.close_with(CloseCode.GOODBYE, "connection ended during authentication")
+        self.spawn(self._auth.incoming(conn), name=f"auth {conn.remote_address}")
 
     # --- links ------------------------------------------------------------------------------
-
-    def _install(self, conn: Connection, hello: Hello) -> PeerLink:
-        if conn.state is not State.AUTHENTICATING:  # it closed while the last message was read
-            raise TransportError(f"connection to {conn.remote_address} lost: {conn.close_reason}")
-        conn.peer_id = hello.node_id
-        conn.peer_window = hello.window
-        link = PeerLink(conn)
-        old = self._links.get(hello.node_id)
-        self._links[hello.node_id] = link
-        if old is not None:
-            old.replaced()
-        conn.become_ready(link)
-        log.info(
-            "linked with %s at %s (%s)",
-            link.short_id,
-            link.remote_address,
-            "dialed" if conn.dialer else "accepted",
-        )
-        self._tasks.notify(self.on_peer_connected, link)
-        self._table.linked(link)
-        return link
 
     def connection_opened(self, conn: Connection) -> None:
         self._connections.add(conn)

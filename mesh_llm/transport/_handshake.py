@@ -40,9 +40,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from mesh_llm.mesh.identity import NodeIdentity, is_node_id
-from mesh_llm.mesh.token import MESH_ID_BYTES, MeshCredentials
-from mesh_llm.mesh.wire import TYPE_FIELD
+from mesh_llm.peer.identity import NodeIdentity, is_node_id
+from mesh_llm.peer.token import MESH_ID_BYTES, MeshCredentials
+from mesh_llm.peer.wire import TYPE_FIELD
 from mesh_llm.transport._codes import CloseCode
 
 AUTH_VERSION = 1

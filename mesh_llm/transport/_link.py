@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from mesh_llm.errors import MalformedFrame
-from mesh_llm.mesh.rtt import RttEstimator
-from mesh_llm.mesh.wire import TYPE_FIELD
+from mesh_llm.peer.rtt import RttEstimator
+from mesh_llm.peer.wire import TYPE_FIELD
 from mesh_llm.transport._codes import CloseCode
 from mesh_llm.transport._state import State
 from mesh_llm.transport._streams import MeshStreamReader, MeshStreamWriter, Stream

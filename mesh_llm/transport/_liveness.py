@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mesh_llm.errors import TransportError
-from mesh_llm.mesh.rtt import RttEstimator
-from mesh_llm.mesh.wire import TYPE_FIELD
+from mesh_llm.peer.rtt import RttEstimator
+from mesh_llm.peer.wire import TYPE_FIELD
 from mesh_llm.transport._streams import fresh, wake
 
 MAX_OUTSTANDING_PINGS = 16

@@ -66,8 +66,8 @@ class Stream:
         if not self.reader.finished:
             self.conn.stop_stream(self.id, code)
         exc = TransportError(reason)
-        self.reader._fail(exc)
-        self.writer._fail(exc)
+        self.reader.fail(exc)
+        self.writer.fail(exc)
 
 
 class StreamSink(Protocol):
@@ -173,7 +173,7 @@ class MeshStreamReader:
         if self._sink is not None or self._waiter is not None:
             raise RuntimeError("a mesh stream has one consumer")
         self._sink = sink
-        self._deliver()
+        self.deliver()
 
     def pause(self) -> None:
         """Stop handing bytes to the sink until `resume()` (the sink's own buffer is full)."""
@@ -182,9 +182,10 @@ class MeshStreamReader:
     def resume(self) -> None:
         """Hand the sink what arrived while paused, and whatever comes next."""
         self._paused = False
-        self._deliver()
+        self.deliver()
 
-    def _deliver(self) -> None:
+    def deliver(self) -> None:
+        """Push buffered bytes, then the end or the failure, to the `forward` sink, if any."""
         sink = self._sink
         if sink is None or self._delivering:
             return
@@ -223,9 +224,8 @@ class MeshStreamReader:
         finally:
             self._waiter = None
 
-    def _feed(self, data: bytes, deliver: bool = True) -> None:
-        """Bytes from the peer. With deliver=False a sink gets them at the next `_deliver()`:
-        the connection hands a whole burst over in one go (one write to a tunnel's socket)."""
+    def feed_data(self, data: bytes, deliver: bool = True) -> None:
+        """Bytes from the peer; with deliver=False a sink gets them at the next `deliver()`, a burst at once."""
         if self.finished:
             return
         if not self._credit.arrived(len(data)):
@@ -234,24 +234,26 @@ class MeshStreamReader:
         self._buffer += data
         wake(self._waiter)
         if deliver:
-            self._deliver()
+            self.deliver()
 
-    def _feed_eof(self) -> None:
+    def feed_eof(self) -> None:
+        """The peer's FIN: reads end once the buffer is drained."""
         if self.finished:
             return
         self._eof = True
         wake(self._waiter)
         self._stream.maybe_forget()
-        self._deliver()
+        self.deliver()
 
-    def _fail(self, exc: TransportError) -> None:
+    def fail(self, exc: TransportError) -> None:
+        """The stream broke: pending and later reads raise `exc`."""
         if self.finished:
             return
         self._error = exc
         self._buffer.clear()
         wake(self._waiter)
         self._stream.maybe_forget()
-        self._deliver()
+        self.deliver()
 
 
 class MeshStreamWriter:
@@ -358,7 +360,8 @@ class MeshStreamWriter:
         }
         return info.get(name, default)
 
-    def _credit(self, limit: int) -> None:
+    def grant_credit(self, limit: int) -> None:
+        """The peer lets us send up to `limit` bytes in all on this stream."""
         if self._send_credit.raise_to(limit):
             self._flush()
 
@@ -376,7 +379,7 @@ class MeshStreamWriter:
             try:
                 self._stream.conn.send_stream_data(self._stream.id, chunk, end_stream=fin)
             except TransportError as exc:
-                self._fail(exc)
+                self.fail(exc)
                 return
         if fin:
             self._eof_sent = True
@@ -386,7 +389,8 @@ class MeshStreamWriter:
         if fin:
             self._stream.maybe_forget()
 
-    def _fail(self, exc: TransportError) -> None:
+    def fail(self, exc: TransportError) -> None:
+        """The stream broke: pending and later writes and drains raise `exc`."""
         if self.finished:
             return
         self._error = exc

@@ -73,4 +73,4 @@ async def serve_stream(peer_id: str, stream: Stream, handler: StreamHandler, hea
         if not stream.reader.finished:
             # Nobody will read the rest: tell the peer instead of letting it block on credit.
             stream.conn.stop_stream(stream.id, StreamCode.CANCELLED)
-            stream.reader._fail(TransportError("stream handler finished"))
+            stream.reader.fail(TransportError("stream handler finished"))

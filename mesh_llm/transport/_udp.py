@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mesh_llm.errors import ConfigError, TransportError
-from mesh_llm.mesh.token import format_address
+from mesh_llm.peer.token import format_address
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import pytest
 
 from mesh_llm.discovery._nostr import check_event_json
 from mesh_llm.errors import ListingError
-from mesh_llm.mesh.token import new_mesh
+from mesh_llm.peer.token import new_mesh
 from tests.harness import REPO, NodeProcess, stop_all
 from tests.nostr_relay import LocalNostrRelay, dead_relay_url, tamper
 
@@ -192,7 +192,7 @@ def test_a_member_takes_over_publishing_when_the_publisher_leaves(
 
 
 def _token_node(token: str) -> str:
-    from mesh_llm.mesh.token import InviteToken
+    from mesh_llm.peer.token import InviteToken
 
     return InviteToken.decode(token).node_id
 

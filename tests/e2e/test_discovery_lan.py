@@ -128,6 +128,6 @@ print("JOINED", s["discovery"]["joined"]["source"])
 
 
 def _addresses(row: dict[str, Any]) -> tuple[str, ...]:
-    from mesh_llm.mesh.token import InviteToken
+    from mesh_llm.peer.token import InviteToken
 
     return InviteToken.decode(row["invite_token"]).addresses

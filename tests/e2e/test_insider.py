@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 
 from mesh_llm.mesh.gossip import GossipConfig, NodeRecord
-from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.mesh.service import MeshService, MeshSettings, MeshTimings, record_for
-from mesh_llm.mesh.token import InviteToken
+from mesh_llm.peer.identity import NodeIdentity
+from mesh_llm.peer.token import InviteToken
 from mesh_llm.transport import TransportConfig
 from tests.harness import NodeProcess, wait_gone
 

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from mesh_llm.mesh.token import InviteToken, new_mesh
+from mesh_llm.peer.token import InviteToken, new_mesh
 from tests.harness import NodeProcess, stop_all, wait_gone
 
 CHAT = [{"role": "user", "content": "Say hello."}]

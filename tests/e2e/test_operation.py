@@ -16,8 +16,8 @@ import httpx
 import openai
 import pytest
 
-from mesh_llm.mesh.identity import NodeIdentity
-from mesh_llm.mesh.token import InviteToken, new_mesh
+from mesh_llm.peer.identity import NodeIdentity
+from mesh_llm.peer.token import InviteToken, new_mesh
 from tests.harness import REPO, NodeProcess, free_port, stop_all, wait_gone
 
 CHAT = [{"role": "user", "content": "Say hello."}]

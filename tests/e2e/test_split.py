@@ -224,7 +224,7 @@ def test_zero_transfer_loading_sends_under_one_percent_of_the_workers_share(tmp_
 def test_a_node_beyond_the_rtt_cap_is_left_out_of_splits_but_still_serves_the_api(
     tmp_path: Path, solo_outputs: list[str]
 ) -> None:
-    from mesh_llm.mesh.token import InviteToken, parse_address
+    from mesh_llm.peer.token import InviteToken, parse_address
     from tests.relay import DelayRelay
 
     a = NodeProcess(["--split", "--model", "SmolLM2-135M"], tmp_path / "a").start()

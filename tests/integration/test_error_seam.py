@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 
-from mesh_llm.api import errors as api_errors
+from mesh_llm import http_errors as api_errors
 from mesh_llm.api.console import ChangeFeed, create_console_app
 from mesh_llm.api.control import control_router
 from mesh_llm.api.proxy import Proxy

@@ -24,9 +24,9 @@ from fastapi.responses import Response, StreamingResponse
 
 from mesh_llm.api.proxy import Proxy
 from mesh_llm.mesh.http_transport import BASE_URL, MeshHttpTransport
-from mesh_llm.mesh.identity import NodeIdentity
-from mesh_llm.mesh.token import new_mesh
 from mesh_llm.mesh.tunnel import TunnelCounters, serve_tcp_streams
+from mesh_llm.peer.identity import NodeIdentity
+from mesh_llm.peer.token import new_mesh
 from mesh_llm.transport import MeshTransport, PeerLink, TransportConfig
 from tests.serving_view import OneHost
 

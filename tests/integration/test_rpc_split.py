@@ -39,10 +39,10 @@ from mesh_llm.planning.placement import (
     parse_endpoint,
     shard_ranges,
 )
-from mesh_llm.serving.backend import BackendState, ModelServer
-from mesh_llm.serving.rpc_cache import clear_rpc_cache, fnv1a_64, gguf_tensors, prefill_rpc_cache
-from mesh_llm.serving.rpc_probe import probe_rpc_server
-from mesh_llm.serving.rpc_supervisor import RpcWorker, RpcWorkerState
+from mesh_llm.serving.model_server import BackendState, ModelServer
+from mesh_llm.serving.rpc.cache import clear_rpc_cache, fnv1a_64, gguf_tensors, prefill_rpc_cache
+from mesh_llm.serving.rpc.probe import probe_rpc_server
+from mesh_llm.serving.rpc.supervisor import RpcWorker, RpcWorkerState
 from tests.gguf_fixtures import write_wide_llama_gguf
 from tests.harness import smollm2_path, wait_gone
 
@@ -341,7 +341,7 @@ async def test_killed_worker_fails_the_host_fast_and_stop_leaves_no_process(
 def test_worker_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
     parent = (
         "import asyncio, pathlib, sys, time\n"
-        "from mesh_llm.serving.rpc_supervisor import RpcWorker\n"
+        "from mesh_llm.serving.rpc.supervisor import RpcWorker\n"
         "w = RpcWorker(0, None, pathlib.Path(sys.argv[1]), n_threads=1)\n"
         "asyncio.run(w.start())\n"
         "print(w.pid, flush=True)\n"

@@ -29,10 +29,10 @@ from qh3.quic.configuration import QuicConfiguration
 from qh3.tls import SignatureAlgorithm
 
 from mesh_llm.errors import AuthenticationError, ConfigError, MalformedFrame, PeerUnreachable, TransportError
-from mesh_llm.mesh.identity import NodeIdentity
-from mesh_llm.mesh.token import MeshCredentials, new_mesh
 from mesh_llm.mesh.tunnel import open_tcp_tunnel, serve_tcp_streams
-from mesh_llm.mesh.wire import encode_frame
+from mesh_llm.peer.identity import NodeIdentity
+from mesh_llm.peer.token import MeshCredentials, new_mesh
+from mesh_llm.peer.wire import encode_frame
 from mesh_llm.transport import (
     ALPN,
     ENGINES,
@@ -590,8 +590,8 @@ async def test_peer_closing_fires_on_peer_lost(make_node: NodeFactory) -> None:
 
 _PEER_SCRIPT = """
 import asyncio, sys
-from mesh_llm.mesh.identity import NodeIdentity
-from mesh_llm.mesh.token import MeshCredentials
+from mesh_llm.peer.identity import NodeIdentity
+from mesh_llm.peer.token import MeshCredentials
 from mesh_llm.transport import MeshTransport, TransportConfig
 
 async def main():

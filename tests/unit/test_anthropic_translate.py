@@ -15,9 +15,9 @@ import pydantic
 import pytest
 from anthropic.types import ErrorResponse, Message, RawMessageStreamEvent
 
-from mesh_llm.api.errors import ApiError, ApiErrorResponse
 from mesh_llm.api.translate import CHAT_PATH, StreamTranslator, Translator, Turn
 from mesh_llm.api.translate.anthropic import MessagesTranslator, anthropic_error, count_tokens_chat
+from mesh_llm.http_errors import ApiError, ApiErrorResponse
 
 MODEL = "SmolLM2-135M"
 WEATHER = {

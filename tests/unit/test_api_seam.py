@@ -7,10 +7,10 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from mesh_llm.api import errors as api_errors
+from mesh_llm import http_errors as api_errors
 from mesh_llm.api.auth import request_key_matches
-from mesh_llm.api.errors import ApiError
 from mesh_llm.api.proxy import translated_events
+from mesh_llm.http_errors import ApiError
 
 
 def test_either_key_header_is_accepted() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mesh_llm.planning.claims import PeerClaim, PeerIntents, intents_record, read_intents
+from mesh_llm.split.claims import PeerClaim, PeerIntents, intents_record, read_intents
 
 A, B = "a" * 64, "b" * 64
 

@@ -14,7 +14,7 @@ import pytest
 from mesh_llm.cli import SUBCOMMANDS, main, node_parser
 from mesh_llm.cli.clients import goose_provider, merge_opencode, opencode_config
 from mesh_llm.cli.logs import JsonFormatter
-from mesh_llm.mesh.token import decode_tokens, new_mesh
+from mesh_llm.peer.token import decode_tokens, new_mesh
 from mesh_llm.runtime import RuntimeFile
 
 STATUS = {

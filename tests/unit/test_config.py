@@ -57,7 +57,7 @@ def test_api_key_env_fallback() -> None:
 
 def test_parser_accepts_repeatable_model_and_join() -> None:
     a = node_parser().parse_args(["--model", "A", "--model", "B", "--join", "t1", "--join", "t2", "--client"])
-    assert a.model == ["A", "B"] and a.join == ["t1", "t2"] and a.client
+    assert a.models == ["A", "B"] and a.join == ["t1", "t2"] and a.client
 
 
 def test_human_bytes() -> None:

@@ -20,7 +20,7 @@ from mesh_llm.discovery import (
 )
 from mesh_llm.discovery._listing import by_mesh, latest_per_publisher, listing_from_event, matches
 from mesh_llm.errors import ConfigError, ListingError
-from mesh_llm.mesh.token import new_mesh
+from mesh_llm.peer.token import new_mesh
 
 NOW = 1_800_000_000.0
 PUB = "ab" * 32

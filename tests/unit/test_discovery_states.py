@@ -9,7 +9,7 @@ import pytest
 
 from mesh_llm.discovery import Discovery, DiscoveryConfig, DiscoveryTiming, Found, Listing, MeshFacts
 from mesh_llm.discovery._states import Discovering, Joining, LookingAgain, Member, Starting
-from mesh_llm.mesh.token import InviteToken, new_mesh
+from mesh_llm.peer.token import InviteToken, new_mesh
 
 
 def found(name: str | None = "Lab", node_count: int = 3, source: str = "lan") -> Found:

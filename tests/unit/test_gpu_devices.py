@@ -191,7 +191,7 @@ def test_gpus_table_marks_the_chosen_devices() -> None:
 
 def test_model_server_flags_on_gpus_and_none_on_the_cpu_path() -> None:
     from mesh_llm.config import BackendConfig, build_config
-    from mesh_llm.serving.backend import gpu_server_args
+    from mesh_llm.serving.model_server import gpu_server_args
 
     cpu_config = build_config(models=["m"]).backend
     assert gpu_server_args(cpu_config, [], split=False) == []  # the CPU path is unchanged
@@ -213,7 +213,7 @@ def test_model_server_flags_on_gpus_and_none_on_the_cpu_path() -> None:
 
 def test_several_models_on_one_node_keep_the_context_the_planner_counted() -> None:
     from mesh_llm.config import build_config
-    from mesh_llm.serving.backend import gpu_server_args
+    from mesh_llm.serving.model_server import gpu_server_args
 
     # Sized to free memory, the first model's KV caches would take the room the second needs.
     two = build_config(models=["a", "b"]).backend

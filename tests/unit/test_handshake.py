@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from mesh_llm.mesh.identity import NodeIdentity
-from mesh_llm.mesh.token import MeshCredentials, new_mesh
+from mesh_llm.peer.identity import NodeIdentity
+from mesh_llm.peer.token import MeshCredentials, new_mesh
 from mesh_llm.transport._codes import CloseCode
 from mesh_llm.transport._handshake import (
     DialerHandshake,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh_llm.mesh.token import MESH_ID_BYTES
+from mesh_llm.peer.token import MESH_ID_BYTES
 from mesh_llm.transport._handshake import AUTH_VERSION, NONCE_BYTES, BadHello, parse_hello, strict_hex
 
 GOOD = {"t": "_hello", "v": 1, "mesh": "ab" * 16, "node": "cd" * 32, "nonce": "ef" * 32, "win": 1 << 20}

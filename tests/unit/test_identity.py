@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from mesh_llm.errors import ConfigError
-from mesh_llm.mesh.identity import NodeIdentity, is_node_id
+from mesh_llm.peer.identity import NodeIdentity, is_node_id
 
 
 def _mode(path: Path) -> int:

@@ -9,7 +9,7 @@ from mesh_llm.api.auth import bearer_matches
 from mesh_llm.errors import ConfigError, TokenError
 from mesh_llm.mesh.service import local_addresses
 from mesh_llm.mesh.state_dir import last_port, load_or_create_credentials
-from mesh_llm.mesh.token import decode_tokens, new_mesh
+from mesh_llm.peer.token import decode_tokens, new_mesh
 
 
 def test_a_new_mesh_is_remembered_with_private_permissions(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from mesh_llm.config import NodeConfig
-from mesh_llm.mesh.identity import NodeIdentity
 from mesh_llm.models.resolve import ResolvedModel
 from mesh_llm.node import Node, NodeResources
+from mesh_llm.peer.identity import NodeIdentity
 from mesh_llm.serving.hardware import Capacity
 
 GB = 1 << 30
@@ -30,35 +30,36 @@ def test_building_a_node_touches_no_file(tmp_path: Path) -> None:
 def test_a_model_asked_for_is_not_ready_until_it_has_a_server(tmp_path: Path) -> None:
     from mesh_llm.api.routing import choose
     from mesh_llm.errors import NoHealthyHost
-    from mesh_llm.states import Failed, Resolving
+    from mesh_llm.models.states import Failed, Resolving
 
     n = node(tmp_path)
     # Before the models start (the API port is already open): a 503 to retry, not a 404.
-    (endpoint,) = n.endpoints()
+    (endpoint,) = n.front.endpoints()
     assert (endpoint.model, endpoint.ready, endpoint.local, endpoint.state) == ("M", False, True, "starting")
     with pytest.raises(NoHealthyHost, match="starting"):
-        choose("m", n.endpoints())
-    n.pending.set("M", Resolving())
-    assert [e.state for e in n.endpoints()] == ["resolving"]
-    n.pending.set("M", Failed("no such file"))  # no longer this node's to start
-    assert not any(e.local for e in n.endpoints())
+        choose("m", n.front.endpoints())
+    n.serving.set_pending("M", Resolving())
+    assert [e.state for e in n.front.endpoints()] == ["resolving"]
+    n.serving.set_pending("M", Failed("no such file"))  # no longer this node's to start
+    assert not any(e.local for e in n.front.endpoints())
 
 
 def test_a_model_waiting_for_its_split_host_answers_with_what_it_waits_for(tmp_path: Path) -> None:
     n = node(tmp_path)
-    n.split.want(ResolvedModel("Big", tmp_path / "big.gguf", 20 * GB))
-    (endpoint,) = [e for e in n.endpoints() if e.model == "Big"]
+    n.placement.split.want(ResolvedModel("Big", tmp_path / "big.gguf", 20 * GB))
+    n.changed()  # what placement reports once it wants a split
+    (endpoint,) = [e for e in n.front.endpoints() if e.model == "Big"]
     assert not endpoint.ready and "electing" in endpoint.state
     assert n.state == "waiting" and n.role == "worker"
 
 
 def test_the_split_seam_reports_what_the_node_holds(tmp_path: Path) -> None:
     n = node(tmp_path)
-    n.on_disk = ("A",)
-    n.declined.add("B")
-    held = n.holdings()
-    assert held.copies == {"A"} and held.declined == {"B"} and n.mesh_peers() == {}
-    view = n.split.view(held)
+    n.serving.on_disk = ("A",)
+    n.serving.declined.add("B")
+    held = n.placement.holdings()
+    assert held.copies == {"A"} and held.declined == {"B"} and n.placement.mesh_peers() == {}
+    view = n.placement.split.view(held)
     assert view.me == n.node_id and view.capacity_bytes == 6 * GB and view.peers == {}
 
 
@@ -66,7 +67,7 @@ def test_a_model_whose_host_is_lost_counts_as_unserved_for_the_standbys(tmp_path
     from mesh_llm.mesh.gossip import ModelAd, NodeRecord, PeerStatus, PeerView
 
     n = node(tmp_path)
-    n.asked.clear()
+    n.serving.asked.clear()
     record = NodeRecord(node_id="p" * 16, incarnation=1, software="0.1.0", role="host", capacity_bytes=GB,
                         models=(ModelAd("M", ready=True),))  # fmt: skip
     peers = {"p" * 16: PeerView(record, heartbeat=1, last_seen=1.0, connected=True, status=PeerStatus.ALIVE)}
@@ -77,8 +78,10 @@ def test_a_model_whose_host_is_lost_counts_as_unserved_for_the_standbys(tmp_path
         def peers(self) -> dict[str, PeerView]:
             return peers
 
-    n.mesh = Mesh()  # type: ignore[assignment]
-    assert n._served_map() == {"M": ["p" * 16]}
+    n.membership.mesh = Mesh()  # type: ignore[assignment]
+    n.refresh()  # what the mesh's change callback does
+    assert n.table.served == {"M": ("p" * 16,)}
     # Killed: still in the table, but lost. A standby that takes M over takes an unserved model.
     peers["p" * 16] = PeerView(record, heartbeat=1, last_seen=1.0, connected=False, status=PeerStatus.SUSPECT)
-    assert n._served_map() == {}
+    n.refresh()
+    assert n.table.served == {}

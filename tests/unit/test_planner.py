@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh_llm.errors import ConfigError, ModelError
-from mesh_llm.planning.election import HostClaim, elect_host
 from mesh_llm.planning.planner import PlanConfig, host_candidate, plan_model, replan
 from mesh_llm.planning.plans import (
     ModelFacts,
@@ -24,6 +23,7 @@ from mesh_llm.planning.plans import (
     describe_plan,
     summarize_plan,
 )
+from mesh_llm.split.host_election import HostClaim, elect_host
 
 GB = 1_000_000_000
 CFG = PlanConfig()

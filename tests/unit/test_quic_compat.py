@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mesh_llm.errors import ConfigError
-from mesh_llm.mesh.identity import NodeIdentity
+from mesh_llm.peer.identity import NodeIdentity
 from mesh_llm.transport._codes import CloseCode
 from mesh_llm.transport._compat import ENGINES, NORMAL_CLOSES, QH3_LOGGER, QuicEngine, load_engine
 from mesh_llm.transport._listener import destination_cid

@@ -16,9 +16,9 @@ from openai.lib.streaming.responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from mesh_llm.api.errors import ApiError, ApiErrorResponse
 from mesh_llm.api.translate import CHAT_PATH
 from mesh_llm.api.translate.responses import ResponsesTranslator, ResponsesTurn
+from mesh_llm.http_errors import ApiError, ApiErrorResponse
 
 MODEL = "SmolLM2-135M"
 EVENT = TypeAdapter(ResponseStreamEvent)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from mesh_llm.api import errors as api_errors
+from mesh_llm import http_errors as api_errors
 from mesh_llm.api.routing import Endpoint, choose
 from mesh_llm.errors import (
     BackendUnavailable,

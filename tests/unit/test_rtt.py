@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh_llm.mesh.rtt import RttEstimator
+from mesh_llm.peer.rtt import RttEstimator
 from mesh_llm.planning.planner import PlanConfig, plan_model, replan
 from mesh_llm.planning.plans import ModelFacts, PlanNode, Split
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh_llm.mesh.gossip import GossipEngine, NodeRecord, bye_signing_bytes
-from mesh_llm.mesh.identity import NodeIdentity
+from mesh_llm.peer.identity import NodeIdentity
 
 
 def _node(**fields: Any) -> tuple[NodeIdentity, GossipEngine]:

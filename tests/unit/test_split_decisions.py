@@ -8,7 +8,7 @@ from mesh_llm.planning.planner import PlanConfig
 from mesh_llm.planning.plans import ModelFacts, Solo, Split, Waiting
 from mesh_llm.split._decisions import HostSituation, StartServer, decide_host
 from mesh_llm.split._election import Member, MeshView
-from mesh_llm.states import Loading, Serving, WaitingForCapacity, WaitingForWorkers
+from mesh_llm.split.states import Loading, Serving, WaitingForCapacity, WaitingForWorkers
 
 A, B = "a" * 64, "b" * 64
 GB = 1 << 30

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-from mesh_llm.planning.claims import PeerClaim
 from mesh_llm.split._election import (
     DutyAssignment,
     Known,
@@ -16,6 +15,7 @@ from mesh_llm.split._election import (
     elected,
     wanted_duties,
 )
+from mesh_llm.split.claims import PeerClaim
 
 A, B, C, D = "a" * 64, "b" * 64, "c" * 64, "d" * 64
 GB = 1 << 30
@@ -145,8 +145,8 @@ def test_a_new_epoch_restarts_the_duty_and_a_vanished_plan_stops_it() -> None:
 
 def test_a_peer_record_becomes_a_member_with_its_intents_and_ready_workers() -> None:
     from mesh_llm.mesh.gossip import ModelAd, NodeRecord, PeerStatus, PeerView
-    from mesh_llm.planning.claims import intents_record
     from mesh_llm.split._manager import member
+    from mesh_llm.split.claims import intents_record
 
     record = NodeRecord(
         node_id=B, incarnation=1, software="0.1.0", capacity_bytes=16 * GB, on_disk=("M",),

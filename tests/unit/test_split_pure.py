@@ -10,7 +10,7 @@ import pytest
 import mesh_llm
 
 PURE = [
-    "planning/claims.py",
+    "split/claims.py",
     "planning/records.py",
     "split/_election.py",
     "split/_decisions.py",

@@ -7,8 +7,8 @@ from types import MappingProxyType
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh_llm.planning.claims import PeerClaim, parse_claim, peer_claims, peer_declined, peer_wants
 from mesh_llm.planning.records import is_model_name, model_dir_name
+from mesh_llm.split.claims import PeerClaim, parse_claim, peer_claims, peer_declined, peer_wants
 
 A, B = "a" * 64, "b" * 64
 

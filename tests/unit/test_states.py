@@ -9,20 +9,16 @@ from pathlib import Path
 import pytest
 
 from mesh_llm.models.resolve import ResolvedModel
+from mesh_llm.models.states import Failed, PendingModels, Resolving
 from mesh_llm.planning.plans import ModelFacts
+from mesh_llm.planning.standby import PickingUp, StandbyIdle, StandbyMachine
 from mesh_llm.split import SplitHost
-from mesh_llm.states import (
-    Failed,
+from mesh_llm.split.states import (
     Loading,
     NoLinkToWorker,
-    PendingModels,
-    PickingUp,
     Planning,
-    Resolving,
     Serving,
     SplitFailed,
-    StandbyIdle,
-    StandbyMachine,
     WaitingForCapacity,
     WaitingForWorkers,
 )
@@ -48,7 +44,7 @@ def test_each_state_shows_the_words_status_and_gossip_always_showed(state: objec
 
 def test_pending_models_move_through_one_logged_transition(caplog: pytest.LogCaptureFixture) -> None:
     pending = PendingModels()
-    with caplog.at_level(logging.INFO, logger="mesh_llm.states"):
+    with caplog.at_level(logging.INFO, logger="mesh_llm.models.states"):
         pending.set("b", Resolving())
         pending.set("a", Resolving())
         pending.set("a", Resolving())  # no change: not logged
@@ -77,7 +73,7 @@ def test_failures_keep_the_order_models_were_asked_for() -> None:
 def test_a_split_host_logs_each_change_of_state_once(caplog: pytest.LogCaptureFixture) -> None:
     host = SplitHost(ResolvedModel("M", Path("m.gguf"), 1000), ModelFacts("M", 1000, 4))
     assert host.state == Planning() and host.published()["state"] == "planning"
-    with caplog.at_level(logging.INFO, logger="mesh_llm.states"):
+    with caplog.at_level(logging.INFO, logger="mesh_llm.split.states"):
         host.set_state(WaitingForWorkers(("aaaa1111",)))
         host.set_state(WaitingForWorkers(("aaaa1111",)))  # every reconcile says it again
         host.set_state(Loading())
@@ -92,7 +88,7 @@ def test_a_split_host_logs_each_change_of_state_once(caplog: pytest.LogCaptureFi
 
 def test_a_standby_logs_picking_up_a_model_and_going_back_to_idle(caplog: pytest.LogCaptureFixture) -> None:
     machine = StandbyMachine()
-    with caplog.at_level(logging.INFO, logger="mesh_llm.states"):
+    with caplog.at_level(logging.INFO, logger="mesh_llm.planning.standby"):
         machine.set(PickingUp("M"))
         machine.set(PickingUp("M"))  # no change, no line
         machine.set(StandbyIdle())

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mesh_llm.mesh.gossip import ModelAd, NodeRecord, PeerStatus, PeerView
 from mesh_llm.models.resolve import ResolvedModel
+from mesh_llm.models.states import Failed, Resolving
 from mesh_llm.node.status import (
     DemandSnapshot,
     Duty,
@@ -17,10 +18,10 @@ from mesh_llm.node.status import (
     build_status,
 )
 from mesh_llm.planning.plans import ModelFacts
-from mesh_llm.serving.backend import BackendState, BackendStatus
 from mesh_llm.serving.hardware import Capacity
+from mesh_llm.serving.model_server import BackendState, BackendStatus
 from mesh_llm.split import SplitHost
-from mesh_llm.states import Failed, Resolving, WaitingForWorkers
+from mesh_llm.split.states import WaitingForWorkers
 
 ME = "a" * 64
 PEER = "b" * 64

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh_llm.errors import ConfigError, TokenError
-from mesh_llm.mesh.identity import NodeIdentity
-from mesh_llm.mesh.token import (
+from mesh_llm.peer.identity import NodeIdentity
+from mesh_llm.peer.token import (
     TOKEN_VERSION,
     InviteToken,
     MeshCredentials,

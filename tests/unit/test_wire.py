@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh_llm.errors import FrameTooLarge, MalformedFrame, WireError
-from mesh_llm.mesh.wire import FrameDecoder, encode_frame, try_decode_frame
+from mesh_llm.peer.wire import FrameDecoder, encode_frame, try_decode_frame
 
 json_values = st.recursive(
     st.none()
@@ -164,7 +164,7 @@ def test_encode_rejects_unsendable_messages(msg: object, error: type[WireError])
 
 def test_pure_modules_import_no_io_libraries() -> None:
     code = (
-        "import sys, mesh_llm.mesh.wire, mesh_llm.mesh.token, mesh_llm.mesh.identity, "
+        "import sys, mesh_llm.peer.wire, mesh_llm.peer.token, mesh_llm.peer.identity, "
         "mesh_llm.transport._handshake, mesh_llm.transport._credit; "
         "bad = [m for m in ('aioquic', 'qh3', 'fastapi', 'llama_cpp') if m in sys.modules]; "
         "assert not bad, bad"
@@ -174,7 +174,7 @@ def test_pure_modules_import_no_io_libraries() -> None:
 
 def test_nan_and_infinity_are_not_json() -> None:
     from mesh_llm.errors import MalformedFrame
-    from mesh_llm.mesh.wire import _decode_payload
+    from mesh_llm.peer.wire import _decode_payload
 
     for text in (b'{"t": "x", "epoch": Infinity}', b'{"t": "x", "v": NaN}', b'{"t": "x", "v": -Infinity}'):
         with pytest.raises(MalformedFrame):

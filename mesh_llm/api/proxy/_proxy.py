@@ -14,9 +14,8 @@ import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from mesh_llm.api import errors as api_errors
+from mesh_llm import http_errors as api_errors
 from mesh_llm.api.auth import request_key_matches
-from mesh_llm.api.errors import ApiErrorResponse
 from mesh_llm.api.exchange import Exchange, error_code, parse_body, usage_not_asked
 from mesh_llm.api.proxy._access_log import AccessLogged, access_log
 from mesh_llm.api.proxy._relay import StreamRelay
@@ -28,6 +27,7 @@ from mesh_llm.api.translate.count_tokens import TokenCounter
 from mesh_llm.api.translate.responses import ResponsesTranslator
 from mesh_llm.api.upstream import Upstream, UpstreamClient, unless_gone, unless_stopped
 from mesh_llm.errors import BackendUnavailable, ModelNotFound, NoHealthyHost
+from mesh_llm.http_errors import ApiErrorResponse
 from mesh_llm.metrics import CONTENT_TYPE, Gauge, RequestMetrics, SseMeter, render, usage_of
 
 T = TypeVar("T")

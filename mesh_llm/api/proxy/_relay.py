@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 
-from mesh_llm.api import errors as api_errors
+from mesh_llm import http_errors as api_errors
 from mesh_llm.api.exchange import Exchange
 from mesh_llm.api.upstream import SHUTTING_DOWN
 from mesh_llm.metrics import SseMeter

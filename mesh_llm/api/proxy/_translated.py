@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from mesh_llm.api import errors as api_errors
+from mesh_llm import http_errors as api_errors
 from mesh_llm.api.translate import StreamTranslator
 
 

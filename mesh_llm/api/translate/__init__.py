@@ -20,7 +20,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from mesh_llm.api.errors import ApiError
+from mesh_llm.http_errors import ApiError
 
 __all__ = [
     "CHAT_PATH",

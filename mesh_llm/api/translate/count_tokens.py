@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh_llm.api.errors import ApiError
 from mesh_llm.api.translate import COUNT_PATH, StreamTranslator
 from mesh_llm.api.translate.anthropic import anthropic_error, count_tokens_chat
+from mesh_llm.http_errors import ApiError
 
 __all__ = ["TokenCounter"]
 

@@ -35,11 +35,13 @@ from mesh_llm.serving.engine._jobs import FinishReason, Job, QueueFull
 from mesh_llm.serving.engine._llama import Model, SamplerSpec
 from mesh_llm.serving.engine._openai import Options, RequestError
 from mesh_llm.serving.engine._requests import Channel, Prepared, RequestReader
+from mesh_llm.serving.engine._sampling import sampling_of
 from mesh_llm.serving.engine._streaming import stream_answer
+from mesh_llm.settings import MODEL_SERVER, find
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY = 8 * 1024 * 1024
+DEFAULT_MAX_BODY: int = find(MODEL_SERVER, "max_body").default
 MODEL_SERVER_ROUTES = (
     "The model server serves /mesh/health, /mesh/slots, /mesh/count_tokens, /v1/models, "
     "/v1/chat/completions and /v1/completions."
@@ -68,20 +70,10 @@ class ModelApp:
         self.app = self._build()
 
     def _spec(self, options: Options, grammar: str | None, index: int) -> SamplerSpec:
-        seed = None if options.seed is None else (options.seed + index) & 0xFFFFFFFF
-        return SamplerSpec(
-            temperature=options.temperature,
-            top_k=options.top_k,
-            top_p=options.top_p,
-            min_p=options.min_p,
-            repeat_penalty=options.repeat_penalty,
-            presence_penalty=options.presence_penalty,
-            frequency_penalty=options.frequency_penalty,
-            seed=seed,
-            logit_bias=options.logit_bias,
-            grammar=grammar,
-            ban_eog=options.min_tokens > 0,
-        )
+        sampling = sampling_of(options)
+        # Each choice of n gets its own seed, so they differ yet repeat run to run.
+        sampling["seed"] = None if options.seed is None else (options.seed + index) & 0xFFFFFFFF
+        return SamplerSpec(**sampling, grammar=grammar, ban_eog=options.min_tokens > 0)
 
     async def _start(self, prepared: Prepared) -> list[tuple[Job, Channel]]:
         """Submit one job per choice; all or none (a full queue cancels the ones queued)."""

@@ -21,17 +21,19 @@ from mesh_llm.models.kv import DEFAULT_CTX_SLOT
 from mesh_llm.serving.engine._draft import DraftTuner
 from mesh_llm.serving.engine._llama import Sampler, SamplerSpec
 from mesh_llm.serving.engine._text import TextStream
+from mesh_llm.settings import node_default
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    n_slots: int = 4
+    n_slots: int = node_default("parallel")
     n_ctx_slot: int = DEFAULT_CTX_SLOT
     prefill_chunk: int = 256
-    max_queue: int = 64
+    max_queue: int = node_default("max_queue")
     n_threads: int = 1
     n_threads_batch: int = 2
-    draft_max: int = 8  # most draft tokens verified per slot and step (with a drafter)
+    # Most draft tokens verified per slot and step (with a drafter).
+    draft_max: int = node_default("draft_max")
     type_k: int | None = None  # KV cache ggml types (None: llama.cpp's f16)
     type_v: int | None = None
 

@@ -20,6 +20,7 @@ import numpy as np
 from llama_cpp import llama_cpp as C
 
 from mesh_llm.errors import BackendError
+from mesh_llm.serving.engine._sampling import Sampling
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -300,19 +301,11 @@ def grammar_is_valid(model: Model, grammar: str) -> bool:
 
 
 @dataclass(frozen=True)
-class SamplerSpec:
-    """What one request asks of the sampler, validated upstream (see _openai)."""
+class SamplerSpec(Sampling):
+    """What one request asks of the sampler, validated upstream (see _openai): the fields of
+    `Sampling`, and these."""
 
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
     penalty_last_n: int = 64
-    seed: int | None = None
-    logit_bias: tuple[tuple[int, float], ...] = ()
     grammar: str | None = None  # GBNF, root rule "root"
     ban_eog: bool = False  # start with end-of-generation tokens banned (min_tokens); see Sampler.allow_eog
 

@@ -2,9 +2,8 @@
 
 Every field a client may send is checked for type and range here, so a bad value gets a 400
 naming the field instead of a 500 deeper in. Unknown fields are ignored, as OpenAI's own
-clients add new ones over time. Defaults follow llama.cpp's server where OpenAI has none
-(top_k 40, min_p 0.05) and for temperature (0.8), since a small local model sampled at 1.0
-with no truncation rambles.
+clients add new ones over time. The sampling fields' defaults and bounds are declared in
+`_sampling`.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh_llm.errors import RequestRejected
+from mesh_llm.serving.engine._sampling import Sampling, bounded_fields
 
 MAX_N = 8
 MAX_STOPS = 16
@@ -44,20 +44,12 @@ class ResponseFormat:
 
 
 @dataclass(frozen=True)
-class Options:
-    """What one completion request asks for, beyond its prompt or messages."""
+class Options(Sampling):
+    """What one completion request asks for, beyond its prompt or messages: the sampling fields
+    of `Sampling`, and these."""
 
     max_tokens: int | None = None
     min_tokens: int = 0  # llama.cpp's extension: no end of generation before this many tokens
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-    logit_bias: tuple[tuple[int, float], ...] = ()
     stops: tuple[str, ...] = ()
     n: int = 1
     stream: bool = False
@@ -161,6 +153,19 @@ def _response_format(value: Any) -> ResponseFormat:
     return ResponseFormat("json_schema", schema)
 
 
+def _sampling(body: dict[str, Any]) -> dict[str, Any]:
+    """The bounded sampling fields of a body, each its default when absent."""
+    defaults = Sampling()
+    values: dict[str, Any] = {}
+    for f in bounded_fields():
+        default, lo, hi = getattr(defaults, f.name), f.metadata["lo"], f.metadata["hi"]
+        if f.metadata["integer"]:
+            values[f.name] = _integer(body, f.name, default, lo, hi)
+        else:
+            values[f.name] = _number(body, f.name, default, lo, hi)
+    return values
+
+
 def parse_options(body: dict[str, Any], *, chat: bool, n_vocab: int) -> Options:
     """Validate the generation fields of a chat or text completion body."""
     max_tokens = _integer(body, "max_tokens", None, 1, 1 << 30)
@@ -177,17 +182,11 @@ def parse_options(body: dict[str, Any], *, chat: bool, n_vocab: int) -> Options:
         logprobs = (top or 0) if want else None
     else:
         logprobs = _integer(body, "logprobs", None, 0, MAX_TOP_LOGPROBS)
+    min_tokens = int(_integer(body, "min_tokens", 0, 0, 1 << 30) or 0)
     return Options(
         max_tokens=max_completion if max_completion is not None else max_tokens,
-        min_tokens=int(_integer(body, "min_tokens", 0, 0, 1 << 30) or 0),
-        temperature=_number(body, "temperature", 0.8, 0.0, 5.0),
-        top_p=_number(body, "top_p", 0.95, 0.0, 1.0),
-        top_k=int(_integer(body, "top_k", 40, 0, 1 << 20) or 0),
-        min_p=_number(body, "min_p", 0.05, 0.0, 1.0),
-        repeat_penalty=_number(body, "repeat_penalty", 1.0, 0.01, 10.0),
-        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
-        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
-        seed=_integer(body, "seed", None, -(1 << 63), (1 << 64) - 1),
+        min_tokens=min_tokens,
+        **_sampling(body),
         logit_bias=_logit_bias(body.get("logit_bias"), n_vocab),
         stops=_stops(body.get("stop")),
         n=int(_integer(body, "n", 1, 1, MAX_N) or 1),

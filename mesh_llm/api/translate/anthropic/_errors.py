@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mesh_llm.api.errors import ApiError
+from mesh_llm.http_errors import ApiError
 
 
 def error_type(status: int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mesh_llm.api.errors import ApiErrorResponse, bad_request
+from mesh_llm.http_errors import ApiErrorResponse, bad_request
 
 # Block types a client may send that carry what no model server here can read.
 _MEDIA_BLOCKS = ("image", "document", "search_result", "container_upload")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from mesh_llm.api.errors import ApiError
 from mesh_llm.api.translate import IdFactory, random_id
 from mesh_llm.api.translate.anthropic._answer import MessagesTurn
 from mesh_llm.api.translate.anthropic._errors import anthropic_error
 from mesh_llm.api.translate.anthropic._messages import bad, chat_messages, system_prompt
+from mesh_llm.http_errors import ApiError
 
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _THINKING_TYPES = ("enabled", "disabled", "adaptive")

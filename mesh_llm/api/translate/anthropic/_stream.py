@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from mesh_llm.api.errors import ApiError
 from mesh_llm.api.translate import ChatChunk, IdFactory, sse_event
 from mesh_llm.api.translate.anthropic._errors import anthropic_error
 from mesh_llm.api.translate.anthropic._usage import anthropic_usage
+from mesh_llm.http_errors import ApiError
 
 
 class Answering(Protocol):

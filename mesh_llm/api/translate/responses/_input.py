@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mesh_llm.api.errors import ApiError, ApiErrorResponse
 from mesh_llm.api.translate.responses._store import Message
+from mesh_llm.http_errors import ApiError, ApiErrorResponse
 
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 _TEXT_PARTS = ("input_text", "output_text", "text")

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mesh_llm.api.errors import ApiError
 from mesh_llm.api.translate import IdFactory
 from mesh_llm.api.translate.responses._store import Message, ResponseStore
+from mesh_llm.http_errors import ApiError
 
 
 @dataclass

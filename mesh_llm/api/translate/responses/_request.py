@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mesh_llm.api.errors import ApiError
 from mesh_llm.api.translate import IdFactory, random_id
 from mesh_llm.api.translate.responses._answer import ResponsesTurn
 from mesh_llm.api.translate.responses._input import bad, input_messages
 from mesh_llm.api.translate.responses._store import MAX_AGE_S, MAX_STORED, Message, ResponseStore
+from mesh_llm.http_errors import ApiError
 
 _TOOL_CHOICES = ("auto", "none", "required")
 _DEFAULT_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mesh_llm.api.errors import ApiError
 from mesh_llm.api.translate import ChatChunk, sse_event
 from mesh_llm.api.translate.responses._items import (
     Call,
@@ -17,6 +16,7 @@ from mesh_llm.api.translate.responses._items import (
     reasoning_item,
     response_usage,
 )
+from mesh_llm.http_errors import ApiError
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""RpcWorker: one supervised ggml RPC-server subprocess (``python -m mesh_llm.serving.rpc_worker``).
+"""RpcWorker: one supervised ggml RPC-server subprocess (``python -m mesh_llm.serving.rpc.worker_main``).
 
 Started in its own process group, ready once it answers HELLO, reported FAILED when it exits
 on its own, stopped with its whole group.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mesh_llm.errors import BackendUnavailable
 from mesh_llm.serving.process import Exited, SupervisedChild
-from mesh_llm.serving.rpc_probe import probe_rpc_server
+from mesh_llm.serving.rpc.probe import probe_rpc_server
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class RpcWorker:
 
     def _command(self) -> list[str]:
         cmd = [
-            sys.executable, "-m", "mesh_llm.serving.rpc_worker",
+            sys.executable, "-m", "mesh_llm.serving.rpc.worker_main",
             "--port", str(self.port), "--threads", str(self._n_threads), "--device", self._device,
             "--parent-pid", str(os.getpid()),
         ]  # fmt: skip

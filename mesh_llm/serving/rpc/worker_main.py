@@ -1,6 +1,6 @@
 """Entry point of an RPC-worker subprocess: ggml's RPC server on a loopback port.
 
-Run as ``python -m mesh_llm.serving.rpc_worker --port P [--cache-dir D] [--threads N]
+Run as ``python -m mesh_llm.serving.rpc.worker_main --port P [--cache-dir D] [--threads N]
 --parent-pid PID``. The server holds the tensors and runs the graph pieces a host sends it; it
 serves one host connection at a time and never returns.
 
@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from mesh_llm.serving.model_server import _die_with_parent
+from mesh_llm.serving.process import die_with_parent
 
 LOOPBACK = "127.0.0.1"
 
@@ -50,14 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mesh-llm rpc worker: --port must be 1-65535, not {args.port}", file=sys.stderr)
         return 2
     if args.parent_pid:
-        _die_with_parent(args.parent_pid)
+        die_with_parent(args.parent_pid)
     # The server blocks inside C forever, where Python signal handlers never run: let the
     # default actions end the process.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     _line_buffer_c_stdout()
 
-    from mesh_llm.serving.ggml import serve_rpc_forever
+    from mesh_llm.serving.rpc.ggml import serve_rpc_forever
 
     if args.cache_dir is not None:
         args.cache_dir.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ from typing import Any
 from mesh_llm.errors import ConfigError
 from mesh_llm.planning.offload import split_host_offload
 from mesh_llm.planning.placement import HostSplit, offload_settings, parse_endpoint
-from mesh_llm.serving.ggml import attach_rpc_devices, buffer_type, cpu_buffer_type
-from mesh_llm.serving.rpc_probe import probe_rpc_server
+from mesh_llm.serving.rpc.ggml import attach_rpc_devices, buffer_type, cpu_buffer_type
+from mesh_llm.serving.rpc.probe import probe_rpc_server
 
 __all__ = ["OUTPUT_TENSOR_PATTERN", "LlamaLogCapture", "prepare_host_split", "watch_rpc_connections"]
 

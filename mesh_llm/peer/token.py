@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mesh_llm.errors import ConfigError, TokenError
-from mesh_llm.mesh.identity import is_node_id
+from mesh_llm.peer.identity import is_node_id
 
 __all__ = [
     "MESH_ID_BYTES",
