@@ -60,6 +60,7 @@ class BackendConfig:
     restart_backoff_s: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
     stop_timeout_s: float = 5.0
     request_timeout_s: float = 600.0  # upper bound on one proxied request
+    first_content_s: float = node_default("first_content_s")  # a stream's host, until its first content
     draft: str | None = None  # None: the catalog pairing; "off"; "lookup"; a GGUF path or catalog name
     draft_max: int = node_default("draft_max")  # most draft tokens verified per slot and step
     # Size n_ctx by planning/offload.auto_ctx (training context, capped, within the memory left
@@ -69,6 +70,10 @@ class BackendConfig:
     gpu_budget_bytes: int | None = None  # --max-vram: weights, drafts and KV caches stay within it
     cache_type_k: str | None = None  # KV cache types (None: llama.cpp's f16); see planning/offload.py
     cache_type_v: str | None = None
+    # The KV prefix cache beyond the slots, per model server: RAM (0: off) and disk under cache_dir.
+    cache_ram_bytes: int = 0
+    cache_disk_bytes: int = 0
+    cache_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,15 @@ class NodeConfig:
         return not self.models and not self.join and not self.client and not self.discovery.active
 
 
+def _cache_ram_bytes(gb: float | None) -> int:
+    """``--cache-ram`` in bytes; not given: a tenth of this machine's RAM, at most 8 GB."""
+    if gb is not None:
+        return int(gb * GIB)
+    import psutil
+
+    return min(8 * GIB, psutil.virtual_memory().total // 10)
+
+
 def build_config(
     flags: argparse.Namespace | Mapping[str, Any] | None = None,
     /,
@@ -166,6 +180,7 @@ def build_config(
     if not v["no_console"] and api_port == console_port and api_port != 0:
         raise ConfigError(f"--port and --console must differ (both are {api_port})")
     max_vram_bytes = int(v["max_vram"] * GIB) if v["max_vram"] is not None else None
+    cache_ram_bytes = 0 if client else _cache_ram_bytes(v["cache_ram"])
     planner = PlanConfig()
     return NodeConfig(
         models=tuple(models),
@@ -191,9 +206,13 @@ def build_config(
             gpu_budget_bytes=max_vram_bytes,
             cache_type_k=v["cache_type_k"],
             cache_type_v=v["cache_type_v"],
+            cache_ram_bytes=cache_ram_bytes,
+            cache_disk_bytes=int(v["cache_disk"] * GIB) if cache_ram_bytes else 0,
+            cache_dir=Path(v["state_dir"]).expanduser() / "kv",
             n_parallel=v["parallel"],
             max_queue=v["max_queue"],
             max_body_bytes=int(v["max_body_mb"] * MIB),
+            first_content_s=v["first_content_s"],
             n_threads=v["threads"],
             draft="off" if v["no_draft"] else v["draft"],
             draft_max=v["draft_max"],

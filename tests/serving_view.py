@@ -46,5 +46,8 @@ class OneHost:
     def begin_request(self, model: str) -> Callable[[], None]:
         return lambda: None
 
+    def note_prefix(self, endpoint: Endpoint, digest: str) -> None:
+        pass
+
     def mesh_problem(self) -> str | None:
         return None

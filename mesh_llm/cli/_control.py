@@ -12,23 +12,26 @@ from rich.console import Console
 
 from mesh_llm.cli._output import console, error
 from mesh_llm.config import DEFAULT_CONSOLE_PORT, api_key_from_env
+from mesh_llm.settings import node_default
+
+STATE_DIR = str(node_default("state_dir"))
 
 
 def node_options(p: argparse.ArgumentParser) -> None:
     """How a command finds the running node: its runtime file, or a port given by hand."""
     p.add_argument(
         "--state-dir", default=None, metavar="DIR",
-        help="the node's state directory, whose runtime file names its ports (default ~/.mesh-llm)",
+        help=f"the node's state directory, whose runtime file names its ports (default {STATE_DIR})",
     )  # fmt: skip
     p.add_argument(
         "--console", type=int, default=None, metavar="PORT",
-        help="the node's console port (default: from the runtime file, else 3131)",
+        help=f"the node's console port (default: from the runtime file, else {DEFAULT_CONSOLE_PORT})",
     )  # fmt: skip
 
 
 def state_dir(value: str | None) -> Path:
-    """The state directory a command was given, else ~/.mesh-llm."""
-    return Path(value).expanduser() if value else Path.home() / ".mesh-llm"
+    """The state directory a command was given, else the node's default."""
+    return Path(value or STATE_DIR).expanduser()
 
 
 class NoNode(Exception):

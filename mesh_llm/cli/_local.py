@@ -9,6 +9,7 @@ from rich.console import Console
 
 from mesh_llm.cli._output import error
 from mesh_llm.errors import MeshError
+from mesh_llm.settings import node_default
 
 
 def cmd_download(argv: Sequence[str]) -> int:
@@ -53,7 +54,12 @@ def cmd_rotate_key(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="mesh-llm rotate-key", description="Replace this machine's node key (a new node id)."
     )
-    p.add_argument("--state-dir", default=None, metavar="DIR", help="state directory (default ~/.mesh-llm)")
+    p.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help=f"state directory (default {node_default('state_dir')})",
+    )
     args = p.parse_args(argv)
     from pathlib import Path
 

@@ -89,6 +89,23 @@ def status_view(status: dict[str, Any]) -> Group:
             m.get("message") or "",
         )
     parts: list[Any] = [head, models]
+    caches: list[tuple[str, dict[str, Any]]] = []
+    for m in status.get("models", []):
+        cache = (m.get("slots") or {}).get("prefix_cache")
+        if isinstance(cache, dict):
+            caches.append((m["name"], cache))
+    if caches:
+        table = Table(title="prefix cache", title_justify="left")
+        for col in ("model", "hits", "misses", "slot hits", "RAM", "disk", "restore (last)"):
+            table.add_column(col)
+        for name, c in caches:
+            table.add_row(
+                name, str(c.get("hits", 0)), str(c.get("misses", 0)), str(c.get("slot_hits", 0)),
+                f"{human_bytes(c.get('ram_bytes'))} of {human_bytes(c.get('ram_budget_bytes'))}",
+                f"{human_bytes(c.get('disk_bytes'))} of {human_bytes(c.get('disk_budget_bytes'))}",
+                f"{c.get('restore_seconds_last', 0) * 1000:.0f} ms",
+            )  # fmt: skip
+        parts.append(table)
     peers = status.get("peers") or []
     if peers:
         table = Table(title="peers", title_justify="left")

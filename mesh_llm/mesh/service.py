@@ -25,6 +25,8 @@ from mesh_llm.errors import (
     TransportError,
     WireError,
 )
+from mesh_llm.log_limits import RateLimitedLog
+from mesh_llm.mesh._dials import DialBudget, LearnedDials
 from mesh_llm.mesh.gossip import (
     GossipConfig,
     GossipEngine,
@@ -32,7 +34,6 @@ from mesh_llm.mesh.gossip import (
     PeerJoined,
     PeerLeft,
     PeerRestarted,
-    PeerUpdated,
     PeerView,
 )
 from mesh_llm.mesh.http_transport import MeshHttpTransport
@@ -58,6 +59,7 @@ class MeshTimings:
     bootstrap_retry_s: float = 2.0  # between attempts while no peer is linked yet
     lost_peer_retry_s: float = 3.0  # between attempts at peers lost without a goodbye
     lost_peer_memory_s: float = 600.0  # how long such a peer is redialled
+    learned_dials: DialBudget = field(default_factory=DialBudget)  # dials of addresses learned from gossip
 
 
 @dataclass(frozen=True)
@@ -124,9 +126,11 @@ class MeshService:
         self._rpc_target = rpc_target
         self.rpc_counters: TunnelCounters | None = None
         self._on_change = on_change
+        self._rejects = RateLimitedLog(log)  # a flood of bad messages: one line per window
         self._http: dict[tuple[str, str], MeshHttpTransport] = {}  # (node id, model) -> transport
         self._lost: dict[str, tuple[tuple[str, ...], float]] = {}  # node id -> (addresses, when lost)
         self._dialing: set[str] = set()
+        self._learned = LearnedDials(self._timing.learned_dials)  # gossip's addresses, rate-limited
         self._inviter_tries: dict[str, int] = {}  # inviter node id -> failed dials so far
         self.join_problem: str | None = None  # why no inviter answered yet, while none has
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -239,10 +243,11 @@ class MeshService:
         self._drain_events()
 
     def _on_message(self, peer_id: str, msg: dict[str, Any]) -> None:
+        now = self._now()
         try:
-            out = self.engine.receive(peer_id, msg, self._now())
+            out = self.engine.receive(peer_id, msg, now)
         except WireError as exc:
-            log.warning("ignoring a malformed gossip message from %s: %s", peer_id[:8], exc)
+            self._rejects.warning("gossip", "malformed gossip from %s ignored: %s", peer_id[:8], exc, now=now)
             return
         self._send(out)
 
@@ -275,14 +280,15 @@ class MeshService:
                 )
                 if isinstance(event, PeerRestarted):
                     self._spawn(self._close_http(rec.node_id), "http-close")
-                self._dial_soon(rec.node_id, rec.addresses)
+                self._learned.offer(rec.node_id, rec.addresses)
             elif isinstance(event, PeerLeft):
                 log.info("peer %s left the mesh (%s)", event.node_id[:8], event.reason.value)
                 if event.reason.value == "bye":
                     self._lost.pop(event.node_id, None)
+                self._learned.forget(event.node_id)
                 self._spawn(self._close_http(event.node_id), "http-close")
-            elif isinstance(event, PeerUpdated):
-                pass
+        for node_id, addresses in self._learned.due(self._now()):
+            self._dial_soon(node_id, addresses)
         if changed:
             self._on_change()
 

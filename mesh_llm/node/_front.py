@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mesh_llm.api.console import ChangeFeed
+from mesh_llm.api.prefix import PrefixMemory
 from mesh_llm.api.routing import Endpoint, model_key
 from mesh_llm.api.upstream import Upstream
 from mesh_llm.errors import BackendUnavailable
@@ -36,6 +37,7 @@ class Front:
         self.in_flight: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         self.routed: Counter[tuple[str, str]] = Counter()  # (model, host node id) -> requests sent there
+        self.prefixes = PrefixMemory()  # which host got each conversation's latest turn
 
     # ---- ServingView ---------------------------------------------------------------------
 
@@ -86,6 +88,10 @@ class Front:
                 self._feed.bump()
 
         return finish
+
+    def note_prefix(self, endpoint: Endpoint, digest: str) -> None:
+        self.prefixes.record(endpoint.model, endpoint.node_id, digest)
+        self.table = self.table.with_routed(endpoint.model, endpoint.node_id, digest)
 
     def mesh_problem(self) -> str | None:
         return self._membership.mesh_problem()

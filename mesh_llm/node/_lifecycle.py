@@ -20,6 +20,7 @@ from typing import Any
 from mesh_llm.api.console import ChangeFeed, console_policy, create_console_app, status_for_caller
 from mesh_llm.api.control import control_router
 from mesh_llm.api.guard import AccessPolicy, allowed_hosts, guarded
+from mesh_llm.api.prefix import ADVERTISED
 from mesh_llm.api.proxy import Proxy
 from mesh_llm.config import NodeConfig
 from mesh_llm.errors import MeshError, ModelError
@@ -112,6 +113,7 @@ class Node:
                 servers=frozenset(servers),
                 slotted=frozenset(n for n, s in servers.items() if s.free_slots is not None),
                 peers=self.mesh.peers() if self.mesh is not None else {},
+                suspects=self.mesh.transport.suspects() if self.mesh is not None else frozenset(),
                 wants=tuple(self.placement.split.wants),
                 declined=frozenset(serving.declined),
                 standbys=self.placement.standbys(),
@@ -123,6 +125,7 @@ class Node:
                 known_memory_s=self.config.timing.known_model_memory_s,
                 started_at=self.started_at,
                 n_parallel=self.config.backend.n_parallel,
+                prefixes=self.front.prefixes.held(),
             )
         )
 
@@ -168,10 +171,11 @@ class Node:
     def _record_fields(self) -> dict[str, Any]:
         """What this node advertises; health follows the model servers' live checks."""
         split, serving, in_flight = self.placement.split, self.serving, self.front.in_flight
+        held = self.front.prefixes.held()  # what this node's own servers got from its own API
         models = tuple(
             ModelAd(
                 name, server.ready, "host", in_flight=in_flight[name], layers=split.host_layers(name),
-                free_slots=server.free_slots,
+                free_slots=server.free_slots, prefixes=held.get((name, self.node_id), ())[:ADVERTISED],
             )
             for name, server in sorted(serving.servers.items())
         ) + tuple(split.worker_ads())  # fmt: skip
@@ -232,6 +236,7 @@ class Node:
                 self.front,
                 api_key=self.config.api_key,
                 request_timeout_s=self.config.backend.request_timeout_s,
+                first_content_s=self.config.backend.first_content_s,
                 max_body_bytes=self.config.backend.max_body_bytes,
                 gauges=self.status_view.gauges,
                 status=lambda request: status_for_caller(

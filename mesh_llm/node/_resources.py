@@ -22,5 +22,10 @@ def load_resources(config: NodeConfig) -> NodeResources:
     """Read (or create) the node's key file and detect its devices: the node's start-up I/O."""
     return NodeResources(
         load_identity(config.state_dir),
-        detect_capacity(config.max_vram_bytes, client=config.client, device=config.device),
+        detect_capacity(
+            config.max_vram_bytes,
+            client=config.client,
+            device=config.device,
+            reserved_ram=config.backend.cache_ram_bytes,
+        ),
     )

@@ -30,6 +30,12 @@ from mesh_llm.node.status import (
 
 log = logging.getLogger(__name__)
 
+# The prefix cache's figures from /mesh/slots that /metrics shows.
+PREFIX_CACHE_FIGURES = (
+    "hits", "misses", "slot_hits", "ram_bytes", "disk_bytes", "ram_entries", "disk_entries",
+    "restore_seconds_total", "restore_seconds_last", "disk_rejected",
+)  # fmt: skip
+
 
 class StatusParts(Protocol):
     """The node as its status sees it: its components and what it is doing."""
@@ -159,12 +165,17 @@ class NodeStatus:
         )  # fmt: skip
         slots: list[tuple[dict[str, str], float]] = []
         queued: list[tuple[dict[str, str], float]] = []
+        prefix: list[tuple[dict[str, str], float]] = []
         for name, server in sorted(node.placement.serving.servers.items()):
             if server.slots is None or not server.ready:
                 continue
             for state in ("busy", "free"):
                 slots.append(({"model": name, "state": state}, float(server.slots.get(f"slots_{state}", 0))))
             queued.append(({"model": name}, float(server.slots.get("queued", 0))))
+            cache = server.slots.get("prefix_cache")
+            for key, value in cache.items() if isinstance(cache, dict) else ():
+                if key in PREFIX_CACHE_FIGURES and isinstance(value, int | float):
+                    prefix.append(({"model": name, "figure": key}, float(value)))
         peers: Counter[str] = Counter()
         rtts: list[tuple[dict[str, str], float]] = []
         mesh_service = node.membership.mesh
@@ -179,6 +190,10 @@ class NodeStatus:
             in_flight,
             Gauge("mesh_llm_slots", "Request slots of this node's model servers, busy or free.", slots),
             Gauge("mesh_llm_queued_requests", "Requests waiting for a free slot, by model.", queued),
+            Gauge(
+                "mesh_llm_prefix_cache", "The KV prefix cache of each model server: hits, misses, "
+                "bytes in RAM and on disk, restore seconds (see docs/models.md).", prefix,
+            ),
             Gauge(
                 "mesh_llm_peers", "Peers this node sees, by liveness.",
                 [({"state": s}, float(peers.get(s, 0))) for s in ("alive", "suspect", "relayed")],

@@ -22,6 +22,7 @@ from mesh_llm.api.routing import Endpoint
 from mesh_llm.config import DemandConfig
 from mesh_llm.mesh.gossip import PeerStatus, PeerView
 from mesh_llm.planning.demand import Decision, StandbyInfo, assign_standby_work
+from mesh_llm.settings import node_default
 from mesh_llm.split.claims import peer_claims, peer_declined
 
 UNREACHABLE = "unreachable"  # a remote host's state once its peer is lost or not alive
@@ -37,6 +38,7 @@ class RoutingInputs:
     servers: frozenset[str] = frozenset()  # models with a local model server (their load changes)
     slotted: frozenset[str] = frozenset()  # local servers whose engine reports free slots
     peers: Mapping[str, PeerView] = field(default_factory=dict)
+    suspects: frozenset[str] = frozenset()  # linked peers leaving pings unanswered (likely frozen)
     wants: tuple[str, ...] = ()  # split models this node waits for a host for
     declined: frozenset[str] = frozenset()  # models the user dropped on this node
     standbys: tuple[StandbyInfo, ...] = ()  # every standby of the mesh, this node included
@@ -47,7 +49,9 @@ class RoutingInputs:
     known: Mapping[str, float] = field(default_factory=dict)  # the previous table's known models
     known_memory_s: float = 600.0
     started_at: float = 0.0
-    n_parallel: int = 4  # request slots per local model server
+    n_parallel: int = node_default("parallel")  # request slots per local model server
+    # (model, host) -> digests of conversations this node routed there lately (api/prefix)
+    prefixes: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class RoutingTable:
     cards: tuple[Mapping[str, Any], ...] = ()  # /v1/models
     servers: frozenset[str] = frozenset()
     slotted: frozenset[str] = frozenset()
-    n_parallel: int = 4
+    n_parallel: int = node_default("parallel")
 
     def with_load(self, in_flight: Mapping[str, int]) -> RoutingTable:
         """This table with this node's in-flight counts (and so its free slots) as given."""
@@ -73,6 +77,19 @@ class RoutingTable:
             )
             if e.local and e.model in self.servers
             else e
+            for e in self.endpoints
+        )
+        return dataclasses.replace(self, endpoints=endpoints)
+
+    def with_routed(self, model: str, host: str, digest: str) -> RoutingTable:
+        """This table after a turn of `digest`'s conversation went to `host`: it holds the
+        conversation's longest prefix now, so no other host of `model` is preferred for it."""
+        endpoints = tuple(
+            e
+            if e.model != model or (digest in e.prefixes) == (e.node_id == host)
+            else dataclasses.replace(
+                e, prefixes=e.prefixes | {digest} if e.node_id == host else e.prefixes - {digest}
+            )
             for e in self.endpoints
         )
         return dataclasses.replace(self, endpoints=endpoints)
@@ -87,7 +104,7 @@ def derive_table(inputs: RoutingInputs) -> RoutingTable:
     now = inputs.now
     out = list(inputs.local)
     for node_id, view in sorted(inputs.peers.items()):
-        out += _peer_endpoints(node_id, view)
+        out += _peer_endpoints(node_id, view, node_id in inputs.suspects)
     for name in inputs.wants:
         if not any(e.model == name for e in out):
             out.append(Endpoint(name, "", False, state="electing a host for it in the mesh"))
@@ -121,7 +138,7 @@ def derive_table(inputs: RoutingInputs) -> RoutingTable:
         inputs.standbys, served, inputs.rates, inputs.sizes, recent=inputs.recent, config=inputs.demand
     )
     return RoutingTable(
-        endpoints=tuple(out),
+        endpoints=_holding(out, inputs.peers, inputs.prefixes),
         served={m: tuple(ids) for m, ids in served.items()},
         known=known,
         wanted=frozenset(wanted),
@@ -133,7 +150,7 @@ def derive_table(inputs: RoutingInputs) -> RoutingTable:
     )
 
 
-def _peer_endpoints(node_id: str, view: PeerView) -> list[Endpoint]:
+def _peer_endpoints(node_id: str, view: PeerView, suspect: bool = False) -> list[Endpoint]:
     out = []
     for ad in view.record.models:
         if ad.role != "host":
@@ -142,7 +159,14 @@ def _peer_endpoints(node_id: str, view: PeerView) -> list[Endpoint]:
         state = "ready" if ready else ("loading" if not ad.ready else UNREACHABLE)
         out.append(
             Endpoint(
-                ad.name, node_id, ready, ad.in_flight, local=False, state=state, free_slots=ad.free_slots
+                ad.name,
+                node_id,
+                ready,
+                ad.in_flight,
+                local=False,
+                state=state,
+                free_slots=ad.free_slots,
+                suspect=suspect,
             )
         )
     hosted = {ad.name for ad in view.record.models if ad.role == "host"}
@@ -150,6 +174,27 @@ def _peer_endpoints(node_id: str, view: PeerView) -> list[Endpoint]:
         if name not in hosted:  # a split still being placed there: say what it waits for
             out.append(Endpoint(name, node_id, False, local=False, state=claim.state or claim.mode))
     return out
+
+
+def _holding(
+    endpoints: list[Endpoint],
+    peers: Mapping[str, PeerView],
+    routed: Mapping[tuple[str, str], tuple[str, ...]],
+) -> tuple[Endpoint, ...]:
+    """Each host with the prefixes it holds: what it advertises, and what this node sent it.
+
+    Where this node sent a conversation's latest turn wins over what another host advertises:
+    that host holds its longest prefix."""
+    sent_to = {(model, d): host for (model, host), digests in routed.items() for d in digests}
+    out = []
+    for e in endpoints:
+        view = peers.get(e.node_id) if not e.local else None
+        held = set(routed.get((e.model, e.node_id), ()))
+        if view is not None:
+            advertised = (p for ad in view.record.models if ad.name == e.model for p in ad.prefixes)
+            held.update(p for p in advertised if sent_to.get((e.model, p), e.node_id) == e.node_id)
+        out.append(dataclasses.replace(e, prefixes=e.prefixes | held) if held else e)
+    return tuple(out)
 
 
 def _takers(inputs: RoutingInputs, served: Mapping[str, list[str]]) -> dict[str, str]:

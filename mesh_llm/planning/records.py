@@ -4,7 +4,8 @@ Anything a peer gossips is untrusted input. Every field is checked here, once: m
 match a strict pattern (so no gossiped name can become a path or a shell word), numbers are
 integers of bounded size (the wire's JSON accepts `Infinity`, which `int()` turns into an
 OverflowError), counts and string lengths are capped, and node ids are 64 hex digits. A claim
-that fails any check is dropped whole, with one warning per peer and model. Unknown fields
+that fails any check is dropped whole; the reader that owns a `log_limits.WarnOnce` says so once
+per peer and model (a bounded memory, no global state). Unknown fields
 are ignored, so newer nodes can add some.
 
 The split claims, wants and declines built on these checks are in `split/claims.py`.
@@ -13,10 +14,7 @@ The split claims, wants and declines built on these checks are in `split/claims.
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
-
-log = logging.getLogger(__name__)
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 NODE_ID = re.compile(r"^[0-9a-f]{64}$")
@@ -54,13 +52,3 @@ def bool_field(value: object, what: str) -> bool:
     if not isinstance(value, bool):
         raise RecordError(f"{what} must be true or false")
     return value
-
-
-_warned: set[tuple[str, str]] = set()
-
-
-def warn_once(key: tuple[str, str], message: str) -> None:
-    """Log `message` the first time `key` is seen: records are re-read many times a second."""
-    if key not in _warned:
-        _warned.add(key)
-        log.warning("%s", message)

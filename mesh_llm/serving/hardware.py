@@ -63,10 +63,12 @@ def capacity_from_devices(
     ram_available: int,
     max_bytes: int | None = None,
     client: bool = False,
+    reserved_ram: int = 0,
 ) -> Capacity:
     """Pure: the capacity of the devices ``--device`` picks among ``devices``.
 
-    GPUs offer their free memory; the CPU offers a share of RAM. ``--max-vram`` caps either, and
+    GPUs offer their free memory; the CPU offers a share of RAM less ``reserved_ram`` (the KV
+    prefix cache's budget, which lives in RAM whatever serves). ``--max-vram`` caps either, and
     a client offers nothing. Raises ConfigError for an unknown ``--device``.
     """
     chosen = tuple(d for d in select_devices(devices, spec) if d.is_gpu) if devices else ()
@@ -74,7 +76,8 @@ def capacity_from_devices(
         free, total = gpu_memory(chosen)
         cap = Capacity("gpu", describe(chosen), total, free, ram_total, ram_available, chosen)
     else:
-        cap = Capacity("ram", "cpu", ram_total, int(ram_total * CPU_RAM_FRACTION), ram_total, ram_available)
+        share = max(0, int(ram_total * CPU_RAM_FRACTION) - reserved_ram)
+        cap = Capacity("ram", "cpu", ram_total, share, ram_total, ram_available)
     offered = cap.offered_bytes if max_bytes is None else min(cap.offered_bytes, max_bytes)
     if client:
         offered = 0
@@ -87,6 +90,7 @@ def detect_capacity(
     client: bool = False,
     device: str | None = None,
     list_devices: Callable[[], list[Device]] | None = None,
+    reserved_ram: int = 0,
 ) -> Capacity:
     """Measure this machine. Clients offer nothing; --max-vram caps what others may offer.
 
@@ -109,5 +113,11 @@ def detect_capacity(
     else:
         devices = []
     return capacity_from_devices(
-        devices, device, ram_total=vm.total, ram_available=vm.available, max_bytes=max_bytes, client=client
+        devices,
+        device,
+        ram_total=vm.total,
+        ram_available=vm.available,
+        max_bytes=max_bytes,
+        client=client,
+        reserved_ram=reserved_ram,
     )

@@ -237,6 +237,9 @@ class ModelServer:
             "parent_pid": os.getpid(),
             "n_threads": config.n_threads or None,
             "rpc": self.rpc_endpoints,
+            "cache_ram": config.cache_ram_bytes or None,
+            "cache_disk": config.cache_disk_bytes or None,
+            "cache_dir": str(config.cache_dir) if config.cache_dir and config.cache_disk_bytes else None,
             **gpu_server_values(config, self.gpus, split=bool(self.rpc_endpoints)),
         }
         if config.n_ctx_auto and not self.gpus and not self.rpc_endpoints:

@@ -22,13 +22,14 @@ lookup; a draft whose vocabulary differs from the model's exits with code 5 and 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import signal
 import socket
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mesh_llm.errors import ConfigError, MeshError
 from mesh_llm.serving.process import die_with_parent
@@ -46,6 +47,49 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 EXIT_RPC_UNUSABLE = 3  # a worker did not answer, or llama.cpp did not place layers as planned
 EXIT_RPC_LOST = 4  # a worker's connection closed after the model had loaded
 EXIT_BAD_DRAFT = 5  # the draft model cannot draft for this model
+
+
+_MISDIRECTED = json.dumps(
+    {"error": {"message": "this server answers only for this machine's names", "type": "invalid_request_error",
+               "param": None, "code": "misdirected_request"}}
+).encode()  # fmt: skip
+
+
+def _for_this_machine(host: str) -> bool:
+    """Whether a Host header names this machine: localhost or a loopback address, any port."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+def this_machine_only(app: Any) -> Any:
+    """Wrap the model server's ASGI app so that a request naming another host gets 421.
+
+    The node's proxy and the mesh tunnel address it as 127.0.0.1 or localhost; a DNS-rebinding
+    page that finds its port names its own domain, and is refused here as on the node's API.
+    """
+
+    async def guard(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+            if not _for_this_machine(host):
+                await send({"type": "http.response.start", "status": 421,
+                            "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+                await send({"type": "http.response.body", "body": _MISDIRECTED})
+                return
+        await app(scope, receive, send)
+
+    return guard
 
 
 def _fail(message: str, code: int) -> int:
@@ -245,9 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         draft_max=args.draft_max,
         type_k=type_k,
         type_v=type_v,
+        cache_ram=args.cache_ram,
+        cache_disk=args.cache_disk,
+        cache_dir=args.cache_dir,
     )
     info = ServerInfo(args.alias, max_body=args.max_body, extra=extra)  # type: ignore[arg-type]
-    app = build_app(model, engine_config, info, draft)
+    app = this_machine_only(build_app(model, engine_config, info, draft))
 
     sock = socket.socket(fileno=args.fd)
     config = uvicorn.Config(

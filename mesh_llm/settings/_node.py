@@ -135,6 +135,21 @@ NODE: tuple[Setting, ...] = (
         child="max_body", help="largest request body in MB (413 beyond)",
     ),
     Setting(
+        "first_content_s", float, 300.0, flag="--first-content-timeout", metavar="S", positive=True,
+        part="backend",
+        help="seconds a streamed request's host has for its first content (a cold prefill of a long "
+        "prompt included) before the request is retried on another host, or fails",
+    ),
+    Setting(
+        "cache_ram", float, metavar="GB", lo=0, shown="a tenth of the RAM, at most 8", part="backend",
+        child="cache_ram", help="RAM for each model server's KV prefix cache beyond its slots "
+        "(counted out of the memory offered to the mesh); 0 turns the prefix cache off",
+    ),
+    Setting(
+        "cache_disk", float, 8.0, metavar="GB", lo=0, part="backend", child="cache_disk",
+        help="disk for each model's saved KV prefixes under <state-dir>/kv/, kept across restarts; 0: RAM only",
+    ),
+    Setting(
         "threads", int, metavar="N", lo=1, shown="half the cores for decoding, all for prompts", part="backend",
         child="n_threads", help="CPU threads per model server",
     ),

@@ -28,6 +28,7 @@ from typing import Any
 
 from mesh_llm.config import BackendConfig, SplitConfig
 from mesh_llm.errors import MeshError, ModelError
+from mesh_llm.log_limits import WarnOnce
 from mesh_llm.mesh.gossip import ModelAd, PeerView
 from mesh_llm.models.catalog import find_entry
 from mesh_llm.models.resolve import ResolvedModel, resolve
@@ -35,7 +36,7 @@ from mesh_llm.planning.planner import PlanConfig
 from mesh_llm.planning.plans import Split
 from mesh_llm.split._context import Holdings, SplitContext
 from mesh_llm.split._decisions import decide_host
-from mesh_llm.split._election import Known, Member, MeshView, OwnHost, Refusal, elect, wanted_duties
+from mesh_llm.split._election import Known, Member, MeshView, OwnHost, elect, wanted_duties
 from mesh_llm.split._election import duty_changes as _duty_changes
 from mesh_llm.split._host import HostExecutor, SplitHost, model_facts, serving_bytes
 from mesh_llm.split._preview import preview_plan
@@ -46,19 +47,12 @@ from mesh_llm.supervise import all_logged
 
 log = logging.getLogger(__name__)
 
-_refused: set[tuple[str, str]] = set()
 
-
-def _warn_refused(r: Refusal) -> None:
-    if (r.peer, r.model) not in _refused:  # reconcile runs every second: say it once
-        _refused.add((r.peer, r.model))
-        log.warning("ignoring %s's split plan for %s: %s", r.peer[:8], r.model, r.why)
-
-
-def member(peer_id: str, view: PeerView, rtt_min_ms: float | None) -> Member:
-    """A peer's gossip record as the split election reads it (its split fields parsed strictly)."""
+def member(peer_id: str, view: PeerView, rtt_min_ms: float | None, notices: WarnOnce | None = None) -> Member:
+    """A peer's gossip record as the split election reads it (its split fields parsed strictly;
+    malformed claims are reported once to `notices`)."""
     rec = view.record
-    intents = read_intents(rec.extra, peer_id)
+    intents = read_intents(rec.extra, peer_id, notices)
     ready = frozenset(
         (ad.name, host, epoch)
         for ad in rec.models
@@ -98,6 +92,10 @@ class SplitManager:
         self._busy = asyncio.Lock()
         self._host = HostExecutor(ctx, backend, state_dir / "logs")
         self._worker = WorkerExecutor(ctx, state_dir, backend.n_threads, self._own_copy)
+        # Reconcile reads every record every second: each bad claim or refused plan is said once,
+        # and the memory of what was said is bounded, whatever names members send.
+        self._bad_claims = WarnOnce(log, "malformed split claims")
+        self._refusals = WarnOnce(log, "refused split plans")
 
     # ---- what the node asks --------------------------------------------------------------
 
@@ -122,7 +120,7 @@ class SplitManager:
             declined=held.declined,
             hosts={n: OwnHost(h.force, h.epoch, h.settled) for n, h in self.hosts.items()},
             wants=dict(self.wants),
-            peers={p: member(p, v, ctx.rtt_min_ms(p)) for p, v in ctx.mesh_peers().items()},
+            peers={p: member(p, v, ctx.rtt_min_ms(p), self._bad_claims) for p, v in ctx.mesh_peers().items()},
         )
 
     def claims(self) -> list[PeerClaim]:
@@ -210,7 +208,9 @@ class SplitManager:
     async def _reconcile_duties(self, view: MeshView) -> None:
         wanted, refused = wanted_duties(view, self._config.max_duties)
         for r in refused:
-            _warn_refused(r)
+            self._refusals.warn(
+                (r.peer, r.model), "ignoring %s's split plan for %s: %s", r.peer[:8], r.model, r.why
+            )
         stop, start = _duty_changes({m: d.assignment for m, d in self.duties.items()}, wanted)
         for model in stop:
             await self._worker.stop(self.duties.pop(model))

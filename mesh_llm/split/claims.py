@@ -5,8 +5,10 @@ A node that hosts a split model publishes its *claim* (its plan and how far it g
 to serve a model that needs the mesh publishes that it *wants* it; a node whose user dropped a
 model publishes that it *declined* it (it never takes it again). This module holds the schema of
 all three, the encoders a node publishes with, and the strict parsers it reads peers with
-(`planning/records.py` holds the field checks). Malformed entries are dropped whole, with one
-warning per peer and model; unknown fields are ignored, so newer nodes can add some.
+(`planning/records.py` holds the field checks). Every parser here is total: any JSON value in
+any field gives a value or a RecordError. Malformed entries are dropped whole, with one warning
+per peer and model when the caller passes its `WarnOnce`; unknown fields are ignored, so newer
+nodes can add some.
 
 Schema of a record's `extra`:
 
@@ -23,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mesh_llm.log_limits import WarnOnce
 from mesh_llm.planning.records import (
     MAX_EPOCH,
     MAX_LAYERS,
@@ -35,7 +38,6 @@ from mesh_llm.planning.records import (
     bool_field,
     int_field,
     is_model_name,
-    warn_once,
 )
 
 Shard = tuple[str, int, int]  # (node_id, start_layer, end_layer)
@@ -105,7 +107,7 @@ def parse_claim(model: object, claim: object) -> PeerClaim:
         raise RecordError("a claim must be an object")
     shards = _shards(claim.get("shards", []))
     mode = claim.get("mode", "split" if shards else "waiting")
-    if mode not in MODES:
+    if not isinstance(mode, str) or mode not in MODES:  # a list or an object is unhashable
         raise RecordError(f"mode must be one of {sorted(MODES)}")
     state = claim.get("state", "")
     if not isinstance(state, str) or len(state) > MAX_STATE_CHARS:
@@ -114,7 +116,7 @@ def parse_claim(model: object, claim: object) -> PeerClaim:
     return PeerClaim(
         model,
         int_field(claim.get("epoch"), "epoch", 0, MAX_EPOCH),
-        str(mode),
+        mode,
         state,
         bool_field(claim.get("force", False), "force"),
         bool_field(claim.get("settled", False), "settled"),
@@ -123,8 +125,8 @@ def parse_claim(model: object, claim: object) -> PeerClaim:
     )
 
 
-def peer_claims(extra: Any, peer: str = "") -> dict[str, PeerClaim]:
-    """The valid claims in a record's `extra`; malformed ones are dropped (and warned once)."""
+def peer_claims(extra: Any, peer: str = "", notices: WarnOnce | None = None) -> dict[str, PeerClaim]:
+    """The valid claims in a record's `extra`; malformed ones are dropped (warned once to `notices`)."""
     splits = extra.get("splits") if isinstance(extra, Mapping) else None
     out: dict[str, PeerClaim] = {}
     if not isinstance(splits, Mapping):
@@ -133,10 +135,11 @@ def peer_claims(extra: Any, peer: str = "") -> dict[str, PeerClaim]:
         try:
             out[str(model)] = parse_claim(model, claim)
         except RecordError as exc:
-            warn_once(
-                (peer, repr(model)[:80]),
-                f"ignoring a malformed split claim for {model!r:.80} from {peer[:8]}: {exc}",
-            )
+            if notices is not None:
+                notices.warn(
+                    (peer, repr(model)[:80]),
+                    "ignoring a malformed split claim for %.80r from %s: %s", model, peer[:8], exc,
+                )  # fmt: skip
     return out
 
 
@@ -160,9 +163,9 @@ def peer_declined(extra: Any) -> frozenset[str]:
     return frozenset(m for m in declined[:MAX_MODELS] if is_model_name(m))
 
 
-def read_intents(extra: Any, peer: str = "") -> PeerIntents:
+def read_intents(extra: Any, peer: str = "", notices: WarnOnce | None = None) -> PeerIntents:
     """Claims, wants and declines of one peer's record, each parsed strictly."""
-    return PeerIntents(peer_claims(extra, peer), peer_wants(extra), peer_declined(extra))
+    return PeerIntents(peer_claims(extra, peer, notices), peer_wants(extra), peer_declined(extra))
 
 
 def intents_record(

@@ -32,7 +32,15 @@ class TransportConfig:
     # and parse, so a 9.6 KB RPC request in 1 datagram instead of 7 cuts the latency.
     same_host_datagram_size: int = 16336
     stream_window: int = 1 << 20  # per-stream bytes a peer may send beyond what we have read
+    # What a peer may make a connection hold before its streams do anything: streams whose open
+    # frame is still incomplete (how many, their bytes together, and how long each may take),
+    # and streams it opened that are still open.
+    max_opening_streams: int = 16
+    max_opening_bytes: int = 2 << 20
+    stream_open_timeout: float = 5.0
+    max_remote_streams: int = 1024
     liveness_probe_timeout: float = 1.0  # ping answer wait before treating an old link as dead
+    suspect_silence: float = 3.0  # a peer leaving pings unanswered this long is suspect for routing
     close_timeout: float = 2.0  # how long close() waits for CONNECTION_CLOSE to go out
     rtt_smoothing: float = 0.125  # EWMA weight of a new RTT sample (RFC 6298's alpha)
 
@@ -44,7 +52,11 @@ class TransportConfig:
             "idle_timeout",
             "keepalive_interval",
             "liveness_probe_timeout",
+            "suspect_silence",
             "close_timeout",
+            "stream_open_timeout",
+            "max_opening_streams",
+            "max_remote_streams",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"transport {name} must be positive")
@@ -60,6 +72,8 @@ class TransportConfig:
             raise ConfigError(f"stream_window must be between {MIN_WINDOW} and {MAX_WINDOW} bytes")
         if self.max_frame < 1024:
             raise ConfigError("max_frame must be at least 1024 bytes")
+        if self.max_opening_bytes < self.max_frame:
+            raise ConfigError("max_opening_bytes must hold at least one max_frame")
         if self.quic_engine not in ENGINES:
             raise ConfigError(f"unknown QUIC engine {self.quic_engine!r}; choose one of {', '.join(ENGINES)}")
         if not 0 < self.rtt_smoothing <= 1:

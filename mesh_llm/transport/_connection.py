@@ -81,8 +81,9 @@ class Connection(QuicAdapter):
         self._control_id = 0  # the dialer's first bidirectional stream
         self._decoder = FrameDecoder(owner.config.max_frame)
         self._before_ready = BeforeReady(self._loop, self._config.stream_window)
-        self._streams = StreamTable(self, window=self._config.stream_window, max_frame=self._config.max_frame)
+        self._streams = StreamTable(self, self._config)
         self._liveness = Liveness(self.send_control, self.transmit, interval=self._config.keepalive_interval)
+        self.silent_s = self._liveness.silent_for  # seconds the peer has left a ping unanswered
         self._handshake: asyncio.Future[None] | None = None
         if dialer:
             self._handshake = self._loop.create_future()

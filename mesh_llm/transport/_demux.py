@@ -3,10 +3,18 @@
 Each data stream starts with one frame {"t": "_open", "kind", "header"} (see _streams.py).
 The table decodes that frame from a new remote stream, asks its connection for a handler of the
 kind, and afterwards routes the stream's data, resets and stop-sendings to its reader or writer.
+
+What a peer makes the table hold is bounded (see TransportConfig): at most
+`max_opening_streams` streams whose open frame is incomplete, holding `max_opening_bytes`
+together, each for at most `stream_open_timeout` (`expire_opening`, run on the table's own
+timer); and at most `max_remote_streams` streams it opened and has not finished. A stream
+beyond a bound is refused (REFUSED) and its bytes dropped; every opened stream's own buffer is
+bounded by its credit window.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -14,6 +22,7 @@ from typing import Any, Protocol
 from mesh_llm.errors import TransportError, WireError
 from mesh_llm.peer.wire import TYPE_FIELD, encode_frame, try_decode_frame
 from mesh_llm.transport._codes import StreamCode, code_name
+from mesh_llm.transport._config import TransportConfig
 from mesh_llm.transport._streams import Stream, StreamHost
 
 log = logging.getLogger("mesh_llm.transport")
@@ -29,17 +38,24 @@ class StreamTableHost(StreamHost, Protocol):
     def stream_handler(self, kind: str) -> Any | None: ...
     def run_stream_handler(self, stream: Stream, handler: Any, header: dict[str, Any]) -> None: ...
     def next_stream_id(self) -> int: ...
+    def now(self) -> float:
+        """The event loop's clock."""
 
 
 class StreamTable:
     """The open data streams of one connection, by QUIC stream id."""
 
-    def __init__(self, host: StreamTableHost, *, window: int, max_frame: int) -> None:
+    def __init__(self, host: StreamTableHost, config: TransportConfig) -> None:
         self._host = host
-        self._window = window
-        self._max_frame = max_frame
+        self._config = config
+        self._window = config.stream_window
+        self._max_frame = config.max_frame
         self._streams: dict[int, Stream] = {}
         self._opening: dict[int, bytearray] = {}  # remote streams whose open frame is incomplete
+        self._opening_deadline: dict[int, float] = {}
+        self._opening_bytes = 0
+        self._remote_open = 0  # streams in _streams that the peer opened
+        self._timer: asyncio.TimerHandle | None = None  # at the earliest open-frame deadline
         self._fed: dict[int, Stream] = {}  # streams fed during this burst, delivered after it
         self._highest_remote_stream = -1
 
@@ -61,7 +77,36 @@ class StreamTable:
         return stream
 
     def forget(self, stream_id: int) -> None:
-        self._streams.pop(stream_id, None)
+        if self._streams.pop(stream_id, None) is not None and self.is_remote(stream_id):
+            self._remote_open -= 1
+
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        """(streams whose open frame is incomplete, their bytes, open streams the peer opened)."""
+        return len(self._opening), self._opening_bytes, self._remote_open
+
+    def expire_opening(self, now: float) -> float | None:
+        """Refuse the streams whose open frame is overdue; the next deadline, if any remain."""
+        for stream_id, deadline in list(self._opening_deadline.items()):
+            if deadline <= now:
+                self._drop_opening(stream_id)
+                log.info("reset stream %d from %s: no open frame within %g s",
+                         stream_id, self._host.who(), self._config.stream_open_timeout)  # fmt: skip
+                self.refuse(stream_id, StreamCode.REFUSED)
+        return min(self._opening_deadline.values(), default=None)
+
+    def _wake_at(self, when: float) -> None:
+        if self._timer is not None and self._timer.when() <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        after = self.expire_opening(self._host.now())
+        if after is not None:
+            self._wake_at(after)
 
     def fail_all(self, exc: TransportError) -> None:
         """The connection ended: fail every stream with `exc` and forget them."""
@@ -69,7 +114,13 @@ class StreamTable:
             stream.reader.fail(exc)
             stream.writer.fail(exc)
         self._streams.clear()
+        self._remote_open = 0
         self._opening.clear()
+        self._opening_deadline.clear()
+        self._opening_bytes = 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def deliver_fed(self) -> None:
         fed, self._fed = self._fed, {}
@@ -93,7 +144,7 @@ class StreamTable:
         # else: late data for a stream we already finished with or reset; drop it.
 
     def on_reset(self, stream_id: int, error_code: int) -> None:
-        self._opening.pop(stream_id, None)
+        self._drop_opening(stream_id)
         stream = self._streams.get(stream_id)
         if stream is not None:
             reason = code_name(StreamCode, error_code)
@@ -113,25 +164,52 @@ class StreamTable:
         self._host.reset_stream(stream_id, code)
         self._host.stop_stream(stream_id, code)
 
+    def _drop_opening(self, stream_id: int) -> None:
+        buffer = self._opening.pop(stream_id, None)
+        if buffer is not None:
+            self._opening_bytes -= len(buffer)
+            del self._opening_deadline[stream_id]
+
     def _on_opening_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         self._highest_remote_stream = max(self._highest_remote_stream, stream_id)
-        buffer = self._opening.setdefault(stream_id, bytearray())
+        config = self._config
+        buffer = self._opening.get(stream_id)
+        if buffer is None:
+            if (
+                len(self._opening) >= config.max_opening_streams
+                or self._remote_open >= config.max_remote_streams
+            ):
+                log.info(
+                    "refused stream %d from %s: too many streams open or opening", stream_id, self._host.who()
+                )
+                self.refuse(stream_id, StreamCode.REFUSED)
+                return
+            buffer = self._opening[stream_id] = bytearray()
+            deadline = self._opening_deadline[stream_id] = self._host.now() + config.stream_open_timeout
+            self._wake_at(deadline)
+        if self._opening_bytes + len(data) > config.max_opening_bytes:
+            self._drop_opening(stream_id)
+            log.info("refused stream %d from %s: open frames over %d bytes together",
+                     stream_id, self._host.who(), config.max_opening_bytes)  # fmt: skip
+            self.refuse(stream_id, StreamCode.REFUSED)
+            return
         buffer += data
+        self._opening_bytes += len(data)
         try:
             decoded = try_decode_frame(buffer, self._max_frame)
         except WireError as exc:
-            del self._opening[stream_id]
+            self._drop_opening(stream_id)
             log.warning("reset stream %d from %s: bad open frame: %s", stream_id, self._host.who(), exc)
             self.refuse(stream_id, StreamCode.PROTOCOL_ERROR)
             return
         if decoded is None:
             if end_stream:
-                del self._opening[stream_id]
+                self._drop_opening(stream_id)
                 self.refuse(stream_id, StreamCode.PROTOCOL_ERROR)
             return
         msg, used = decoded
         rest = bytes(buffer[used:])
-        del self._opening[stream_id]
+        self._drop_opening(stream_id)
         kind, header = msg.get("kind"), msg.get("header", {})
         if msg[TYPE_FIELD] != "_open" or not isinstance(kind, str) or not isinstance(header, dict):
             self.refuse(stream_id, StreamCode.PROTOCOL_ERROR)
@@ -143,6 +221,7 @@ class StreamTable:
             return
         stream = Stream(self._host, stream_id, kind, self._window, self._host.peer_window)
         self._streams[stream_id] = stream
+        self._remote_open += 1
         if rest:
             stream.reader.feed_data(rest)
         if end_stream:

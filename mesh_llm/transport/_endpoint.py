@@ -114,6 +114,12 @@ class MeshTransport:
         """The open link to `node_id`, if any."""
         return self._links.get(node_id)
 
+    def suspects(self) -> frozenset[str]:
+        """Peers linked but silent to pings for `suspect_silence` or longer: likely frozen, though
+        their connection is still open. Routing tries their hosts last."""
+        after = self.config.suspect_silence
+        return frozenset(n for n, link in self._links.items() if link.is_open and link.silent_s >= after)
+
     def on_stream(self, kind: str, handler: StreamHandler) -> None:
         """Handle incoming streams of `kind` with `async handler(peer_id, header, reader, writer)`.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from mesh_llm.errors import MalformedFrame
@@ -26,6 +26,9 @@ class LinkedConnection(Protocol):
     @property
     def rtt(self) -> RttEstimator: ...
     def now(self) -> float: ...
+
+    silent_s: Callable[[], float]
+
     def send_control(self, msg: Mapping[str, Any]) -> None: ...
     def open_stream(self, kind: str, header: Mapping[str, Any]) -> Stream: ...
     async def probe(self, timeout: float) -> bool: ...
@@ -67,6 +70,11 @@ class PeerLink:
         """The smallest round trip of the last 30 s in ms, for decisions; None until measured."""
         rtt = self._conn.rtt.minimum(self._conn.now())
         return None if rtt is None else rtt * 1000.0
+
+    @property
+    def silent_s(self) -> float:
+        """How long the peer has left a ping unanswered, in seconds (0 while it answers them)."""
+        return self._conn.silent_s()
 
     @property
     def close_reason(self) -> str:

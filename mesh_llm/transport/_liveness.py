@@ -2,6 +2,11 @@
 
 A `_ping` every `keepalive_interval` keeps the connection busy and feeds the RTT estimator; a
 pong says how long the ping waited at the peer, which is taken out of the sample.
+
+`silent_for` says how long the peer has left a ping unanswered. Pings leave as soon as they are
+queued and pongs are stamped when their datagram arrived, so a peer that stopped (frozen, or its
+machine gone) shows as silent within seconds even while its QUIC connection stays open and the
+gossip heartbeats, which wait behind the load, still look fresh.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Liveness:
         self.rtt = RttEstimator()
         self._seq = 0
         self._pings: dict[int, float] = {}
+        self._heard_at = self._loop.time()  # when the last pong arrived (or the link began)
         self._probes: dict[int, asyncio.Future[None]] = {}
         self._keepalive: asyncio.Task[None] | None = None
 
@@ -80,10 +86,17 @@ class Liveness:
             self._probes.pop(seq, None)
         return True
 
+    def silent_for(self) -> float:
+        """Seconds the oldest ping sent since the last pong has waited for its answer (0: none
+        waits). Pings older than the last pong were lost, not unanswered: they do not count."""
+        waiting = [sent for sent in self._pings.values() if sent > self._heard_at]
+        return max(0.0, self._loop.time() - min(waiting)) if waiting else 0.0
+
     def on_pong(self, msg: Mapping[str, Any], arrival: float) -> None:
         """A pong whose datagram arrived at `arrival` (not when its burst got processed)."""
         seq, held = msg.get("n"), msg.get("h", 0.0)
         if isinstance(seq, int) and (sent := self._pings.pop(seq, None)) is not None:
+            self._heard_at = max(self._heard_at, arrival)
             held = float(held) if isinstance(held, int | float) and 0 <= held < 10 else 0.0
             self.rtt.sample(arrival - sent - held, self._loop.time())
             wake(self._probes.get(seq))

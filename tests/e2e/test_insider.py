@@ -112,3 +112,41 @@ def test_an_insider_cannot_delete_folders_start_workers_or_forge_others(tmp_path
                 pids = [c.pid for c in node.children()]
                 node.stop()
                 assert wait_gone(pids) == []
+
+
+def test_an_unhashable_value_in_an_insiders_claim_does_not_take_a_node_down(tmp_path: Path) -> None:
+    # The fuzzer's find (issue 25): `"mode": []` in the member's own signed record made every
+    # reader of split claims raise TypeError; status and chat answered 500 while it lived.
+    a = NodeProcess(["--model", "SmolLM2-135M"], tmp_path / "a").start()
+    try:
+        token = a.wait_serving()["invite_token"]
+        a_id = a.status()["node_id"]
+        claim = {"epoch": 1, "mode": [], "settled": True, "state": "serving", "force": False,
+                 "n_layers": 30, "shards": [[a_id, 0, 30]]}  # fmt: skip
+        extra = {"splits": {"SmolLM2-135M": claim, "other": {**claim, "mode": {"x": 1}}}}
+        answers: list[int] = []
+
+        async def attack() -> None:
+            m = await _insider(token, tmp_path / "m", extra)
+            try:
+                deadline = time.monotonic() + 30
+                while a_id not in m.peers():
+                    assert time.monotonic() < deadline, "the insider never joined"
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(3)  # several advertise and reconcile rounds on A
+                async with httpx.AsyncClient(timeout=60) as http:
+                    answers.append((await http.get(f"{a.api}/api/status")).status_code)
+                    body = {"model": "SmolLM2-135M", "max_tokens": 4,
+                            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+                    answers.append((await http.post(f"{a.api}/v1/chat/completions", json=body)).status_code)
+            finally:
+                await m.stop()
+
+        asyncio.run(attack())
+        assert answers == [200, 200]
+        log = a.log()
+        assert "malformed split claim" in log and "crashed" not in log and "TypeError" not in log
+    finally:
+        pids = [c.pid for c in a.children()]
+        a.stop()
+        assert wait_gone(pids) == []

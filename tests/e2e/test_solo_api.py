@@ -160,3 +160,14 @@ def _next_event(lines: object) -> dict:  # type: ignore[type-arg]
 def test_console_serves_a_page(solo_node: NodeProcess) -> None:
     r = httpx.get(f"{solo_node.console}/")
     assert r.status_code == 200 and "mesh-llm" in r.text
+
+
+def test_the_model_servers_own_port_answers_only_for_this_machine(solo_node: NodeProcess) -> None:
+    # The attack: a DNS-rebinding page (or anything that sends another Host) finds the model
+    # server's loopback port and asks it directly, past the node's own checks.
+    (m,) = solo_node.status()["models"]
+    url = f"http://127.0.0.1:{m['port']}/mesh/health"
+    refused = httpx.get(url, headers={"host": f"rebind.attacker.example:{m['port']}"}, timeout=10)
+    assert refused.status_code == 421 and refused.json()["error"]["code"] == "misdirected_request"
+    assert httpx.get(url, timeout=10).status_code == 200
+    assert httpx.get(url, headers={"host": "localhost"}, timeout=10).status_code == 200

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from mesh_llm.api.console import ChangeFeed, console_policy, create_console_app
 from mesh_llm.api.control import control_router
 from mesh_llm.api.guard import LOOPBACK_NAMES, SESSION_COOKIE, AccessPolicy, guarded, host_name
-from mesh_llm.api.limits import limited_protocol
+from mesh_llm.api.limits import client_group, limited_protocol
 
 TOKEN = "AQCN-secret-token"
 
@@ -154,14 +154,20 @@ async def _serve(app: Any, **limits: Any) -> tuple[uvicorn.Server, asyncio.Task[
     return server, task, sock.getsockname()[1]
 
 
-async def test_slow_headers_are_cut_off_and_one_client_gets_a_bounded_number_of_connections() -> None:
+async def test_slow_headers_are_cut_off_and_busy_connections_are_bounded() -> None:
     app = FastAPI()
+    release = asyncio.Event()
 
     @app.get("/")
     async def root() -> dict[str, str]:
         return {"ok": "yes"}
 
-    server, task, port = await _serve(app, header_timeout_s=0.3, max_per_client=3)
+    @app.get("/busy")
+    async def busy() -> dict[str, str]:
+        await release.wait()
+        return {"ok": "done"}
+
+    server, task, port = await _serve(app, header_timeout_s=0.3, max_loopback=3)
     try:
         slow_r, slow_w = await asyncio.open_connection("127.0.0.1", port)
         slow_w.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finishes its headers
@@ -171,10 +177,46 @@ async def test_slow_headers_are_cut_off_and_one_client_gets_a_bounded_number_of_
         async with httpx.AsyncClient() as c:
             assert (await c.get(f"http://127.0.0.1:{port}/")).status_code == 200
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
-        extra_r, _ = await asyncio.open_connection("127.0.0.1", port)
-        assert await asyncio.wait_for(extra_r.read(), 5) == b""  # over the per-client cap
         for _, w in held:
+            w.write(b"GET /busy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            await w.drain()
+        await asyncio.sleep(0.1)
+        extra_r, _ = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(extra_r.read(), 5) == b""  # every connection is busy: refused
+        release.set()
+        for r, w in held:
+            assert b"done" in await asyncio.wait_for(r.read(1000), 5)
             w.close()
     finally:
         server.should_exit = True
         await task
+
+
+async def test_idle_local_connections_do_not_lock_out_other_local_clients() -> None:
+    # The attack: one local process holds 100 idle connections (renewed within the header
+    # deadline); every other program on 127.0.0.1 must still get its request through, both
+    # under the default loopback bound and once a small one is full (the idle are closed).
+    app = FastAPI()
+
+    @app.get("/")
+    async def root() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    for limits in ({}, {"max_loopback": 8}):
+        server, task, port = await _serve(app, **limits)
+        try:
+            hogs = [await asyncio.open_connection("127.0.0.1", port) for _ in range(100)]
+            await asyncio.sleep(0.05)
+            async with httpx.AsyncClient() as c:
+                assert (await c.get(f"http://127.0.0.1:{port}/")).status_code == 200
+            for _, w in hogs:
+                w.close()
+        finally:
+            server.should_exit = True
+            await task
+
+
+def test_loopback_addresses_are_one_group_and_remote_addresses_their_own() -> None:
+    assert client_group("127.0.0.1") == client_group("::1") == client_group("::ffff:127.0.0.5")
+    assert client_group("192.0.2.7") == "192.0.2.7" != client_group("127.0.0.1")
+    assert client_group("") == ""

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import ssl
+import struct
 import sys
 import time
 from collections import Counter
@@ -560,6 +561,55 @@ async def test_many_concurrent_streams(make_node: NodeFactory) -> None:
 
     results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(50))), 10)
     assert results == [f"stream {i}".encode() * 100 for i in range(50)]
+
+
+async def test_half_open_streams_hold_bounded_memory_for_a_bounded_time(make_node: NodeFactory) -> None:
+    # The attack: a member opens many streams, each with the start of a near-1 MiB open frame
+    # that never completes. The node holds a few of them, in bytes and in time, and refuses the
+    # rest; its link and its honest streams go on.
+    config = dataclasses.replace(FAST, stream_open_timeout=1.0)
+    a, b = await make_node(config=config), await make_node(config=config)
+    b.transport.on_stream("echo", echo_handler)
+    link = await a.dial(b)
+    attacker = link._conn
+    quic = attacker._quic
+    start = struct.pack(">I", config.max_frame - 16)  # a frame length, then too few of its bytes
+    for _ in range(60):
+        quic.send_stream_data(quic.get_next_available_stream_id(), start + b"x" * 200_000)
+    attacker.transmit()
+    victim = b.transport.link(a.id)._conn._streams
+    await eventually(lambda: victim._highest_remote_stream >= 4 * 59, 10)
+    held = sum(len(buffer) for buffer in victim._opening.values())
+    assert len(victim._opening) <= config.max_opening_streams
+    assert held <= config.max_opening_bytes, f"{held} bytes held for half-open streams"
+    await eventually(lambda: not victim._opening, 3)  # and only until their deadline
+    reader, writer = await link.open_stream("echo")
+    writer.write(b"still here")
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 3) == b"still here"
+
+
+async def test_a_peer_cannot_keep_more_streams_open_than_its_bound(make_node: NodeFactory) -> None:
+    config = dataclasses.replace(FAST, max_remote_streams=4)
+    a, b = await make_node(config=config), await make_node(config=config)
+    parked = asyncio.Event()
+
+    async def park(
+        peer: str, header: dict[str, Any], reader: MeshStreamReader, writer: MeshStreamWriter
+    ) -> None:
+        await parked.wait()
+
+    b.transport.on_stream("park", park)
+    link = await a.dial(b)
+    opened = [await link.open_stream("park") for _ in range(6)]
+    for _, writer in opened:
+        writer.write(b"x")
+    reader, _ = opened[-1]
+    with pytest.raises(TransportError):
+        await asyncio.wait_for(reader.read(), 3)  # refused: four are open already
+    assert b.transport.link(a.id)._conn._streams.counts[2] == 4
+    parked.set()
+    assert link.is_open
 
 
 # --- losing peers -----------------------------------------------------------------------------

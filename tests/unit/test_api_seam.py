@@ -10,6 +10,8 @@ from typing import Any
 from mesh_llm import http_errors as api_errors
 from mesh_llm.api.auth import request_key_matches
 from mesh_llm.api.proxy import translated_events
+from mesh_llm.api.translate.anthropic import MessagesTranslator
+from mesh_llm.api.translate.responses import ResponsesTranslator
 from mesh_llm.http_errors import ApiError
 
 
@@ -60,6 +62,10 @@ class _Recorder:
         self.seen.append(("fail", error.code, error.message))
         return [b"fail\n"]
 
+    def keepalive(self) -> bytes:
+        self.seen.append("keepalive")
+        return b"keepalive\n"
+
 
 async def _all(events: AsyncIterator[bytes]) -> list[bytes]:
     return [e async for e in events]
@@ -86,8 +92,8 @@ def test_a_translated_stream_ends_once_at_done() -> None:
             )
         )
     )
-    assert out == [b"fed\n", b"fed\n", b"end\n"]
-    assert rec.seen[-1] == "end" and len(rec.seen) == 3
+    assert out == [b"fed\n", b"fed\n", b"keepalive\n", b"end\n"]  # a keep-alive in the API's own shape
+    assert rec.seen[-1] == "end" and len(rec.seen) == 4
 
 
 def test_an_error_event_fails_the_translated_stream_and_nothing_follows() -> None:
@@ -106,3 +112,11 @@ def test_garbage_from_the_host_is_not_passed_on() -> None:
         _all(translated_events(_events(b"data: {nope\n\ndata: [1]\n\n", b"data: [DONE]\n\n"), rec))
     )
     assert out == [b"end\n"]
+
+
+def test_each_api_has_its_own_keepalive_and_none_carries_the_answer() -> None:
+    body = {"model": "m", "stream": True, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    ping = MessagesTranslator().begin(body).stream().keepalive()
+    assert ping == b'event: ping\ndata: {"type": "ping"}\n\n'  # as Anthropic sends it
+    body = {"model": "m", "stream": True, "input": "hi"}
+    assert ResponsesTranslator().begin(body).stream().keepalive() == b": keep-alive\n\n"  # a comment

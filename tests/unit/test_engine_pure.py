@@ -4,6 +4,7 @@ grammar fixes, and routing by free slots."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -140,3 +141,75 @@ def test_routing_prefers_a_host_with_a_free_slot() -> None:
     free = Endpoint("m", "b" * 64, True, in_flight=3, free_slots=1)
     unknown = Endpoint("m", "c" * 64, True, in_flight=5, free_slots=None)
     assert choose("m", [busy, free, unknown]) == [free, unknown, busy]
+
+
+class _Body:
+    """Just what `RequestReader.body` reads of a request."""
+
+    def __init__(self, body: dict[str, object]) -> None:
+        self._raw = json.dumps(body).encode()
+        self.headers = {"content-length": str(len(self._raw))}
+
+    async def stream(self):  # type: ignore[no-untyped-def]
+        yield self._raw
+
+
+def _schema(properties: int) -> dict[str, object]:
+    return {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(properties)}}
+
+
+_HI = {"role": "user", "content": "hi"}
+_TOOL = {"type": "function", "function": {"name": "f", "parameters": _schema(2)}}
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"messages": [_HI] * 20_000}, "messages"),
+    ({"messages": [_HI], "tools": [_TOOL] * 200}, "tools"),
+    ({"messages": [_HI], "tools": [{**_TOOL, "function": {"name": "f", "parameters": _schema(2000)}}]}, "tools"),
+    ({"messages": [_HI], "tools": [_TOOL] + [{"function": {"parameters": _schema(200)}}] * 40}, "tools"),
+    ({"messages": [_HI], "response_format": {"type": "json_schema", "json_schema": {"schema": _schema(2000)}}},
+     "response_format"),
+])  # fmt: skip
+async def test_bodies_that_would_cost_seconds_to_convert_are_refused_as_they_are_read(
+    body: dict[str, object], param: str
+) -> None:
+    # The attacker's bodies: each is under 1 MB, and each would cost seconds of template
+    # rendering or grammar building before its 400. They are refused by count and size, on
+    # reading, before any conversion (no model or template is needed to refuse them).
+    from mesh_llm.serving.engine._requests import RequestReader
+
+    class _Model:
+        def show_markers(self, markers: object) -> None:
+            pass
+
+    reader = RequestReader(None, _Model(), None, alias="m", max_body=1 << 20)  # type: ignore[arg-type]
+    request = _Body(body)
+    assert len(request._raw) < reader.max_body
+    with pytest.raises(RequestError) as refused:
+        await reader.body(request)  # type: ignore[arg-type]
+    assert refused.value.status == 400 and refused.value.param == param
+
+
+async def test_ordinary_bodies_pass_the_cost_checks() -> None:
+    from mesh_llm.serving.engine._openai import check_request_cost
+
+    check_request_cost({"messages": [_HI] * 500, "tools": [_TOOL] * 40})
+    check_request_cost({"messages": "odd", "tools": {"not": "a list"}, "response_format": 3})
+
+
+@pytest.mark.parametrize(("host", "status"), [
+    ("127.0.0.1:8001", 200), ("localhost", 200), ("[::1]:8001", 200), ("LOCALHOST:1", 200),
+    ("rebind.attacker.example", 421), ("rebind.attacker.example:8001", 421), ("10.0.0.5", 421), ("", 421),
+])  # fmt: skip
+async def test_the_model_server_answers_only_requests_naming_this_machine(host: str, status: int) -> None:
+    import httpx
+
+    from mesh_llm.serving.model_server_main import this_machine_only
+
+    async def app(scope: object, receive: object, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    transport = httpx.ASGITransport(app=this_machine_only(app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+        assert (await c.get("/mesh/health", headers={"host": host})).status_code == status

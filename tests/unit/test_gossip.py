@@ -746,7 +746,7 @@ def test_messages_fit_in_one_frame_at_the_protocol_limits() -> None:
         return f"{i:04d}".ljust(128, "k")
 
     top = 2**63 - 1
-    config = GossipConfig(max_nodes=1023, max_records_per_message=32)
+    config = GossipConfig(max_nodes=1023, max_introduced_per_peer=1023, max_records_per_message=32)
     engine = GossipEngine(make_record(long_id(0), incarnation=top), config)
     engine.peer_connected(long_id(1), 0.0)
     padding = "p" * 15_000  # records near the 16 KiB limit

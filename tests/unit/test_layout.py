@@ -30,6 +30,7 @@ PURE = (
     "mesh_llm.node.status",
     "mesh_llm.discovery._listing",
     "mesh_llm.discovery._scoring",
+    "mesh_llm.api.prefix",
 )
 IO_LIBRARIES = frozenset(
     {

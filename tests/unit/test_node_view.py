@@ -72,8 +72,13 @@ def test_a_model_whose_host_is_lost_counts_as_unserved_for_the_standbys(tmp_path
                         models=(ModelAd("M", ready=True),))  # fmt: skip
     peers = {"p" * 16: PeerView(record, heartbeat=1, last_seen=1.0, connected=True, status=PeerStatus.ALIVE)}
 
+    class Transport:
+        def suspects(self) -> frozenset[str]:
+            return frozenset()
+
     class Mesh:
         join_problem = None
+        transport = Transport()
 
         def peers(self) -> dict[str, PeerView]:
             return peers

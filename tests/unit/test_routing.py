@@ -89,3 +89,12 @@ def test_each_error_maps_to_one_openai_error(exc: Exception, status: int, code: 
 def test_sse_error_event_is_one_data_line() -> None:
     raw = api_errors.sse_error_event("stopped")
     assert raw.startswith(b"data: {") and raw.endswith(b"\n\n") and raw.count(b"\n") == 2
+
+
+def test_a_suspect_host_goes_last_however_idle() -> None:
+    hosts = [Endpoint("m", "a", True, 0, suspect=True), ep("m", "b", in_flight=3), ep("m", "c", in_flight=1)]
+    assert [e.node_id for e in choose("m", hosts)] == ["c", "b", "a"]
+
+
+def test_a_model_with_only_suspect_hosts_is_still_tried() -> None:
+    assert [e.node_id for e in choose("m", [Endpoint("m", "a", True, suspect=True)])] == ["a"]

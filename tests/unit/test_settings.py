@@ -75,7 +75,15 @@ def test_build_config_takes_the_parsed_flags_as_they_are() -> None:
     assert parsed.allow_hosts == ("box",) and parsed.console is None
     # No flags at all: the same records as the config classes' own defaults.
     assert build_config(node_parser().parse_args([])) == build_config()
-    assert build_config().backend == dataclasses.replace(BackendConfig(), n_ctx_auto=True)
+    # The prefix cache is off in a bare BackendConfig; the node's defaults turn it on.
+    backend = build_config().backend
+    assert 0 < backend.cache_ram_bytes <= 8 * 1024**3 and backend.cache_disk_bytes == 8 * 1024**3
+    assert backend.cache_dir == Path("~/.mesh-llm/kv").expanduser()
+    assert backend == dataclasses.replace(
+        BackendConfig(), n_ctx_auto=True, cache_ram_bytes=backend.cache_ram_bytes,
+        cache_disk_bytes=backend.cache_disk_bytes, cache_dir=backend.cache_dir,
+    )  # fmt: skip
+    assert build_config(cache_ram=0).backend.cache_disk_bytes == 0
 
 
 def test_build_config_rejects_a_name_no_setting_has() -> None:
@@ -151,7 +159,7 @@ def test_node_settings_carried_to_the_model_server_keep_type_default_and_bounds(
     carried = {s.name: s.child for s in NODE if s.child}
     assert set(carried.values()) <= {s.name for s in MODEL_SERVER}
     # Converted on the way: a context size (or none: sized), megabytes to bytes, a draft spec to a path.
-    converted = {"ctx_size", "max_body_mb", "draft"}
+    converted = {"ctx_size", "max_body_mb", "draft", "cache_ram", "cache_disk"}  # GB become bytes
     assert converted <= set(carried)
     for name, child_name in carried.items():
         if name not in converted:

@@ -116,3 +116,69 @@ def test_any_json_as_a_claim_parses_or_raises_a_record_error(value: object) -> N
     except RecordError:
         pass
     assert isinstance(peer_claims({"splits": {"m": value}}), dict)
+
+
+# ---- every parser of peer input is total (issue 25) ----------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=12,
+)
+CLAIM_FIELDS = ("epoch", "mode", "state", "force", "settled", "n_layers", "shards")
+
+
+def _good_claim() -> dict[str, object]:
+    return {"epoch": 1, "mode": "split", "state": "", "force": False, "settled": True, "n_layers": 2,
+            "shards": [[A, 0, 1], [B, 1, 2]]}  # fmt: skip
+
+
+def test_an_unhashable_mode_in_a_signed_claim_is_dropped_not_raised() -> None:
+    # The attacker's record: its own, validly signed, with `"mode": []`. Every reader of claims
+    # (status, routing, the split manager) used to raise TypeError on it.
+    from mesh_llm.split.claims import read_intents
+
+    for mode in ([], {}, [1], {"a": 1}):
+        extra = {"splits": {"m": {**_good_claim(), "mode": mode}, "ok": _good_claim()}}
+        assert list(peer_claims(extra, A)) == ["ok"]
+        assert list(read_intents(extra, A).claims) == ["ok"]
+
+
+@given(st.sampled_from(CLAIM_FIELDS), JSON)
+def test_any_json_in_any_claim_field_parses_or_raises_a_record_error(key: str, value: object) -> None:
+    from mesh_llm.planning.records import RecordError
+
+    try:
+        parse_claim("m", {**_good_claim(), key: value})
+    except RecordError:
+        pass
+    assert isinstance(peer_claims({"splits": {"m": {**_good_claim(), key: value}}}), dict)
+
+
+@given(st.sampled_from(("splits", "wants", "declined")), JSON, JSON)
+def test_any_json_in_wants_declines_and_splits_is_read_or_ignored(
+    key: str, value: object, inner: object
+) -> None:
+    from mesh_llm.split.claims import read_intents
+
+    for extra in ({key: value}, {key: {"m": value}}, {key: {"m": {"force": inner}}}, {key: [value, inner]}):
+        intents = read_intents(extra, A)
+        assert all(isinstance(m, str) for m in intents.wants) and all(
+            isinstance(m, str) for m in intents.declined
+        )
+        assert all(isinstance(c.mode, str) for c in intents.claims.values())
+    assert isinstance(peer_wants({"wants": value}), dict) and isinstance(
+        peer_declined({"declined": value}), frozenset
+    )
+
+
+def test_warnings_about_bad_claims_are_bounded_on_their_owner() -> None:
+    import logging
+
+    from mesh_llm.log_limits import WarnOnce
+    from mesh_llm.split.claims import read_intents
+
+    notices = WarnOnce(logging.getLogger("test"), "claims", max_keys=100)
+    for i in range(5000):  # a member sending a new bad name every time
+        read_intents({"splits": {f"m{i}": {"mode": []}}}, A, notices)
+    assert len(notices) == 100

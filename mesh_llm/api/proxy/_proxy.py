@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -17,7 +17,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from mesh_llm import http_errors as api_errors
 from mesh_llm.api.auth import request_key_matches
 from mesh_llm.api.exchange import Exchange, error_code, parse_body, usage_not_asked
+from mesh_llm.api.prefix import prefix_digest
 from mesh_llm.api.proxy._access_log import AccessLogged, access_log
+from mesh_llm.api.proxy._patient import PATIENCE_S, cancel_sending, is_sse, patient_events, whole
 from mesh_llm.api.proxy._relay import StreamRelay
 from mesh_llm.api.proxy._translated import translated_events
 from mesh_llm.api.routing import Endpoint, choose, model_key
@@ -25,12 +27,29 @@ from mesh_llm.api.translate import Translator, Turn
 from mesh_llm.api.translate.anthropic import MessagesTranslator
 from mesh_llm.api.translate.count_tokens import TokenCounter
 from mesh_llm.api.translate.responses import ResponsesTranslator
-from mesh_llm.api.upstream import Upstream, UpstreamClient, unless_gone, unless_stopped
+from mesh_llm.api.upstream import (
+    Started,
+    Upstream,
+    UpstreamClient,
+    unless_gone,
+    unless_stopped,
+)
 from mesh_llm.errors import BackendUnavailable, ModelNotFound, NoHealthyHost
 from mesh_llm.http_errors import ApiErrorResponse
 from mesh_llm.metrics import CONTENT_TYPE, Gauge, RequestMetrics, SseMeter, render, usage_of
+from mesh_llm.settings import node_default
 
 T = TypeVar("T")
+
+
+def _sse(events: AsyncIterator[bytes], turn: Turn | None) -> StreamingResponse:
+    """A streamed answer: chat SSE as it is, or in the API of `turn`."""
+    return StreamingResponse(
+        events if turn is None else translated_events(events, turn.stream()),
+        status_code=200,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 class ServingView(Protocol):
@@ -52,6 +71,10 @@ class ServingView(Protocol):
         """Count a request as in flight; the returned function marks it finished."""
         ...
 
+    def note_prefix(self, endpoint: Endpoint, digest: str) -> None:
+        """A request whose prefix digest is `digest` went to `endpoint` (affinity for its next turn)."""
+        ...
+
     def mesh_problem(self) -> str | None:
         """Why this node is not in its mesh yet (it has tokens but no peer), else None."""
         ...
@@ -66,7 +89,8 @@ class Proxy:
         *,
         api_key: str | None = None,
         request_timeout_s: float = 600.0,
-        max_body_bytes: int = 8 * 1024 * 1024,
+        first_content_s: float | None = None,
+        max_body_bytes: int = int(node_default("max_body_mb") * 1024 * 1024),
         gauges: Callable[[], list[Gauge]] = list,
         status: Callable[[Request], dict[str, Any]] | None = None,
     ) -> None:
@@ -83,6 +107,7 @@ class Proxy:
         self._api_key = api_key
         self._rotation = itertools.count()
         self._client = UpstreamClient(request_timeout_s)
+        self._first_content_s = first_content_s  # a stream's host gets this long for its first content
         self._messages = MessagesTranslator()
         self._responses = ResponsesTranslator()
         self._count_tokens = TokenCounter()
@@ -220,8 +245,9 @@ class Proxy:
             raw = json.dumps({**body, "stream_options": options}).encode()
             added_usage = True
         self._view.note_request(model)
+        prefix = prefix_digest(body)  # the conversation, so its next turns find the host holding it
         try:
-            candidates = choose(model, self._view.endpoints(), rotation=next(self._rotation))
+            candidates = choose(model, self._view.endpoints(), rotation=next(self._rotation), prefix=prefix)
         except ModelNotFound as exc:
             problem = self._view.mesh_problem()
             if problem is None:
@@ -230,39 +256,49 @@ class Proxy:
             raise NoHealthyHost(model, f"this node has not reached its mesh yet ({problem})") from exc
         exchange.model = candidates[0].model
         finish = self._view.begin_request(candidates[0].model)
-        try:
-            sent = await self._unless_gone(
-                self._client.send_first(candidates, self._view.upstream, path, raw), request
+        sending = asyncio.ensure_future(
+            self._client.send_first(
+                candidates, self._view.upstream, path, raw, suspect=self._suspect,
+                first_content_s=self._first_content_s if exchange.stream else None,
             )
+        )  # fmt: skip
+        try:
+            # A stream whose first content is slow gets its headers now and keep-alives meanwhile.
+            patience = PATIENCE_S if exchange.stream else None
+            waited = await self._unless_gone(asyncio.wait({sending}, timeout=patience), request)
+            started = sending.result() if waited is not None and sending.done() else None
         except BaseException:
+            await cancel_sending(sending)
             finish()
             raise
-        if sent is None:  # the client left before the answer started
+        meter = SseMeter(drop_usage=added_usage)
+
+        def done() -> None:
+            finish()
+            self._finish(exchange)
+
+        def begun(started: Started) -> None:
+            """The host that sent the first content: the one the log and prefix affinity name."""
+            if prefix is not None:
+                self._view.note_prefix(started.endpoint, prefix)
+            exchange.host, exchange.local = started.endpoint.node_id[:8], started.endpoint.local
+
+        if waited is None:  # the client left before the answer started
+            await cancel_sending(sending)
             finish()
             exchange.status, exchange.error = 499, "client_closed_request"
             return Response(status_code=499)
-        endpoint, response = sent
-        exchange.host, exchange.local = endpoint.node_id[:8], endpoint.local
+        if started is None:
+            exchange.status = 200
+            events = patient_events(sending, begun, self._relay, self._stopping, meter, exchange, done)
+            return _sse(events, turn)
+        begun(started)
+        response = started.response
         exchange.status = response.status_code
-        if (
-            response.headers.get("content-type", "").startswith("text/event-stream")
-            and response.status_code == 200
-        ):
-            meter = SseMeter(drop_usage=added_usage)
-
-            def done() -> None:
-                finish()
-                self._finish(exchange)
-
-            events = self._relay.events(response, meter, exchange, done)
-            return StreamingResponse(
-                events if turn is None else translated_events(events, turn.stream()),
-                status_code=200,
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
+        if is_sse(response):
+            return _sse(self._relay.events(started, meter, exchange, done), turn)
         try:
-            content = await self._unless_gone(response.aread(), request)
+            content = await self._unless_gone(whole(started), request)
             if content is None:  # the client left: closing the upstream cancels the generation
                 exchange.status, exchange.error = 499, "client_closed_request"
                 return Response(status_code=499)
@@ -296,6 +332,14 @@ class Proxy:
             status_code=response.status_code,
             media_type=response.headers.get("content-type", "application/json"),
             headers={"Retry-After": retry} if retry else None,
+        )
+
+    def _suspect(self, endpoint: Endpoint) -> bool:
+        """Whether the routing table, as it is now, holds `endpoint`'s node suspect."""
+        return any(
+            e.suspect
+            for e in self._view.endpoints()
+            if e.node_id == endpoint.node_id and e.model == endpoint.model
         )
 
     async def _unless_gone(self, work: Awaitable[T], request: Request) -> T | None:

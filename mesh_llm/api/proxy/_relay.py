@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import httpx
 
 from mesh_llm import http_errors as api_errors
 from mesh_llm.api.exchange import Exchange
-from mesh_llm.api.upstream import SHUTTING_DOWN
+from mesh_llm.api.upstream import SHUTTING_DOWN, Started
 from mesh_llm.metrics import SseMeter
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ class StreamRelay:
                 await response.aclose()
 
     async def events(
-        self, response: httpx.Response, meter: SseMeter, exchange: Exchange, done: Callable[[], None]
-    ) -> AsyncIterator[bytes]:
+        self, started: Started, meter: SseMeter, exchange: Exchange, done: Callable[[], None]
+    ) -> AsyncGenerator[bytes, None]:
         """Pass SSE events through; if the host dies or this node stops mid-stream, end with an
         error event and ``[DONE]`` (never after a ``[DONE]`` already sent).
 
@@ -44,10 +44,14 @@ class StreamRelay:
         """
         loop = asyncio.get_running_loop()
         ended: bytes | None = None
+        response = started.response
         self._streams.add(response)
         try:
             try:
-                async for chunk in response.aiter_raw():
+                out = meter.feed(started.head, loop.time())
+                if out:
+                    yield out
+                async for chunk in started.rest:
                     out = meter.feed(chunk, loop.time())
                     if out:
                         yield out

@@ -8,6 +8,7 @@ is the only caller:
     client body ──Translator.begin──▶ Turn ──.chat──▶ chat body ──▶ route to a host (as for chat)
     chat answer ──Turn.answer──▶ the API's answer (or, for COUNT_PATH, a token count)
     chat SSE chunks ──Turn.stream().feed/end/fail──▶ the API's SSE events
+    waiting for the first chunk ──Turn.stream().keepalive──▶ the API's keep-alive event
     ApiError ──Translator.error_body──▶ the API's error shape
 
 Translators are pure: no HTTP, no clock or randomness except through what they are given.
@@ -55,6 +56,11 @@ class StreamTranslator(Protocol):
 
     def fail(self, error: ApiError) -> list[bytes]:
         """The closing events when the chat stream broke or sent an error event mid-answer."""
+        ...
+
+    def keepalive(self) -> bytes:
+        """An event that only says the answer is still coming (while a host prefills): it carries
+        none of the answer and may come before its first event."""
         ...
 
 

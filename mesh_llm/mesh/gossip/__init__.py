@@ -7,8 +7,9 @@ the wire (`age_ms`, `ttl_ms`), so nodes need no synchronised clocks.
 
 Messages (JSON-able dicts, discriminated by "t"; unknown types are ignored):
 
-    hb       {"inc", "ver", "hb"}                  each interval to every linked peer, and on connect
-    digest   {"entries": [[id, inc, ver, hb, age_ms]], "gone": [[id, inc, ttl_ms]], "ask": bool}
+    hb       {"inc", "ver", "hb", "up"?, "sig"?}   each interval to every linked peer, and on connect
+    digest   {"entries": [[id, inc, ver, hb, age_ms]], "gone": [[id, inc, ttl_ms]], "ask": bool,
+              "beats"?: [[id, inc, hb, up_ms, age_ms, sig]]}
                                                    each interval to one linked peer in turn (more,
                                                    asking, when news must come through relays)
     pull     {"ids": [id]}                         "send me these records"
@@ -28,6 +29,18 @@ one we hear of only through relays gets `relayed_dead_after_s`, since each hop m
 back for an interval. While part of our view is second-hand, or some peer is suspect, digests go
 to several peers and ask for theirs back: a peer whose link to us fails but which others still
 hear is vouched for by them rather than removed.
+
+Signed beats. With signatures on, each beat is signed by its node together with its uptime
+(`up`, ms on its own monotonic clock), and digests carry the latest signed beat known of each
+node. A relay's word counts for liveness only as such beats: a higher one, credited no more time
+than its signed uptime says passed since the last one credited. So no member can keep a dead
+node alive by relaying, replaying or holding back beats, while a live node some peers reach only
+through others stays in view. A node that timed out returns in the same incarnation only on its
+own word (a link, or a signed beat past the one it timed out at); while anyone still gossips it,
+its grave is kept. Older nodes ignore the new fields.
+
+Admission. Nodes learned only through one member's gossip count against that member's share of
+the table (`max_introduced_per_peer`); linked peers always get a place (see _table.py).
 
 Departures. A goodbye removes the sender at once and buries its incarnation for `tombstone_s`;
 graves travel in digests, so peers without a link learn of it too, and stale gossip cannot

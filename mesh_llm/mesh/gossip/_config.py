@@ -29,6 +29,8 @@ class GossipConfig:
     # peer is suspect; otherwise one peer gets a plain digest.
     digest_fanout: int = 3
     max_nodes: int = 512
+    # Nodes one member may introduce by gossip alone (its share of the table; see _table.py).
+    max_introduced_per_peer: int = 128
     max_records_per_message: int = 16
 
     def __post_init__(self) -> None:
@@ -46,5 +48,7 @@ class GossipConfig:
             raise ConfigError("digest_fanout must be at least 1")
         if not 1 <= self.max_nodes < MAX_TABLE_ENTRIES:
             raise ConfigError(f"max_nodes must be in [1, {MAX_TABLE_ENTRIES - 1}]")
+        if not 1 <= self.max_introduced_per_peer <= self.max_nodes:
+            raise ConfigError("max_introduced_per_peer must be in [1, max_nodes]")
         if not 1 <= self.max_records_per_message <= MAX_RECORDS_PER_MESSAGE:
             raise ConfigError(f"max_records_per_message must be in [1, {MAX_RECORDS_PER_MESSAGE}]")

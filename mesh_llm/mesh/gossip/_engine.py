@@ -10,9 +10,10 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any
 
 from mesh_llm.errors import MalformedFrame
+from mesh_llm.mesh.gossip._beats import OwnBeat, RelayedBeats, digest_beats
 from mesh_llm.mesh.gossip._config import GossipConfig
 from mesh_llm.mesh.gossip._events import EngineState, GossipEvent, MessageType, Outgoing, PeerView
 from mesh_llm.mesh.gossip._fields import (
@@ -21,6 +22,7 @@ from mesh_llm.mesh.gossip._fields import (
     MAX_TABLE_ENTRIES,
     _as_int,
     _as_list,
+    _beat_entry,
     _digest_entries,
     _field,
     _gone_entry,
@@ -33,15 +35,12 @@ from mesh_llm.mesh.gossip._records import (
     Signer,
     Verifier,
     _checked_own,
-    _sig_bytes,
     bye_signing_bytes,
     record_signing_bytes,
 )
 from mesh_llm.mesh.gossip._table import PeerTable
 
 logger = logging.getLogger("mesh_llm.mesh.gossip")
-
-_UNKNOWN_GRAVE_CHECKS: Final = 16  # goodbyes of unknown nodes whose signature one digest may cost
 
 
 class GossipEngine:
@@ -75,7 +74,9 @@ class GossipEngine:
         self._detector = self._table.detector
         self._graves = self._table.graves
         self._events = self._table.events
-        self._links: set[str] = set()
+        self._links = self._table.links  # shared: links decide who is direct, for admission
+        self._own_beat = OwnBeat(self._id, signer)
+        self._relayed = RelayedBeats(self._id, self._table, verifier) if verifier is not None else None
         self._next_push = float("-inf")
         # Start the digest round-robin at a different place on every node so no peer gets all of them.
         self._cursor = zlib.crc32(self_record.node_id.encode())
@@ -146,6 +147,7 @@ class GossipEngine:
         if self._state is EngineState.LEFT or peer_id == self._id:
             return []
         self._links.add(peer_id)
+        self._table.vouch(peer_id)  # an authenticated link: no longer anyone's hearsay
         out: list[Outgoing] = [(peer_id, self._beat())]
         # One asking digest starts a full two-way exchange; the lower id sends it, so a new link
         # costs two digests rather than four.
@@ -209,6 +211,7 @@ class GossipEngine:
         self._table.expire(now)
 
         self._heartbeat += 1
+        self._own_beat.sign(self._self.incarnation, self._heartbeat, now)
         if not self._links:
             return []
         beat = self._beat()
@@ -256,6 +259,7 @@ class GossipEngine:
         if record is not None and inc == record.incarnation and ver <= record.version:
             # Every linked peer sends one of these per interval: keep the common case short.
             self._detector.observe(peer_id, hb, now, 0.0, True)
+            self._detector.signed_by_owner(peer_id, hb, msg.get("up"), msg.get("sig"))  # ours to relay
             return []
         if self._table.observe(peer_id, peer_id, inc, ver, hb, 0.0, now):
             return [(peer_id, {"t": MessageType.PULL.value, "ids": [peer_id]})]
@@ -265,26 +269,14 @@ class GossipEngine:
         # Validate everything before applying anything.
         raw_entries = _as_list(_field(msg, "entries", "digest"), "digest.entries", MAX_TABLE_ENTRIES)
         raw_gone = _as_list(_field(msg, "gone", "digest", ()), "digest.gone", MAX_TABLE_ENTRIES)
+        raw_beats = _as_list(_field(msg, "beats", "digest", ()), "digest.beats", MAX_TABLE_ENTRIES)
         entries = _digest_entries(raw_entries)
         gone = [_gone_entry(g, i) for i, g in enumerate(raw_gone)]
+        beats = [_beat_entry(b, i) for i, b in enumerate(raw_beats)]
         ask = _field(msg, "ask", "digest", False)
         if not isinstance(ask, bool):
             raise MalformedFrame("digest.ask: expected a boolean")
-        unknown_checks = _UNKNOWN_GRAVE_CHECKS
-        for node_id, inc, ttl_s, sig in gone:
-            grave = self._graves.get(node_id)
-            if grave is not None and grave.heartbeat is None and grave.incarnation >= inc:
-                continue  # already buried: no need to check the signature again
-            if node_id not in self._records:
-                # Graves of nodes we never knew only guard against stale gossip: check a few per
-                # digest, so a flood of fake ones costs bounded CPU.
-                unknown_checks -= 1
-                if unknown_checks < 0:
-                    continue
-            if not self._bye_is_genuine(node_id, inc, sig):
-                continue  # anyone could claim that a live node left: only its own word counts
-            # Carry the remaining lifetime, never more than ours, so graves cannot circulate forever.
-            self._table.apply_goodbye(node_id, inc, now, min(ttl_s, self._config.tombstone_s), sig)
+        self._table.take_goodbyes(gone, now)
 
         # Anti-entropy is pull-only: we fetch what the digest shows we lack, and the sender catches
         # up from the digests it receives (ours, if it asked). Pulls are de-duplicated; pushes from
@@ -292,15 +284,21 @@ class GossipEngine:
         want: list[str] = []
         records = self._records
         observe = self._detector.observe
+        # With signatures checked, a relay's word on liveness counts only as its owner's signed
+        # beats (below): an unsigned counter from a member could keep a dead node alive for ever.
+        trust_relays = self._verifier is None
         for node_id, inc, ver, hb, age_s in entries:
             mine = records.get(node_id)
             if mine is not None and inc == mine.incarnation:
                 # The common case, inlined: a peer we know, in the incarnation we know.
-                observe(node_id, hb, now, age_s, node_id == peer_id)
+                if trust_relays or node_id == peer_id:
+                    observe(node_id, hb, now, age_s, node_id == peer_id)
                 if ver > mine.version and self._table.claim_pull(node_id, now):
                     want.append(node_id)
             elif self._table.observe(peer_id, node_id, inc, ver, hb, age_s, now):
                 want.append(node_id)
+        if beats and self._relayed is not None:
+            want.extend(self._relayed.take(peer_id, beats, now))
 
         out: list[Outgoing] = []
         if want:
@@ -331,15 +329,9 @@ class GossipEngine:
         # lets us relay the goodbye to nodes that have no link to it.
         inc = _as_int(_field(msg, "inc", "bye"), "bye.inc")
         sig = _field(msg, "sig", "bye", "")
-        sig = sig if isinstance(sig, str) and self._bye_is_genuine(peer_id, inc, sig) else ""
+        sig = sig if isinstance(sig, str) and self._table.bye_is_genuine(peer_id, inc, sig) else ""
         self._table.apply_goodbye(peer_id, inc, now, self._config.tombstone_s, sig)
         return []
-
-    def _bye_is_genuine(self, node_id: str, inc: int, sig: str) -> bool:
-        if self._verifier is None:
-            return True
-        raw = _sig_bytes(sig)
-        return raw is not None and self._verifier(node_id, bye_signing_bytes(node_id, inc), raw)
 
     def _sign(self, record: NodeRecord) -> NodeRecord:
         if self._signer is None:
@@ -353,7 +345,10 @@ class GossipEngine:
 
     def _beat(self) -> dict[str, Any]:
         own = self._self
-        return {"t": MessageType.HB.value, "inc": own.incarnation, "ver": own.version, "hb": self._heartbeat}
+        beat = {"t": MessageType.HB.value, "inc": own.incarnation, "ver": own.version, "hb": self._heartbeat}
+        if self._own_beat.signed is not None:
+            beat["up"], beat["sig"] = self._own_beat.signed
+        return beat
 
     def _digest(self, now: float, ask: bool = False) -> dict[str, Any]:
         own = self._self
@@ -367,7 +362,10 @@ class GossipEngine:
             for n, g in self._graves.items()
             if g.heartbeat is None and (g.sig or self._verifier is None)
         ]
-        return {"t": MessageType.DIGEST.value, "entries": entries, "gone": gone, "ask": ask}
+        digest = {"t": MessageType.DIGEST.value, "entries": entries, "gone": gone, "ask": ask}
+        if self._signer is not None:  # older nodes ignore the field
+            digest["beats"] = digest_beats(self._table, self._own_beat, own.incarnation, self._heartbeat, now)
+        return digest
 
     def _records_messages(self, peer_id: str, node_ids: Iterable[str], now: float) -> list[Outgoing]:
         """Records for the given ids that we know, chunked to stay within the frame limit."""

@@ -31,6 +31,7 @@ class Departure(Enum):
 
     BYE = "bye"
     TIMEOUT = "timeout"
+    EVICTED = "evicted"  # hearsay dropped to make room for a directly linked peer
 
 
 class MessageType(StrEnum):

@@ -122,6 +122,16 @@ def _digest_entry(value: object, i: int) -> tuple[str, int, int, int, float]:
     )
 
 
+def _beat_entry(value: object, i: int) -> tuple[str, int, int, int, float, str]:
+    """A relayed signed beat: (id, inc, hb, up_ms, age_s, sig)."""
+    what = f"digest.beats[{i}]"
+    b = _as_list(value, what, 6)
+    if len(b) != 6:
+        raise MalformedFrame(f"{what}: expected [id, inc, hb, up_ms, age_ms, sig]")
+    return (_node_id(b[0], what), _as_int(b[1], what), _as_int(b[2], what), _as_int(b[3], what),
+            _as_int(b[4], what) / 1000, _as_str(b[5], what, SIG_HEX))  # fmt: skip
+
+
 def _gone_entry(value: object, i: int) -> tuple[str, int, float, str]:
     what = f"digest.gone[{i}]"
     g = _as_list(value, what, 4)

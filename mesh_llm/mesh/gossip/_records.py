@@ -26,8 +26,12 @@ from mesh_llm.mesh.gossip._fields import (
     _node_id,
 )
 
-_MODEL_KEYS: Final = frozenset({"name", "ready", "role", "layers", "port", "in_flight", "free_slots"})
+_MODEL_KEYS: Final = frozenset(
+    {"name", "ready", "role", "layers", "port", "in_flight", "free_slots", "prefixes"}
+)
 MAX_SLOTS: Final = 1024
+MAX_PREFIXES: Final = 16  # prefix digests a host advertises per model: 16 x 19 bytes
+PREFIX_CHARS: Final = 16  # one digest: lowercase hex (mesh_llm/api/prefix.py writes them)
 _RECORD_KEYS: Final = frozenset(
     {
         "node_id",
@@ -49,6 +53,7 @@ _RECORD_KEYS: Final = frozenset(
 )
 _RECORD_LABEL: Final = b"mesh-llm record v1\0"
 _BYE_LABEL: Final = b"mesh-llm bye v1\0"
+_BEAT_LABEL: Final = b"mesh-llm beat v1\0"
 
 Signer: TypeAlias = Callable[[bytes], bytes]
 """Signs bytes with this node's key."""
@@ -70,6 +75,13 @@ def bye_signing_bytes(node_id: str, incarnation: int) -> bytes:
     return _BYE_LABEL + f"{node_id}:{incarnation}".encode()
 
 
+def beat_signing_bytes(node_id: str, incarnation: int, heartbeat: int, up_ms: int) -> bytes:
+    """What a node signs with each heartbeat: the counter and how long it has been running (its
+    own monotonic clock), so that a relay can vouch for its liveness, nobody can make a dead
+    node's counter advance, and no beat can be credited more time than passed at its owner."""
+    return _BEAT_LABEL + f"{node_id}:{incarnation}:{heartbeat}:{up_ms}".encode()
+
+
 def _sig_bytes(value: object) -> bytes | None:
     if not isinstance(value, str) or len(value) != SIG_HEX or not all(c in "0123456789abcdef" for c in value):
         return None
@@ -88,9 +100,11 @@ class ModelAd:
     in_flight: int = 0
     free_slots: int | None = None  # request slots free on a host's engine; None: not known
     extra: Mapping[str, Any] = field(default_factory=dict)  # fields from newer versions, kept as-is
+    prefixes: tuple[str, ...] = ()  # digests of conversations a host served lately, newest first
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extra", _frozen(self.extra))
+        object.__setattr__(self, "prefixes", tuple(self.prefixes))
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers))
 
@@ -110,6 +124,7 @@ class ModelAd:
             "port": self.port,
             "in_flight": self.in_flight,
             "free_slots": self.free_slots,
+            **({"prefixes": list(self.prefixes)} if self.prefixes else {}),
         }
 
     @classmethod
@@ -141,7 +156,20 @@ class ModelAd:
             in_flight=_as_int(_field(d, "in_flight", what, 0), f"{what}.in_flight"),
             free_slots=None if raw_free is None else _as_int(raw_free, f"{what}.free_slots", 0, MAX_SLOTS),
             extra={k: v for k, v in d.items() if k not in _MODEL_KEYS},
+            prefixes=prefix_digests(_field(d, "prefixes", what, ()), f"{what}.prefixes"),
         )
+
+
+def prefix_digests(value: object, what: str = "prefixes") -> tuple[str, ...]:
+    """A host's advertised prefix digests: at most MAX_PREFIXES lowercase-hex strings of
+    PREFIX_CHARS. Any other JSON value raises MalformedFrame."""
+    items = _as_list(value, what, MAX_PREFIXES)
+    for i, item in enumerate(items):
+        if not (
+            isinstance(item, str) and len(item) == PREFIX_CHARS and all(c in "0123456789abcdef" for c in item)
+        ):
+            raise MalformedFrame(f"{what}[{i}]: expected {PREFIX_CHARS} lowercase hex digits")
+    return tuple(items)
 
 
 @dataclass(frozen=True)

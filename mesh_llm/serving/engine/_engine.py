@@ -42,6 +42,7 @@ from mesh_llm.serving.engine._jobs import (
     token_logprob,
 )
 from mesh_llm.serving.engine._llama import Batch, Context, Model, Sampler, SamplerSpec
+from mesh_llm.serving.engine._prefix_cache import PrefixCache, slot_digests
 from mesh_llm.serving.engine._text import TextStream, common_prefix
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Engine:
             n_threads_batch=config.n_threads_batch,
             type_k=config.type_k,
             type_v=config.type_v,
+            flash_attn=config.flash_attn,
         )
         self.n_ctx_slot = self.ctx.n_ctx_seq
         self._batch = Batch(n_batch)
@@ -73,6 +75,8 @@ class Engine:
             for i in range(config.n_slots)
         ]
         self._drafting = Drafting(drafter) if drafter else None
+        self._cache = PrefixCache.open(model, self.ctx, config) if config.cache_ram > 0 else None
+        self._unsaved: set[int] = set()  # slots whose request ended since they were last saved
         self._emitted = 0  # tokens emitted in the current step
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
@@ -91,6 +95,8 @@ class Engine:
             self._stopping = True
             self._cond.notify_all()
         self._thread.join(timeout=10)
+        if self._cache is not None:
+            self._cache.close()
 
     # ---- requests -----------------------------------------------------------------------
 
@@ -119,6 +125,7 @@ class Engine:
             self._cond.notify_all()
 
     def stats(self) -> EngineStats:
+        digests = tuple(self.prefix_digests())  # hashing outside the lock the decode loop takes
         with self._cond:
             now = time.monotonic()
             while self._generated_times and self._generated_times[0] < now - _RATE_WINDOW_S:
@@ -132,7 +139,15 @@ class Engine:
                 self._prompt_total,
                 self._prefilled_total,
                 self._drafting.figures() if self._drafting else None,
+                self._cache.stats() if self._cache else None,
+                digests,
             )
+
+    def prefix_digests(self) -> list[str]:
+        """`mesh_llm.serving.prefix_digest` digests of the prefixes this engine holds KV for, in
+        its slots and its prefix cache (thread-safe)."""
+        held = [list(s.cached) for s in self._slots]
+        return self._cache.digests(held) if self._cache else slot_digests(held)
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -141,6 +156,8 @@ class Engine:
             while True:
                 with self._cond:
                     while not self._stopping and not self._queue and not any(s.job for s in self._slots):
+                        if self._unsaved:
+                            break
                         self._cond.wait()
                     if self._stopping:
                         break
@@ -148,6 +165,11 @@ class Engine:
                     self._admit()
                 if any(s.job for s in self._slots):
                     self._step()
+                elif self._unsaved and self._cache is not None:
+                    # Idle: keep a finished conversation, so a restart or a busy hour finds it.
+                    slot = self._slots[self._unsaved.pop()]
+                    if slot.job is None:
+                        self._cache.save(slot)
         except Exception:  # a bug here would silently hang every request: fail them loudly
             log.exception("engine loop crashed")
             self._fail_all("the engine crashed", "the engine crashed")
@@ -190,6 +212,11 @@ class Engine:
     def _assign(self, slot: Slot, job: Job) -> None:
         reuse = common_prefix(slot.cached, job.prompt)
         reuse = min(reuse, len(job.prompt) - 1)  # the last prompt token is decoded for its logits
+        self._unsaved.discard(slot.seq)
+        if self._cache is not None:
+            reuse, restored = self._cache.prepare(slot, job.prompt, reuse)
+            if restored and self._drafting is not None:
+                self._drafting.drafter.forget(slot.seq)
         if reuse < len(slot.cached) and not self.ctx.drop_from(slot.seq, reuse):
             self.ctx.clear_seq(slot.seq)  # e.g. recurrent models: no partial trimming
             if self._drafting is not None:
@@ -350,5 +377,7 @@ class Engine:
             job.sampler = None
         s.job = None
         s.last_used = time.monotonic()
+        if self._cache is not None:
+            self._unsaved.add(s.seq)
         stopped = job.text.stopped if job.text is not None else None
         job.emit(Finished(reason, len(job.prompt), job.reused, job.generated, error, stopped))

@@ -36,6 +36,12 @@ class EngineConfig:
     draft_max: int = node_default("draft_max")
     type_k: int | None = None  # KV cache ggml types (None: llama.cpp's f16)
     type_v: int | None = None
+    flash_attn: bool = False  # see benchmarks/bench_prefill.py
+    # The prefix cache beyond the slots (see _prefix_cache): bytes of RAM (0: off), bytes of disk,
+    # and the folder its files go under (None: RAM only).
+    cache_ram: int = 0
+    cache_disk: int = 0
+    cache_dir: str | None = None
 
     def batch_size(self, *, drafting: bool) -> int:
         """Tokens one decode step may hold: a prompt chunk plus every slot's next token and,
@@ -138,6 +144,8 @@ class EngineStats:
     prompt_total: int
     prefilled_total: int  # prompt tokens actually decoded (prompt_total minus reuse)
     draft: dict[str, Any] | None = None  # the drafter and its acceptance, when there is one
+    prefix_cache: dict[str, Any] | None = None  # its figures, when there is one
+    prefix_digests: tuple[str, ...] = ()  # see mesh_llm.serving.prefix_digest
 
     def as_dict(self) -> dict[str, Any]:
         busy = sum(s.busy for s in self.slots)
@@ -152,6 +160,8 @@ class EngineStats:
             "prompt_total": self.prompt_total,
             "prefilled_total": self.prefilled_total,
             "slots": [{"id": s.id, "busy": s.busy, "cached_tokens": s.cached_tokens} for s in self.slots],
+            "prefix_cache": self.prefix_cache,
+            "prefix_digests": list(self.prefix_digests),
         }
 
 

@@ -205,6 +205,7 @@ class Context:
         n_threads_batch: int,
         type_k: int | None = None,
         type_v: int | None = None,
+        flash_attn: bool = False,
     ) -> None:
         """``type_k``/``type_v``: ggml types of the KV cache (None: llama.cpp's f16)."""
         params = C.llama_context_default_params()
@@ -221,7 +222,9 @@ class Context:
         params.n_threads_batch = n_threads_batch
         params.no_perf = True
         # As llama-cpp-python's Llama does by default: the same kernels give the same greedy output.
-        params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.flash_attn_type = (
+            C.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         ptr = C.llama_init_from_model(model.ptr, params)
         if not ptr:
             raise BackendError(f"llama.cpp could not create a context of {n_seq} x {n_ctx_seq} tokens")
@@ -239,6 +242,18 @@ class Context:
 
     def clear_seq(self, seq: int) -> None:
         C.llama_memory_seq_rm(self._memory, seq, -1, -1)
+
+    def save_seq(self, seq: int) -> bytearray:
+        """The sequence's KV state, as llama.cpp's per-sequence state API writes it."""
+        size = int(C.llama_state_seq_get_size(self.ptr, seq))
+        data = bytearray(size)
+        n = C.llama_state_seq_get_data(self.ptr, (ctypes.c_uint8 * size).from_buffer(data), size, seq)
+        return data[:n] if n != size else data
+
+    def load_seq(self, seq: int, data: bytearray) -> bool:
+        """Replace the sequence's KV with a saved state; False if llama.cpp refused it."""
+        buf = (ctypes.c_uint8 * len(data)).from_buffer(data)
+        return bool(C.llama_state_seq_set_data(self.ptr, buf, len(data), seq))
 
     def logits(self, index: int) -> np.ndarray:
         """A copy of the logits for the ``index``-th token of the last batch."""

@@ -20,6 +20,12 @@ MAX_STOPS = 16
 MAX_STOP_CHARS = 256
 BAN = -1e30  # huge but finite: a grammar may leave only banned tokens, and one must be chosen
 MAX_TOP_LOGPROBS = 20
+# Cheap bounds checked on the parsed body before any conversion (see `check_request_cost`): a
+# body under the size limit must not cost seconds of template rendering or grammar building.
+MAX_MESSAGES = 4096
+MAX_TOOLS = 128  # OpenAI's own limit
+MAX_SCHEMA_NODES = 8192  # JSON values in all of a request's schemas (tools and response_format)
+MAX_PROPERTIES = 256  # of one object schema: optional properties make a grammar quadratic work
 
 
 class RequestError(RequestRejected, ValueError):
@@ -209,3 +215,46 @@ def prompt_text(body: dict[str, Any]) -> str:
     if not isinstance(prompt, str):
         raise RequestError("'prompt' must be a string", param="prompt")
     return prompt
+
+
+def check_request_cost(body: dict[str, Any]) -> None:
+    """Refuse a body whose messages, tools or schemas are too many or too big to convert.
+
+    Runs before validation, rendering or grammar building and costs at most MAX_SCHEMA_NODES
+    steps, so what is refused here is refused at once. Malformed fields are left to the checks
+    that name them.
+    """
+    messages = body.get("messages")
+    if isinstance(messages, list) and len(messages) > MAX_MESSAGES:
+        raise RequestError(
+            f"'messages' holds {len(messages)} messages; the limit is {MAX_MESSAGES}", param="messages"
+        )
+    tools = body.get("tools")
+    if isinstance(tools, list) and len(tools) > MAX_TOOLS:
+        raise RequestError(f"'tools' holds {len(tools)} tools; the limit is {MAX_TOOLS}", param="tools")
+    schemas: list[tuple[str, Any]] = [("tools", tools)]
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict):
+        schemas.append(("response_format", response_format.get("json_schema")))
+    for param, root in schemas:
+        _check_schema_size(root, param)
+
+
+def _check_schema_size(root: Any, param: str) -> None:
+    pending = [root]
+    nodes = 0
+    while pending:
+        value = pending.pop()
+        nodes += 1
+        if nodes > MAX_SCHEMA_NODES:
+            raise RequestError(f"'{param}' holds schemas of more than {MAX_SCHEMA_NODES} values", param=param)
+        if isinstance(value, dict):
+            properties = value.get("properties")
+            if isinstance(properties, dict) and len(properties) > MAX_PROPERTIES:
+                raise RequestError(
+                    f"a schema in '{param}' has {len(properties)} properties; the limit is {MAX_PROPERTIES}",
+                    param=param,
+                )
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)

@@ -18,7 +18,13 @@ from mesh_llm.serving.engine._engine import Engine
 from mesh_llm.serving.engine._grammar import any_json_grammar, json_grammar
 from mesh_llm.serving.engine._jobs import Delta, Finished
 from mesh_llm.serving.engine._llama import Model, grammar_is_valid
-from mesh_llm.serving.engine._openai import Options, RequestError, parse_options, prompt_text
+from mesh_llm.serving.engine._openai import (
+    Options,
+    RequestError,
+    check_request_cost,
+    parse_options,
+    prompt_text,
+)
 from mesh_llm.serving.engine._tools import (
     ToolChoice,
     ToolError,
@@ -96,6 +102,7 @@ class RequestReader:
             raise RequestError(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
         if not isinstance(body, dict):
             raise RequestError("the request body must be a JSON object", code="invalid_json")
+        check_request_cost(body)
         return body
 
     def _tokenize(self, text: str, *, chat: bool) -> list[int]:

@@ -84,6 +84,10 @@ class MessagesStream:
         out.append(sse_event("message_stop", {"type": "message_stop"}))
         return out
 
+    def keepalive(self) -> bytes:
+        """A `ping` event, as Anthropic sends while an answer is on its way."""
+        return sse_event("ping", {"type": "ping"})
+
     def fail(self, error: ApiError) -> list[bytes]:
         """An `error` event, as Anthropic ends a stream it cannot finish; nothing follows it."""
         if self._closed:

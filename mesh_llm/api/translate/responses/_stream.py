@@ -93,6 +93,10 @@ class ResponsesStream:
         response = self._turn.finish(output, response_usage(self._usage), status, text, calls)
         return [*out, self._event(f"response.{status}", response=response)]
 
+    def keepalive(self) -> bytes:
+        """An SSE comment: the Responses API has no keep-alive event, and clients skip comments."""
+        return b": keep-alive\n\n"
+
     def fail(self, error: ApiError) -> list[bytes]:
         """`response.failed` with the error; nothing is sent after it."""
         if self._over:
