@@ -12,7 +12,10 @@ The package, one module a concern:
   _link        PeerLink, the public face of an authenticated connection
   _links       one link per peer: links, dials under way, who wins a race
   _dial        dialing one address, racing several, reporting why a dial failed
-  _listener    the listening socket: routing datagrams by connection id
+  _listener    the listening socket: routing datagrams by connection id, address probes
+  _relay       a relayed path: QUIC packets framed on a mesh stream, copied by a relay
+  _relaying    dialing through a relay, relaying, accepting through one
+  _retire      a link replaced by a better path: its streams finish, then it closes
   _endpoint    MeshTransport: start and stop, dialing, accepting, installing links
   _tasks       background tasks and callbacks, stream handlers
   _udp         sockets, bursts, and the datagram size for each path

@@ -31,9 +31,10 @@ CidCallback = Callable[[Any, bytes, bool], None]
 class QuicAdapter(asyncio.DatagramProtocol):
     """Feeds one engine connection its datagrams and timer, and sends what it queued.
 
-    A dialer's adapter owns its socket (asyncio calls `connection_made` and `datagram_received`
-    on it); a listener's shares the listening socket, whose listener routes datagrams here and
-    lends `sendto`. Subclasses handle the engine's events in `quic_event_received` and deliver
+    A dialer's adapter usually owns its (connected) socket: asyncio calls `connection_made` and
+    `datagram_received` on it. An accepted connection, a dial that punches a NAT (which must leave
+    from the listening socket, whose mapping the peer was told), and a relayed connection share
+    another path: the listener (or the relay's stream) routes datagrams here and lends `sendto`. Subclasses handle the engine's events in `quic_event_received` and deliver
     stream data gathered during a burst in `deliver_fed`.
     """
 
@@ -101,7 +102,7 @@ class QuicAdapter(asyncio.DatagramProtocol):
             log.debug("QUIC engine failed a transmit towards %s: %s", self._who(), exc)
             datagrams = []
         if datagrams:
-            send_datagrams(self._send_sock, self._transport, datagrams, connected=self.dialer)
+            send_datagrams(self._send_sock, self._transport, datagrams, connected=self._sock is not None)
         timer_at = self._quic.get_timer()
         if self._timer is not None and self._timer_at != timer_at:
             self._timer.cancel()

@@ -28,6 +28,11 @@ from mesh_llm.transport._state import ConnectionGone, State
 log = logging.getLogger("mesh_llm.transport")
 
 
+def upgrades(existing: PeerLink, conn: Connection) -> bool:
+    """Whether a new connection should replace an open link: a path that avoids a relay does."""
+    return existing.relayed and conn.path != "relayed"
+
+
 class Authenticator:
     """Runs either side of mesh authentication and installs the link that results.
 
@@ -66,7 +71,7 @@ class Authenticator:
             theirs = handshake.peer
             assert theirs is not None
             existing = self._table.links.get(theirs.node_id)
-            if existing is not None:
+            if existing is not None and not upgrades(existing, conn):
                 conn.close_with(CloseCode.DUPLICATE, "already connected")
                 return existing
             if dial.claim is None:
@@ -113,7 +118,7 @@ class Authenticator:
                     conn.send_control(msg)
             theirs = handshake.peer
             assert theirs is not None
-            if not await self._table.admit(theirs.node_id):
+            if not await self._table.admit(theirs.node_id, relayed=conn.path == "relayed"):
                 conn.close_with(CloseCode.DUPLICATE, "duplicate connection", tell_peer="already connected")
                 return
             if conn.state is State.CLOSED:
@@ -138,13 +143,14 @@ class Authenticator:
         old = self._table.links.get(hello.node_id)
         self._table.links[hello.node_id] = link
         if old is not None:
-            old.replaced()
+            old.replaced(link, self.config.retire_grace)
         conn.become_ready(link)
         log.info(
-            "linked with %s at %s (%s)",
+            "linked with %s at %s (%s, %s)",
             link.short_id,
             link.remote_address,
             "dialed" if conn.dialer else "accepted",
+            link.path,
         )
         self._on_linked(link)
         self._table.linked(link)

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Mapping
+from functools import partial
 from typing import Any, Protocol
 
 from mesh_llm.errors import ConfigError, PeerUnreachable, TransportError, WireError
@@ -29,6 +30,7 @@ from mesh_llm.transport._config import TransportConfig
 from mesh_llm.transport._demux import StreamTable
 from mesh_llm.transport._link import PeerLink
 from mesh_llm.transport._liveness import Liveness
+from mesh_llm.transport._retire import Retirement
 from mesh_llm.transport._state import ConnectionGone, State, check_transition
 from mesh_llm.transport._streams import Stream
 
@@ -74,6 +76,9 @@ class Connection(QuicAdapter):
         self.peer_window = 0
         self.link: PeerLink | None = None
         self.remote_address = remote_address
+        self.path = "direct"  # how its packets travel: "direct", "punched" or "relayed"
+        self.relay: str | None = None  # the relay's node id, on a relayed path
+        self._retiring: Retirement | None = None  # replaced: closes when its streams end
         self.udp: asyncio.DatagramTransport | None = None  # dialers own their socket
         self.close_code: int | None = None
         self.close_reason = ""
@@ -107,10 +112,9 @@ class Connection(QuicAdapter):
     # --- lifecycle --------------------------------------------------------------------------
 
     def error_received(self, exc: Exception) -> None:
-        # Only dialers' connected sockets see ICMP errors. During the handshake, "port
-        # unreachable" fails the dial at once instead of after the handshake timeout. On a live
-        # link it hints that the peer process died: confirm with a ping rather than trust one
-        # (spoofable) ICMP packet.
+        # Only dialers' connected sockets see ICMP errors. During the handshake, "port unreachable"
+        # fails the dial at once; on a live link it hints that the peer died: confirm with a ping
+        # rather than trust one (spoofable) ICMP packet.
         if self._handshake is not None and not self._handshake.done():
             self._handshake.set_exception(PeerUnreachable(f"{self.remote_address}: {exc}"))
         elif self.state is State.READY and not self._liveness.probing:
@@ -208,19 +212,20 @@ class Connection(QuicAdapter):
             self.send_control({TYPE_FIELD: "_credit", "s": stream_id, "o": limit})
 
     def reset_stream(self, stream_id: int, code: int) -> None:
-        if self.state is not State.CLOSED:
-            with contextlib.suppress(RuntimeError, ValueError):
-                self._quic.reset_stream(stream_id, code)
-            self._transmit_soon()
+        self._end_stream(self._quic.reset_stream, stream_id, code)
 
     def stop_stream(self, stream_id: int, code: int) -> None:
+        self._end_stream(self._quic.stop_stream, stream_id, code)
+
+    def _end_stream(self, how: Any, stream_id: int, code: int) -> None:
         if self.state is not State.CLOSED:
             with contextlib.suppress(RuntimeError, ValueError):
-                self._quic.stop_stream(stream_id, code)
+                how(stream_id, code)
             self._transmit_soon()
 
-    def open_stream(self, kind: str, header: Mapping[str, Any]) -> Stream:
-        if not isinstance(kind, str) or not kind or kind.startswith("_"):
+    def open_stream(self, kind: str, header: Mapping[str, Any], *, internal: bool = False) -> Stream:
+        """A new stream of `kind`; kinds starting with "_" are the transport's own (`internal`)."""
+        if not isinstance(kind, str) or not kind or kind.startswith("_") != internal:
             raise ConfigError(f"stream kind {kind!r} is empty or reserved")
         if self.state is not State.READY:
             raise TransportError(f"connection to {self._who()} is not open")
@@ -228,6 +233,8 @@ class Connection(QuicAdapter):
 
     def forget_stream(self, stream_id: int) -> None:
         self._streams.forget(stream_id)
+        if self._retiring is not None:
+            self._retiring.streams_left(len(self._streams))
 
     # StreamTableHost: what the stream table asks of its connection.
     def who(self) -> str:
@@ -251,6 +258,14 @@ class Connection(QuicAdapter):
     def now(self) -> float:
         """This connection's clock (the event loop's), which RTT samples are timed on."""
         return self._loop.time()
+
+    def retire(self, grace: float) -> None:
+        """A better path replaced this link: let its open streams finish, then close (see _retire.py)."""
+        if self._retiring is None:
+            self._retiring = Retirement(
+                self._loop, partial(self.close_with, CloseCode.DUPLICATE, "replaced"), grace
+            )
+            self._retiring.streams_left(len(self._streams))
 
     async def probe(self, timeout: float) -> bool:
         """True if the peer answers a ping within `timeout`."""

@@ -76,6 +76,10 @@ class StreamTable:
         self._host.send_stream_data(stream_id, frame)
         return stream
 
+    def __len__(self) -> int:
+        """Open data streams, both directions."""
+        return len(self._streams)
+
     def forget(self, stream_id: int) -> None:
         if self._streams.pop(stream_id, None) is not None and self.is_remote(stream_id):
             self._remote_open -= 1

@@ -21,8 +21,9 @@ from mesh_llm.transport._connection import Connection
 from mesh_llm.transport._handshake import Refusal, Step
 from mesh_llm.transport._link import PeerLink
 from mesh_llm.transport._links import Claim
+from mesh_llm.transport._listener import Listener
 from mesh_llm.transport._state import ConnectionGone, State
-from mesh_llm.transport._udp import enlarge_buffers
+from mesh_llm.transport._udp import enlarge_buffers, plain_ip
 
 
 @dataclass
@@ -100,6 +101,54 @@ async def connect_quic(
         raise
     finally:
         if conn is not None and conn.state is State.HANDSHAKING:
+            conn.abort("handshake did not finish")
+
+
+def listener_address(host: str, port: int, family: int) -> tuple[Any, ...]:
+    """`host:port` in the form a socket of `family` reports it (IPv4 on a dual-stack socket is
+    IPv4-mapped IPv6), so a dialer on the listening socket sees its peer at the address it dialed."""
+    ip = plain_ip(host)
+    if ip is None:
+        raise PeerUnreachable(f"{format_address(host, port)}: a punch needs an IP address")
+    if family == socket.AF_INET6:
+        text = f"::ffff:{ip}" if ip.version == 4 else str(ip)
+        return (text, port, 0, 0)
+    if ip.version == 6:
+        raise PeerUnreachable(f"{format_address(host, port)}: this node listens on IPv4 only")
+    return (str(ip), port)
+
+
+async def connect_shared(
+    host: str,
+    port: int,
+    deadline: float,
+    *,
+    config: TransportConfig,
+    engine: QuicEngine,
+    listener: Listener,
+    new_connection: Callable[[Any], Connection],
+    size_for: Callable[[str], int],
+) -> Connection:
+    """QUIC + TLS handshake with one address, sent from the listening socket.
+
+    A NAT maps the listening socket to the address peers observe and were told; a dial through
+    a punched hole must leave from there. QUIC's own retransmission of the Initial is the punch's
+    retry: the first packets may meet the peer's NAT before the peer's punch opened it.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = min(deadline, loop.time() + config.handshake_timeout)
+    shown = format_address(host, port)
+    sockaddr = listener_address(host, port, listener.sock.family)
+    quic = engine.client_connection(datagram_size=size_for(host), idle_timeout=config.idle_timeout)
+    conn = new_connection(quic)
+    try:
+        listener.adopt(conn)
+        conn.remote_address = shown
+        conn.connect(sockaddr)
+        await conn.wait_handshake(deadline)
+        return conn
+    finally:
+        if conn.state is State.HANDSHAKING:
             conn.abort("handshake did not finish")
 
 

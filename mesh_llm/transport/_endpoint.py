@@ -1,7 +1,9 @@
 """This node's QUIC endpoint: listen, dial, authenticate, one link per peer.
 
 Every node runs one `MeshTransport`. It listens on one UDP socket (dual-stack "::" by default)
-and dials peers from a fresh UDP socket per connection; both ends run the same QUIC engine
+and dials peers from a fresh UDP socket per connection, except a dial through NATs (a punch),
+which leaves from the listening socket whose mapping the peer was told. Peers that cannot reach
+each other at all link through a member (see _relay.py); both ends run the same QUIC engine
 interface (see _compat.py), and the authentication on top (_authenticate.py) drives the pure
 state machine of _handshake.py. A peer that fails is closed with an error code and has received
 nothing but a hello.
@@ -19,21 +21,24 @@ import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from functools import partial
 from typing import Any
 
 from mesh_llm.errors import ConfigError, TransportError
 from mesh_llm.peer.identity import NodeIdentity, is_node_id
-from mesh_llm.peer.token import MeshCredentials, format_address
+from mesh_llm.peer.token import MeshCredentials, format_address, parse_address
 from mesh_llm.transport._adapter import CidCallback
 from mesh_llm.transport._authenticate import Authenticator
 from mesh_llm.transport._codes import CloseCode
 from mesh_llm.transport._compat import QuicEngine, ServerCredentials, load_engine
 from mesh_llm.transport._config import TransportConfig
 from mesh_llm.transport._connection import Connection
-from mesh_llm.transport._dial import Dial, connect_quic, parse_targets, race
+from mesh_llm.transport._dial import Dial, connect_quic, connect_shared, listener_address, parse_targets, race
 from mesh_llm.transport._link import PeerLink
 from mesh_llm.transport._links import LinkTable, await_claim
-from mesh_llm.transport._listener import Listener
+from mesh_llm.transport._listener import Listener, probe_datagram
+from mesh_llm.transport._relay import RELAY_STREAM, RELAYED_STREAM
+from mesh_llm.transport._relaying import Relaying
 from mesh_llm.transport._streams import Stream
 from mesh_llm.transport._tasks import MessageHandler, StreamHandler, TaskSet, serve_stream
 from mesh_llm.transport._udp import bind_socket, datagram_size, display_address
@@ -48,6 +53,8 @@ class MeshTransport:
       on_message(peer_id, msg)       every application message from any peer, in order per peer
       on_peer_connected(link)        a peer got a link, or its link was replaced by a newer one
       on_peer_lost(peer_id, reason)  a peer's link ended and no replacement exists
+      on_probe(payload, address)     an address probe arrived on the listening socket from
+                                     "host:port" (see _listener.py)
     Incoming streams go to handlers registered with `on_stream(kind, handler)`.
     """
 
@@ -66,6 +73,7 @@ class MeshTransport:
         self.on_message: MessageHandler | None = None
         self.on_peer_connected: Callable[[PeerLink], object] | None = None
         self.on_peer_lost: Callable[[str, str], object] | None = None
+        self.on_probe: Callable[[bytes, str], object] | None = None
         self._host = host
         self._requested_port = port
         self._port = 0
@@ -89,6 +97,10 @@ class MeshTransport:
             self._server_credentials.certificate_der,
             lambda link: self._tasks.notify(self.on_peer_connected, link),
         )
+        # Relayed links: `relays.policy` says whom this node relays for; it counts what it carries.
+        self.relays = Relaying(self, self._engine, self._server_credentials, config.relay_bytes_per_s)
+        self._stream_handlers[RELAY_STREAM] = self.relays.serve_relay
+        self._stream_handlers[RELAYED_STREAM] = self.relays.serve_relayed
 
     @property
     def node_id(self) -> str:
@@ -141,7 +153,7 @@ class MeshTransport:
         loop = asyncio.get_running_loop()
         try:
             _, listener = await loop.create_datagram_endpoint(
-                lambda: Listener(self._incoming, sock), sock=sock
+                lambda: Listener(self._incoming, sock, self._probe_in), sock=sock
             )
         except OSError as exc:
             sock.close()
@@ -187,6 +199,40 @@ class MeshTransport:
     def _outgoing(self, quic: Any, sock: socket.socket) -> Connection:
         return Connection(quic, owner=self, engine=self._engine, dialer=True, sock=sock)
 
+    def _punching(self, quic: Any) -> Connection:
+        assert self._listener is not None
+        listener = self._listener
+        conn = Connection(
+            quic,
+            owner=self,
+            engine=self._engine,
+            dialer=True,
+            send_sock=listener.sock,
+            on_cid=listener.on_cid,
+        )
+        conn.path = "punched"
+        return conn
+
+    def relayed_connection(self, quic: Any, *, dialer: bool, relay: str) -> Connection:
+        conn = Connection(
+            quic, owner=self, engine=self._engine, dialer=dialer, remote_address=f"via {relay[:8]}"
+        )
+        conn.path, conn.relay = "relayed", relay
+        return conn
+
+    # --- address probes ---------------------------------------------------------------------
+
+    def send_probe(self, address: str, payload: bytes) -> None:
+        """Send an address probe from the listening socket to "host:port" (an IP address)."""
+        self._check_running()
+        assert self._listener is not None
+        host, port = parse_address(address)
+        self._listener.send(probe_datagram(payload), listener_address(host, port, self._listener.sock.family))
+
+    def _probe_in(self, payload: bytes, addr: Any) -> None:
+        if not self._closed:
+            self._tasks.notify(self.on_probe, payload, display_address(addr))
+
     def _incoming(
         self, addr: Any, original_dcid: bytes, send_sock: socket.socket, on_cid: CidCallback
     ) -> Connection | None:
@@ -216,10 +262,15 @@ class MeshTransport:
         addresses: Iterable[str],
         expected_node_id: str | None = None,
         timeout: float | None = None,
+        *,
+        punch: bool = False,
     ) -> PeerLink:
         """Connect to a peer at any of `addresses` ("host:port"), tried concurrently.
 
-        Returns the existing link if there already is one to that node (either direction).
+        With `punch`, the dial leaves from the listening socket (addresses must be IPs): the
+        peer, told of it by a member linked to both, is sending probes towards our mapping.
+        Returns the existing link if there already is one to that node (either direction),
+        unless that link is relayed: a direct or punched link then replaces it.
         Raises AuthenticationError if a peer answered but failed authentication (wrong mesh,
         wrong secret, not `expected_node_id`), PeerUnreachable if nothing answered in time.
         """
@@ -233,7 +284,7 @@ class MeshTransport:
             if expected_node_id == self.node_id:
                 raise ConfigError("refusing to dial this node's own id")
             link = self._links.get(expected_node_id)
-            if link is not None:
+            if link is not None and not link.relayed:
                 return link
             claim = self._claims.get(expected_node_id)
             if claim is not None:
@@ -242,7 +293,7 @@ class MeshTransport:
         if expected_node_id is not None:
             dial.claim = self._table.claim(expected_node_id)
         try:
-            link = await race(targets, dial, problems, self._connect(dial), self._auth.outgoing)
+            link = await race(targets, dial, problems, self._connect(dial, punch), self._auth.outgoing)
         except BaseException as exc:
             if dial.claim is not None:
                 dial.claim.fail(exc)
@@ -254,16 +305,40 @@ class MeshTransport:
             dial.claim.succeed(link)
         return link
 
-    def _connect(self, dial: Dial) -> Callable[[str, int], Coroutine[Any, Any, Connection]]:
-        return lambda host, port: connect_quic(
-            host,
-            port,
-            dial.deadline,
-            config=self.config,
-            engine=self._engine,
-            new_connection=self._outgoing,
-            size_for=self._datagram_size,
-        )
+    def _connect(self, dial: Dial, punch: bool) -> Callable[[str, int], Coroutine[Any, Any, Connection]]:
+        sizes = self._datagram_size
+        if punch:
+            assert self._listener is not None
+            return partial(connect_shared, deadline=dial.deadline, config=self.config, engine=self._engine,
+                           listener=self._listener, new_connection=self._punching, size_for=sizes)  # fmt: skip
+        return partial(connect_quic, deadline=dial.deadline, config=self.config, engine=self._engine,
+                       new_connection=self._outgoing, size_for=sizes)  # fmt: skip
+
+    async def dial_via(self, relay_id: str, node_id: str, timeout: float | None = None) -> PeerLink:
+        """Link to `node_id` through the member `relay_id` (see _relay.py); the two ends
+        authenticate each other end to end. Returns an existing link to `node_id` if any."""
+        self._check_running()
+        if not is_node_id(node_id) or node_id == self.node_id:
+            raise ConfigError(f"{node_id!r} is not another node's id")
+        loop = asyncio.get_running_loop()
+        dial = Dial(node_id, loop.time() + (self.config.dial_timeout if timeout is None else timeout))
+        link = self._links.get(node_id)
+        if link is not None:
+            return link
+        claim = self._claims.get(node_id)
+        if claim is not None:
+            return await await_claim(claim, dial.deadline)
+        dial.claim = self._table.claim(node_id)
+        try:
+            conn = await self.relays.connect_via(relay_id, node_id, dial.deadline)
+            link = await self._auth.outgoing(conn, dial)
+        except BaseException as exc:
+            dial.claim.fail(exc)
+            raise
+        finally:
+            self._table.release(dial.claim)
+        dial.claim.succeed(link)
+        return link
 
     # --- accepting --------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ class LinkedConnection(Protocol):
     remote_address: str
     dialer: bool
     close_reason: str
+    path: str
+    relay: str | None
 
     @property
     def state(self) -> State: ...
@@ -30,8 +32,9 @@ class LinkedConnection(Protocol):
     silent_s: Callable[[], float]
 
     def send_control(self, msg: Mapping[str, Any]) -> None: ...
-    def open_stream(self, kind: str, header: Mapping[str, Any]) -> Stream: ...
+    def open_stream(self, kind: str, header: Mapping[str, Any], *, internal: bool = False) -> Stream: ...
     async def probe(self, timeout: float) -> bool: ...
+    def retire(self, grace: float) -> None: ...
     def close_with(self, code: CloseCode, reason: str, *, tell_peer: str = "") -> None: ...
 
 
@@ -48,6 +51,13 @@ class PeerLink:
         self.node_id: str = conn.peer_id
         self.remote_address: str = conn.remote_address
         self.initiated_locally: bool = conn.dialer
+        self.path: str = conn.path  # "direct", "punched" (through NATs) or "relayed"
+        self.relay: str | None = conn.relay  # the relay's node id when relayed
+
+    @property
+    def relayed(self) -> bool:
+        """Whether the link's packets travel through another member (see _relay.py)."""
+        return self.path == "relayed"
 
     @property
     def short_id(self) -> str:
@@ -103,6 +113,13 @@ class PeerLink:
         stream = self._conn.open_stream(kind, header or {})
         return stream.reader, stream.writer
 
+    def open_internal_stream(
+        self, kind: str, header: Mapping[str, Any]
+    ) -> tuple[MeshStreamReader, MeshStreamWriter]:
+        """A stream of one of the transport's own kinds (starting with "_"), for the transport."""
+        stream = self._conn.open_stream(kind, header, internal=True)
+        return stream.reader, stream.writer
+
     async def ping(self, timeout: float = 1.0) -> bool:
         """True if the peer answers a ping within `timeout` seconds (also updates rtt_ms)."""
         return await self._conn.probe(timeout)
@@ -111,10 +128,17 @@ class PeerLink:
         """Close the connection now (goodbye); unsent stream data is dropped."""
         self._conn.close_with(CloseCode.GOODBYE, f"closed locally: {reason}", tell_peer=reason)
 
-    def replaced(self) -> None:
-        """Close this link because a newer connection to the same peer took its place."""
+    def replaced(self, by: PeerLink, grace: float) -> None:
+        """A newer connection to the same peer took this link's place: close it. A relayed link
+        replaced by one that is not keeps its open streams until they finish (within `grace`)."""
+        if self.relayed and not by.relayed:
+            self._conn.retire(grace)
+            return
         self._conn.close_with(CloseCode.DUPLICATE, "replaced by a newer connection", tell_peer="replaced")
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
-        return f"PeerLink({self.short_id} at {self.remote_address}, {state}, rtt={ms_text(self.rtt_ms)})"
+        return (
+            f"PeerLink({self.short_id} at {self.remote_address}, {self.path}, {state}, "
+            f"rtt={ms_text(self.rtt_ms)})"
+        )

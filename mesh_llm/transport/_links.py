@@ -102,13 +102,16 @@ class LinkTable:
             if not waiters:
                 self._waiters.pop(node_id, None)
 
-    async def admit(self, node_id: str) -> bool:
+    async def admit(self, node_id: str, *, relayed: bool = False) -> bool:
         """Whether an authenticated incoming connection from `node_id` should become its link.
 
-        The connection initiated by the lower node id wins when both exist; a peer that dials
-        us again while we hold a link it initiated has evidently lost that link (restart).
+        A path without a relay beats a relayed one, both ways. Otherwise the connection
+        initiated by the lower node id wins when both exist; a peer that dials us again while
+        we hold a link it initiated has evidently lost that link (restart).
         """
         existing = self.links.get(node_id)
+        if existing is not None and existing.is_open and existing.relayed != relayed:
+            return existing.relayed
         if existing is None:
             claim = self.claims.get(node_id)
             if claim is None or node_id < self._own_id:

@@ -1,4 +1,10 @@
-"""The listening socket: routes datagrams to connections by connection id, creates new ones."""
+"""The listening socket: routes datagrams to connections by connection id, creates new ones.
+
+It also carries the mesh's address probes: tiny datagrams that cannot be QUIC (their first byte
+has QUIC's fixed bit clear), sent from one listening socket to another so the receiver can tell
+the sender, over their authenticated link, where its datagrams come from (its NAT mapping), and
+sent towards a peer's mapping to open this node's NAT for it before that peer dials (a punch).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,25 @@ log = logging.getLogger("mesh_llm.transport")
 
 # A new client at `addr` sent an Initial for `cid`: its connection, or None to drop it.
 Incoming = Callable[[Any, bytes, socket.socket, CidCallback], Connection | None]
+# An address probe's payload and the address it came from.
+ProbeHandler = Callable[[bytes, Any], None]
+
+PROBE_MAGIC = b"\x00mesh-llm probe\x00"  # QUIC's fixed bit (0x40) is clear: never a QUIC packet
+MAX_PROBE_PAYLOAD = 64
+
+
+def probe_datagram(payload: bytes) -> bytes:
+    """An address probe carrying `payload` (at most MAX_PROBE_PAYLOAD bytes)."""
+    if len(payload) > MAX_PROBE_PAYLOAD:
+        raise ValueError(f"a probe carries at most {MAX_PROBE_PAYLOAD} bytes")
+    return PROBE_MAGIC + payload
+
+
+def probe_payload(data: bytes) -> bytes | None:
+    """The payload of an address probe, or None if `data` is not one."""
+    if not data.startswith(PROBE_MAGIC) or len(data) > len(PROBE_MAGIC) + MAX_PROBE_PAYLOAD:
+        return None
+    return bytes(data[len(PROBE_MAGIC) :])
 
 
 def destination_cid(data: bytes, short_cid_length: int) -> tuple[bytes, bool] | None:
@@ -50,8 +75,9 @@ class Listener(asyncio.DatagramProtocol):
 
     CID_LENGTH = 8  # both engines' default connection id length
 
-    def __init__(self, incoming: Incoming, sock: socket.socket) -> None:
+    def __init__(self, incoming: Incoming, sock: socket.socket, on_probe: ProbeHandler) -> None:
         self._incoming = incoming
+        self._on_probe = on_probe
         self._sock = sock
         self._transport: asyncio.DatagramTransport | None = None
         self._by_cid: dict[bytes, Connection] = {}
@@ -63,6 +89,20 @@ class Listener(asyncio.DatagramProtocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+    @property
+    def sock(self) -> socket.socket:
+        return self._sock
+
+    def adopt(self, conn: Connection) -> None:
+        """Route datagrams for a dialer that sends from this socket (a punch) to it."""
+        conn.connection_made(self._transport)  # type: ignore[arg-type]
+        self.on_cid(conn, conn.host_cid, True)
+
+    def send(self, data: bytes, addr: Any) -> None:
+        """Send one datagram from the listening socket (a probe); dropped once closed."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(data, addr)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         touched: dict[int, Connection] = {}
@@ -80,6 +120,11 @@ class Listener(asyncio.DatagramProtocol):
         log.debug("listening socket error: %s", exc)
 
     def _route(self, data: bytes, addr: Any, touched: dict[int, Connection]) -> None:
+        if data[:1] == PROBE_MAGIC[:1]:
+            payload = probe_payload(data)
+            if payload is not None:
+                self._on_probe(payload, addr)
+            return
         parsed = destination_cid(data, self.CID_LENGTH)
         if parsed is None:
             return
@@ -88,16 +133,16 @@ class Listener(asyncio.DatagramProtocol):
         if conn is None:
             if not is_initial or len(data) < 1200:
                 return
-            conn = self._incoming(addr, cid, self._sock, self._on_cid)
+            conn = self._incoming(addr, cid, self._sock, self.on_cid)
             if conn is None:
                 return
             conn.connection_made(self._transport)  # type: ignore[arg-type]
-            self._on_cid(conn, cid, True)
-            self._on_cid(conn, conn.host_cid, True)  # the id it answers from (no event says so)
+            self.on_cid(conn, cid, True)
+            self.on_cid(conn, conn.host_cid, True)  # the id it answers from (no event says so)
         conn.datagram_in(data, addr)
         touched[id(conn)] = conn
 
-    def _on_cid(self, conn: Any, cid: bytes, issued: bool) -> None:
+    def on_cid(self, conn: Any, cid: bytes, issued: bool) -> None:
         if issued:
             self._by_cid[cid] = conn
             self._cids.setdefault(conn, set()).add(cid)
