@@ -12,4 +12,6 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 "$py" -m pytest -q tests/unit tests/integration "$@"
 # The console's browser tests drive Debian's Chromium (never a downloaded browser build).
 if [ -f "$root/bundle/install-browser.sh" ]; then bash "$root/bundle/install-browser.sh"; fi
+# The NAT lab (tests/natlab.py) builds its routers with nftables.
+if [ -f "$root/bundle/install-nat.sh" ]; then bash "$root/bundle/install-nat.sh"; fi
 "$py" -m pytest -q tests/e2e "$@"
