@@ -8,15 +8,12 @@ invite tokens and recently lost peers, and keeps an HTTP transport to each remot
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from mesh_llm.errors import (
     AuthenticationError,
@@ -37,10 +34,11 @@ from mesh_llm.mesh.gossip import (
     PeerView,
 )
 from mesh_llm.mesh.http_transport import MeshHttpTransport
+from mesh_llm.mesh.nat import MESSAGE_KINDS, NatTimings, NatView, Traversal, local_addresses
 from mesh_llm.mesh.state_dir import last_port, save_port
 from mesh_llm.mesh.tunnel import TunnelCounters, serve_tcp_streams
 from mesh_llm.peer.identity import NodeIdentity
-from mesh_llm.peer.token import InviteToken, MeshCredentials, format_address
+from mesh_llm.peer.token import InviteToken, MeshCredentials
 from mesh_llm.supervise import spawn_logged, supervised
 from mesh_llm.transport import MeshTransport, PeerLink, TransportConfig
 
@@ -60,6 +58,7 @@ class MeshTimings:
     lost_peer_retry_s: float = 3.0  # between attempts at peers lost without a goodbye
     lost_peer_memory_s: float = 600.0  # how long such a peer is redialled
     learned_dials: DialBudget = field(default_factory=DialBudget)  # dials of addresses learned from gossip
+    nat: NatTimings = field(default_factory=NatTimings)  # probes, punches, relays
 
 
 @dataclass(frozen=True)
@@ -73,24 +72,6 @@ class MeshSettings:
     gossip: GossipConfig = field(kw_only=True)
     transport: TransportConfig = field(kw_only=True)
     timing: MeshTimings = field(kw_only=True)
-
-
-def local_addresses(port: int) -> list[str]:
-    """Every usable address of this machine with the mesh port: LAN first, loopback last."""
-    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
-    for addrs in psutil.net_if_addrs().values():
-        for a in addrs:
-            try:
-                ip = ipaddress.ip_address(a.address.split("%")[0])
-            except ValueError:
-                continue
-            if ip.is_link_local or ip.is_multicast or ip.is_unspecified:
-                continue  # link-local needs a scope id a token cannot carry
-            found.append(ip)
-    found = sorted(set(found), key=lambda ip: (ip.is_loopback, ip.version, str(ip)))
-    if not any(ip.is_loopback and ip.version == 4 for ip in found):
-        found.append(ipaddress.ip_address("127.0.0.1"))
-    return [format_address(str(ip), port) for ip in found]
 
 
 class MeshService:
@@ -137,6 +118,14 @@ class MeshService:
         self._wake = asyncio.Event()
         self._stopped = False
         self.addresses: tuple[str, ...] = ()
+        self.nat = Traversal(
+            lambda: self.transport,
+            lambda node_id: view.record if (view := self.engine.peers().get(node_id)) else None,
+            lambda: self.addresses,
+            self._nat_view,
+            self._timing.nat,
+            lambda peer, why: self._rejects.warning("nat", "bad NAT message from %s: %s", peer[:8], why),
+        )
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -159,6 +148,8 @@ class MeshService:
         t.on_message = self._on_message
         t.on_peer_connected = self._on_connected
         t.on_peer_lost = self._on_lost
+        t.on_probe = self.nat.probes.on_probe
+        t.relays.policy = self.nat.relay_policy
         self.http_counters = serve_tcp_streams(t, HTTP_STREAM, self._resolve_http)
         self.rpc_counters = serve_tcp_streams(t, RPC_STREAM, self._resolve_rpc)
         port = t.port or await t.start()
@@ -167,6 +158,7 @@ class MeshService:
         self._send(self.engine.update_self(self._now(), addresses=self.addresses))
         self._spawn(supervised("gossip", self._gossip_loop), "gossip")
         self._spawn(supervised("redial", self._redial_loop), "redial")
+        self._spawn(supervised("nat", self.nat.run), "nat")
 
     async def stop(self) -> None:
         """Say goodbye (peers drop us at once), close HTTP transports and the transport."""
@@ -178,6 +170,7 @@ class MeshService:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.nat.close()
         for http in list(self._http.values()):
             await http.aclose()
         self._http.clear()
@@ -243,6 +236,9 @@ class MeshService:
         self._drain_events()
 
     def _on_message(self, peer_id: str, msg: dict[str, Any]) -> None:
+        if msg.get("t") in MESSAGE_KINDS:
+            self.nat.receive(peer_id, msg)
+            return
         now = self._now()
         try:
             out = self.engine.receive(peer_id, msg, now)
@@ -255,6 +251,7 @@ class MeshService:
         self._lost.pop(link.node_id, None)
         log.info("linked to peer %s at %s", link.short_id, link.remote_address)
         self._send(self.engine.peer_connected(link.node_id, self._now()))
+        self.nat.link_up(link)
         self._on_change()
 
     def _on_lost(self, peer_id: str, reason: str) -> None:
@@ -263,6 +260,7 @@ class MeshService:
         if view is not None and view.record.addresses:
             self._lost[peer_id] = (view.record.addresses, self._now())
         self._send(self.engine.peer_disconnected(peer_id, self._now()))
+        self.nat.link_down(peer_id)
         self._spawn(self._close_http(peer_id), "http-close")
         self._on_change()
 
@@ -321,14 +319,14 @@ class MeshService:
         self._spawn(dial, f"dial-{node_id[:8]}")
 
     async def _dial(self, node_id: str, addresses: tuple[str, ...]) -> None:
-        try:
-            await self.transport.dial(
-                list(addresses), expected_node_id=node_id, timeout=self._timing.dial_timeout_s
-            )
-        except MeshError as exc:
-            log.debug("dial %s failed: %s", node_id[:8], exc)
+        try:  # directly, else punched or relayed through members (see mesh/nat)
+            if not await self.nat.reach(node_id, addresses):
+                log.debug("could not reach %s", node_id[:8])
         finally:
             self._dialing.discard(node_id)
+
+    def _nat_view(self, view: NatView) -> None:
+        self.advertise(observed=view.observed, nat=view.nat)
 
     async def _dial_inviter(self, node_id: str, addresses: tuple[str, ...]) -> None:
         """Dial an invite token's node, telling the user what happens: a node that cannot reach

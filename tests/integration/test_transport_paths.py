@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the fixtures imported from test_transport are used as arguments
 """The transport's NAT traversal parts on loopback, on each QUIC engine: address probes, dials
 from the listening socket (punches), relayed links through a member, and their upgrade.
 
@@ -14,7 +15,6 @@ from typing import Any
 import pytest
 
 from mesh_llm.errors import PeerUnreachable, TransportError
-from mesh_llm.transport import MeshStreamReader, MeshStreamWriter
 from mesh_llm.transport._relay import FrameReader, RelayBudget
 from tests.integration.test_transport import (  # noqa: F401 - fixtures
     FAST,
@@ -93,7 +93,9 @@ async def test_a_relay_refuses_what_its_policy_refuses_and_unknown_targets(make_
     assert c.transport.link(b.id) is None
 
 
-async def test_a_direct_link_replaces_a_relayed_one_and_its_open_streams_finish(make_node: NodeFactory) -> None:
+async def test_a_direct_link_replaces_a_relayed_one_and_its_open_streams_finish(
+    make_node: NodeFactory,
+) -> None:
     a, b, c = await _relayed_pair(make_node)
     c.transport.on_stream("echo", echo_handler)
     relayed = await b.transport.dial_via(a.id, c.id)
@@ -121,8 +123,6 @@ async def test_a_relayed_link_ends_when_its_relay_leaves(make_node: NodeFactory)
     await a.transport.close()
     await eventually(lambda: not link.is_open, timeout=10)
     await eventually(lambda: c.id in [peer for peer, _, _ in b.lost], timeout=10)
-
-
 
 
 def test_relay_frames_survive_any_chunking() -> None:

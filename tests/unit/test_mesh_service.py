@@ -7,7 +7,7 @@ import pytest
 
 from mesh_llm.api.auth import bearer_matches
 from mesh_llm.errors import ConfigError, TokenError
-from mesh_llm.mesh.service import local_addresses
+from mesh_llm.mesh.nat import local_addresses
 from mesh_llm.mesh.state_dir import last_port, load_or_create_credentials
 from mesh_llm.peer.token import decode_tokens, new_mesh
 

@@ -48,6 +48,8 @@ _RECORD_KEYS: Final = frozenset(
         "console_port",
         "demand",
         "client",
+        "observed",
+        "nat",
         "sig",
     }
 )
@@ -195,6 +197,8 @@ class NodeRecord:
     console_port: int = 0
     demand: Mapping[str, int] = field(default_factory=dict)  # model name -> request counter
     client: bool = False
+    observed: tuple[str, ...] = ()  # where peers see this node, if not at its own addresses (NAT)
+    nat: str = ""  # "none", "endpoint-independent", "symmetric", "unknown"; "" before any report
     extra: Mapping[str, Any] = field(default_factory=dict)  # fields from newer versions, kept as-is
     # The owner's signature over `signed`: the record exactly as the owner encoded it, minus its
     # heartbeat. Relays pass that form on unchanged, so the signature checks wherever it goes.
@@ -204,6 +208,7 @@ class NodeRecord:
     def __post_init__(self) -> None:
         # Freeze containers: records are shared with callers and must never change under the engine.
         object.__setattr__(self, "addresses", tuple(self.addresses))
+        object.__setattr__(self, "observed", tuple(self.observed))
         object.__setattr__(self, "models", tuple(self.models))
         object.__setattr__(self, "on_disk", tuple(self.on_disk))
         object.__setattr__(self, "demand", _frozen(self.demand))
@@ -246,6 +251,8 @@ class NodeRecord:
             "console_port": self.console_port,
             "demand": dict(self.demand),
             "client": self.client,
+            "observed": list(self.observed),
+            "nat": self.nat,
         }
 
     @classmethod
@@ -295,6 +302,8 @@ class NodeRecord:
             console_port=_as_int(_field(d, "console_port", what, 0), f"{what}.console_port", 0, MAX_PORT),
             demand=demand,
             client=client,
+            observed=text_list("observed", MAX_ADDRESSES),
+            nat=_as_str(_field(d, "nat", what, ""), f"{what}.nat", 32),
             extra={k: v for k, v in d.items() if k not in _RECORD_KEYS},
             signature=_as_str(_field(d, "sig", what, ""), f"{what}.sig", SIG_HEX),
             signed=MappingProxyType({k: v for k, v in d.items() if k not in ("heartbeat", "sig")}),
