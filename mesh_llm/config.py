@@ -20,6 +20,7 @@ from typing import Any
 from mesh_llm.discovery import DEFAULT_RELAYS, DiscoveryConfig, DiscoveryTiming, check_relay_url, check_tag
 from mesh_llm.errors import ConfigError
 from mesh_llm.mesh.gossip import GossipConfig
+from mesh_llm.mesh.nat import NatTimings
 from mesh_llm.mesh.service import MeshTimings
 from mesh_llm.models.kv import DEFAULT_CTX_SLOT
 from mesh_llm.planning.demand import DemandConfig
@@ -195,10 +196,13 @@ def build_config(
         split=SplitConfig(force=v["split"]),
         planner=planner,
         demand=DemandConfig(fit_factor=planner.fit_factor),  # one fit rule for splits and standbys
-        transport=TransportConfig(quic_engine=v["quic"]),
+        transport=TransportConfig(
+            quic_engine=v["quic"],
+            relay_bytes_per_s=int(v["relay_max_mbps"] * 1_000_000 / 8) if v["relay_max_mbps"] else 0,
+        ),
         gossip=GossipConfig(),
         timing=NodeTiming(),
-        mesh_timing=MeshTimings(),
+        mesh_timing=MeshTimings(nat=NatTimings(relay=not v["no_relay"])),
         device=v["device"],
         backend=BackendConfig(
             n_ctx=v["ctx_size"] or DEFAULT_CTX_SLOT,

@@ -127,6 +127,7 @@ class Gauge:
     name: str
     help: str
     samples: Sequence[tuple[Mapping[str, str], float]]
+    kind: str = "gauge"  # or "counter", for a running total read at scrape time
 
 
 def escape_label(value: str) -> str:
@@ -180,7 +181,7 @@ def render(metrics: RequestMetrics, gauges: Iterable[Gauge] = ()) -> str:
     _histograms(out, "mesh_llm_time_to_first_token_seconds", "Seconds from a streamed request to its first token.", metrics.ttft)  # fmt: skip
     _histograms(out, "mesh_llm_request_duration_seconds", "Seconds from a request to the end of its answer.", metrics.duration)  # fmt: skip
     for gauge in gauges:
-        _family(out, gauge.name, "gauge", gauge.help)
+        _family(out, gauge.name, gauge.kind, gauge.help)
         for labels, value in gauge.samples:
             out.append(f"{gauge.name}{_labels(labels)} {_number(value)}")
     return "\n".join(out) + "\n"

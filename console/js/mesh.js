@@ -53,6 +53,8 @@ function selfNode(status) {
     device: str(cap.device),
     version: str(status.version),
     rttMs: null,
+    path: null,
+    relay: null,
     lastSeenS: null,
     addresses: [],
     models: arr(status.models)
@@ -90,6 +92,9 @@ function peerNode(p) {
     device: "",
     version: str(p.version),
     rttMs: num(p.rtt_ms),
+    // How the link travels: "direct", "punched" (through NATs) or "relayed" via a member; null: no link.
+    path: p.path ? str(p.path) : null,
+    relay: p.relay ? str(p.relay) : null,
     lastSeenS: num(p.last_seen_s),
     addresses: arr(p.addresses).map(str),
     models: arr(p.models)
@@ -231,6 +236,15 @@ export function meshView(status) {
     discovery: s.discovery && typeof s.discovery === "object" ? s.discovery : null,
     inviteTokenHidden: typeof s.invite_token_hidden === "string" ? s.invite_token_hidden : null,
     meshId: s.mesh_id ? str(s.mesh_id) : null,
+    // This node's NAT as its peers observe it: its kind and the addresses they see.
+    nat: isObj(s.nat)
+      ? {
+          type: str(s.nat.type),
+          seen: arr(s.nat.addresses)
+            .filter((a) => isObj(a) && a.kind !== "local")
+            .map((a) => str(a.address)),
+        }
+      : null,
     engines: statusModels.filter((m) => m.local === true && isObj(m.slots)).map(engineView),
     inFlight: num(s.in_flight) ?? 0,
     requestsTotal: num(s.requests_total) ?? 0,

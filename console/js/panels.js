@@ -115,6 +115,9 @@ export function renderTiles(host, view) {
       pill(view.self.role, view.self.state),
       " up ",
       ticking(view.uptimeS, "duration"),
+      view.nat && view.nat.seen.length
+        ? h("div", { class: "muted", title: view.nat.seen.join(", ") }, `NAT: ${view.nat.type}`)
+        : null,
     ),
     tile(
       "nodes",
@@ -149,6 +152,12 @@ export function renderTiles(host, view) {
     inviteTile(view),
     discoveryTile(view),
   );
+}
+
+/** How a peer's link travels; relayed links name their relay. */
+function pathText(p) {
+  if (!p.path) return "—";
+  return p.path === "relayed" ? `relayed via ${(p.relay || "?").slice(0, 8)}` : p.path;
 }
 
 /** What this node's API did with its requests: answered them here, forwarded them, or both. */
@@ -232,6 +241,7 @@ export function renderPeers(host, warning, view) {
       { "data-node-id": p.id, class: mismatched.has(p.id) ? "mismatch" : null },
       h("td", { title: p.id }, h("code", {}, p.shortId)),
       h("td", {}, pill(p.role, p.state)),
+      h("td", { class: "path" }, pathText(p)),
       h("td", { class: "models-cell" }, modelsCell(p)),
       h(
         "td",
@@ -263,7 +273,9 @@ export function renderPeers(host, warning, view) {
         h(
           "tr",
           {},
-          ["Node", "Role", "Models", "Capacity", "RTT", "Version", "Last seen"].map((c) => h("th", { scope: "col" }, c)),
+          ["Node", "Role", "Path", "Models", "Capacity", "RTT", "Version", "Last seen"].map((c) =>
+            h("th", { scope: "col" }, c),
+          ),
         ),
       ),
       h("tbody", {}, rows),

@@ -69,6 +69,12 @@ def status_view(status: dict[str, Any]) -> Group:
     head.add_row(
         "requests", f"{status.get('in_flight', 0)} in flight, {status.get('requests_total', 0)} served"
     )
+    nat = status.get("nat") or {}
+    if nat.get("addresses"):
+        seen = [f"{a['address']} ({a['kind']})" for a in nat["addresses"] if a.get("kind") != "local"]
+        head.add_row(
+            "nat", f"{nat.get('type', '?')}; peers see this node at {', '.join(seen) or 'its own address'}"
+        )
     # The invite token is printed whole below the tables (a table cell would cut it).
 
     models = Table(title="models", title_justify="left", expand=False)
@@ -109,7 +115,7 @@ def status_view(status: dict[str, Any]) -> Group:
     peers = status.get("peers") or []
     if peers:
         table = Table(title="peers", title_justify="left")
-        for col in ("node", "role", "state", "models", "capacity", "rtt", "version", "last seen"):
+        for col in ("node", "role", "state", "path", "models", "capacity", "rtt", "version", "last seen"):
             table.add_column(col)
         for p in peers:
             rtt = p.get("rtt_ms")
@@ -117,6 +123,7 @@ def status_view(status: dict[str, Any]) -> Group:
                 str(p.get("short_id") or p.get("node_id", ""))[:8],
                 str(p.get("role", "")),
                 str(p.get("state", "")),
+                path_text(p),
                 ", ".join(m["name"] if isinstance(m, dict) else str(m) for m in p.get("models", [])) or "-",
                 human_bytes(p.get("capacity_bytes")),
                 f"{rtt:.1f} ms" if isinstance(rtt, int | float) else "-",
@@ -125,6 +132,14 @@ def status_view(status: dict[str, Any]) -> Group:
             )
         parts.append(table)
     return Group(*parts)
+
+
+def path_text(peer: dict[str, Any]) -> str:
+    """How a peer's link travels: direct, punched, or relayed via a member; "-" when unlinked."""
+    path = peer.get("path")
+    if path == "relayed":
+        return f"relayed via {str(peer.get('relay') or '?')[:8]}"
+    return str(path) if path else "-"
 
 
 def catalog_table(entries: tuple[CatalogEntry, ...] = CATALOG, on_disk: set[str] | None = None) -> Table:

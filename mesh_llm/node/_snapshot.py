@@ -102,18 +102,22 @@ class NodeStatus:
         mesh = None
         mesh_service = node.membership.mesh
         if mesh_service is not None:
+            transport = mesh_service.transport
             peers = tuple(
                 PeerSnapshot(
                     node_id, view, mesh_service.rtt_ms(node_id), mesh_service.rtt_min_ms(node_id),
                     {m: n for (m, host), n in front.routed.items() if host == node_id},
+                    link.path if (link := transport.link(node_id)) is not None and link.is_open else None,
+                    link.relay if link is not None and link.is_open else None,
                 )
                 for node_id, view in mesh_service.peers().items()
             )  # fmt: skip
             rpc = mesh_service.rpc_counters
             mesh = MeshSnapshot(
-                mesh_service.invite_token, mesh_service.credentials.mesh_id_hex, mesh_service.transport.port,
-                mesh_service.transport.engine, peers,
+                mesh_service.invite_token, mesh_service.credentials.mesh_id_hex, transport.port,
+                transport.engine, peers,
                 rpc.bytes_from_peer if rpc is not None else None, rpc.bytes_to_peer if rpc is not None else None,
+                mesh_service.nat.view.to_dict(), transport.relays.relaying, transport.relays.relayed_bytes,
             )  # fmt: skip
         discovery = node.membership.discovery
         duties = tuple(Duty(*row) for row in split.duty_rows())
@@ -177,14 +181,21 @@ class NodeStatus:
                 if key in PREFIX_CACHE_FIGURES and isinstance(value, int | float):
                     prefix.append(({"model": name, "figure": key}, float(value)))
         peers: Counter[str] = Counter()
+        paths: Counter[str] = Counter()
+        relayed: list[tuple[dict[str, str], float]] = []
         rtts: list[tuple[dict[str, str], float]] = []
         mesh_service = node.membership.mesh
         if mesh_service is not None:
             for node_id, view in sorted(mesh_service.peers().items()):
-                peers[view.status.value if view.connected else "relayed"] += 1
+                peers[view.status.value if view.connected else "gossip"] += 1
                 rtt = mesh_service.rtt_ms(node_id)
                 if rtt is not None:
                     rtts.append(({"peer": node_id[:8]}, rtt / 1000))
+                link = mesh_service.transport.link(node_id)
+                if link is not None and link.is_open:
+                    paths[link.path] += 1
+            relays = mesh_service.transport.relays
+            relayed = [({}, float(relays.relayed_bytes))]
         return [
             info,
             in_flight,
@@ -195,8 +206,16 @@ class NodeStatus:
                 "bytes in RAM and on disk, restore seconds (see docs/models.md).", prefix,
             ),
             Gauge(
-                "mesh_llm_peers", "Peers this node sees, by liveness.",
-                [({"state": s}, float(peers.get(s, 0))) for s in ("alive", "suspect", "relayed")],
+                "mesh_llm_peers", "Peers this node sees, by liveness (gossip: known only through others).",
+                [({"state": s}, float(peers.get(s, 0))) for s in ("alive", "suspect", "gossip")],
+            ),
+            Gauge(
+                "mesh_llm_peer_links", "Open links to peers, by path (direct, punched through NATs, relayed).",
+                [({"path": p}, float(paths.get(p, 0))) for p in ("direct", "punched", "relayed")],
+            ),
+            Gauge(
+                "mesh_llm_relayed_bytes_total", "Bytes this node relayed for other members, both ways.",
+                relayed, kind="counter",
             ),
             Gauge("mesh_llm_peer_rtt_seconds", "Smoothed round-trip time to each linked peer.", rtts),
         ]  # fmt: skip

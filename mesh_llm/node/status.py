@@ -57,6 +57,8 @@ class PeerSnapshot:
     rtt_ms: float | None = None
     rtt_min_ms: float | None = None
     routed: Mapping[str, int] = field(default_factory=dict)  # model -> requests this node sent it
+    path: str | None = None  # the link's path: "direct", "punched", "relayed"; None when unlinked
+    relay: str | None = None  # the member a relayed link goes through
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,9 @@ class MeshSnapshot:
     peers: tuple[PeerSnapshot, ...] = ()
     rpc_from_host: int | None = None  # None: this node serves no RPC streams
     rpc_to_host: int | None = None
+    nat: Mapping[str, Any] = field(default_factory=dict)  # this node's addresses and NAT kind
+    relaying: int = 0  # paths this node relays for other members now
+    relayed_bytes: int = 0  # bytes it relayed so far
 
 
 @dataclass(frozen=True)
@@ -247,8 +252,10 @@ def _peer_rows(snap: StatusSnapshot) -> list[dict[str, Any]]:
                 "node_id": peer.node_id,
                 "short_id": peer.node_id[:8],
                 "role": rec.role,
-                "state": view.status.value if view.connected else f"{view.status.value} (relayed)",
+                "state": view.status.value if view.connected else f"{view.status.value} (via gossip)",
                 "connected": view.connected,
+                "path": peer.path,
+                "relay": peer.relay,
                 "client": rec.client,
                 "models": [m.to_dict() for m in rec.models],
                 "on_disk": list(rec.on_disk),
@@ -338,5 +345,7 @@ def build_status(snap: StatusSnapshot) -> dict[str, Any]:
         "mesh_id": mesh.mesh_id if mesh is not None else None,
         "mesh_port": mesh.port if mesh is not None else None,
         "quic": mesh.quic if mesh is not None else None,
+        "nat": dict(mesh.nat) if mesh is not None else None,
+        "relay": {"paths": mesh.relaying, "bytes": mesh.relayed_bytes} if mesh is not None else None,
         "discovery": dict(snap.discovery) if snap.discovery is not None else None,
     }

@@ -86,6 +86,15 @@ NODE: tuple[Setting, ...] = (
         help="UDP port for mesh traffic", **PORTS,
     ),
     Setting(
+        "no_relay", bool, part="mesh",
+        help="never carry other members' traffic: members behind NATs that cannot punch through to "
+        "each other then relay through other members only",
+    ),
+    Setting(
+        "relay_max_mbps", float, metavar="MBPS", positive=True, shown="no cap", part="mesh",
+        help="cap the bandwidth this node relays for other members, in megabits per second",
+    ),
+    Setting(
         "quic", default="qh3", choices=("qh3", "aioquic"), env="MESH_LLM_QUIC", part="transport",
         help="QUIC library under the mesh; nodes on either interoperate",
     ),

@@ -43,12 +43,13 @@ def test_an_idle_node_without_a_mesh_has_the_full_shape_and_nothing_in_it() -> N
         "node_id", "short_id", "version", "state", "role", "client", "started_at", "uptime_s", "api",
         "console", "capacity", "ram", "models", "peers", "demand", "standby", "declined", "worker_of",
         "rpc_bytes_served", "in_flight", "requests_total", "invite_token", "mesh_id", "mesh_port", "quic",
-        "discovery",
+        "nat", "relay", "discovery",
     }  # fmt: skip
     assert s["short_id"] == "a" * 8 and s["uptime_s"] == 60.0 and s["state"] == "idle"
     assert s["api"] == {"host": "127.0.0.1", "port": None, "url": None, "auth": False}
     assert s["models"] == s["peers"] == s["demand"] == s["worker_of"] == []
     assert s["invite_token"] is s["mesh_id"] is s["rpc_bytes_served"] is s["discovery"] is None
+    assert s["nat"] is s["relay"] is None
     assert s["capacity"]["used_bytes"] == 0 and s["ram"] == {
         "total_bytes": 16 << 30,
         "available_bytes": 12 << 30,
@@ -112,7 +113,9 @@ def test_peers_their_models_and_split_claims_come_from_their_records() -> None:
     )
     assert s["rpc_bytes_served"] == {"from_host": 10, "to_host": 20}
     (peer,) = s["peers"]
-    assert peer["state"] == "alive (relayed)" and peer["rtt_ms"] == 12.35 and peer["last_seen_s"] == 2.5
+    assert peer["state"] == "alive (via gossip)" and peer["rtt_ms"] == 12.35 and peer["last_seen_s"] == 2.5
+    assert peer["path"] is peer["relay"] is None  # no link of its own
+
     rows = {m["name"]: m for m in s["models"]}
     assert (
         rows["Big"]["ready"]
@@ -123,6 +126,23 @@ def test_peers_their_models_and_split_claims_come_from_their_records() -> None:
     assert rows["Small"]["state"] == "loading" and rows["Small"]["mode"] == "solo"
     assert rows["Huge"]["state"] == "waiting" and rows["Huge"]["message"] == "waiting for workers cccccccc"
     assert all(not m["local"] and m["host"] == PEER for m in s["models"])
+
+
+def test_each_peer_shows_its_path_and_the_node_its_nat() -> None:
+    record = NodeRecord(node_id=PEER, incarnation=1, software="0.1.0")
+    view = PeerView(record, heartbeat=1, last_seen=499.0, connected=True, status=PeerStatus.ALIVE)
+    nat = {
+        "type": "endpoint-independent",
+        "addresses": [{"address": "203.0.113.7:4000", "kind": "advertised"}],
+    }
+    mesh = MeshSnapshot(
+        "TOKEN", "m" * 16, 7000, "qh3", (PeerSnapshot(PEER, view, 30.0, 29.0, {}, "relayed", ME),),
+        nat=nat, relaying=2, relayed_bytes=12345,
+    )  # fmt: skip
+    s = build_status(snapshot(mesh=mesh))
+    (peer,) = s["peers"]
+    assert (peer["path"], peer["relay"], peer["state"]) == ("relayed", ME, "alive")
+    assert s["nat"] == nat and s["relay"] == {"paths": 2, "bytes": 12345}
 
 
 def test_demand_marks_models_wanted_that_nobody_serves() -> None:

@@ -45,11 +45,15 @@ def ip_address_text(value: object, what: str) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= 64:
         raise MalformedFrame(f"{what}: expected an ip:port text")
     host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or len(port_text) > 5:
+    if not sep or not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5:
         raise MalformedFrame(f"{what}: expected an ip:port text")
     port = int(port_text)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    elif ":" in host:
+        raise MalformedFrame(f"{what}: an IPv6 address needs brackets ([::1]:port)")
+    if "%" in host:
+        raise MalformedFrame(f"{what}: {value!r} carries a scope id")
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -84,7 +88,7 @@ def parse(msg: object) -> NatMessage:
     if not isinstance(msg, dict):
         raise MalformedFrame("nat message: expected an object")
     kind = msg.get("t")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise MalformedFrame(f"nat message: unknown type {kind!r}")
     what = f"{kind}"
     if kind == "addr_probe":

@@ -90,8 +90,9 @@ class AddressProbes:
 
     def answered(self, peer: str, nonce: str, address: str) -> None:
         """`peer` saw our probe `nonce` come from `address` (an addr_seen message)."""
-        mine = self._mine.pop(nonce, None)
-        if mine is not None and mine[0] == peer:
+        mine = self._mine.get(nonce)
+        if mine is not None and mine[0] == peer:  # only the peer it was announced to answers it
+            del self._mine[nonce]
             self._on_report(peer, address)
 
     def on_probe(self, payload: bytes, address: str) -> None:
