@@ -36,6 +36,21 @@ async def test_a_probe_reports_the_listening_socket_it_came_from(make_node: Node
     assert address == f"127.0.0.1:{b.transport.port}"  # B's listening port, not a dialer's
 
 
+async def test_a_probe_sent_to_a_peers_dialer_socket_is_dropped_there_and_the_link_goes_on(
+    make_node: NodeFactory,
+) -> None:
+    # Nodes probe every link at its remote address; for a link the peer dialed, that is the
+    # peer's own connected dialer socket, whose QUIC connection must shrug the probe off.
+    a, b = await make_node(), await make_node()
+    link = await b.dial(a)
+    await eventually(lambda: len(a.connected) == 1)
+    back = a.connected[0]
+    for _ in range(5):
+        a.transport.send_probe(back.remote_address, b"x" * 16)
+    assert await link.ping(2) and await back.ping(2)
+    assert link.is_open and back.is_open
+
+
 async def test_a_punch_dial_leaves_from_the_listening_socket(make_node: NodeFactory) -> None:
     a, b = await make_node(), await make_node()
     a.transport.on_stream("echo", echo_handler)

@@ -282,10 +282,13 @@ class Traversal:
         that have a direct link to `node_id` (the relays to try)."""
         transport = self._transport()
         relays: list[str] = []
+        refused: set[str] = set()  # said it has no direct link to node_id: it cannot relay either
         own = _unique(self.view.observed, tuple(a for a, kind in self.view.addresses if kind == "local"))
         for coordinator in self._coordinators(node_id)[: self.timings.coordinators]:
             answer = await self._ask(coordinator, node_id, own)
             if answer is None or answer.kind != "punch_go":
+                if answer is not None:
+                    refused.add(coordinator)
                 continue
             relays.append(coordinator)
             targets = _unique(answer.addresses, addresses)
@@ -298,7 +301,7 @@ class Traversal:
                 break  # the next coordinator sees the same NATs: relay instead
             if not link.relayed:
                 return None
-        return relays + [c for c in self._coordinators(node_id) if c not in relays]
+        return relays + [c for c in self._coordinators(node_id) if c not in relays and c not in refused]
 
     def _coordinators(self, node_id: str) -> list[str]:
         """Members we hold a direct link to, those with a public address first."""
