@@ -29,14 +29,17 @@ def main() -> None:
         node = NodeProcess(["--model", "SmolLM2-135M"], Path(tmp)).start()
         try:
             status = node.wait_serving()
-            direct_url = f"http://127.0.0.1:{status['models'][0]['port']}"
+            # The model server listens only on its Unix socket (docs/security.md).
+            direct = httpx.HTTPTransport(uds=status["models"][0]["socket"])
             runs: dict[str, list] = {"direct": [], "proxy": []}  # type: ignore[type-arg]
-            with httpx.Client() as client:
-                for url in (direct_url, node.api):  # warm both paths
+            with httpx.Client(transport=direct) as to_model, httpx.Client() as to_api:
+                paths = {"direct": ("http://localhost", to_model), "proxy": (node.api, to_api)}
+                for url, client in paths.values():  # warm both paths
                     timed_stream(url, "SmolLM2-135M", PROMPT, 8, client)
                 for i in range(args.rounds):
-                    order = [("direct", direct_url), ("proxy", node.api)]
-                    for name, url in order if i % 2 == 0 else reversed(order):
+                    order = ["direct", "proxy"]
+                    for name in order if i % 2 == 0 else reversed(order):
+                        url, client = paths[name]
                         runs[name].append(timed_stream(url, "SmolLM2-135M", PROMPT, args.tokens, client))
         finally:
             node.stop()

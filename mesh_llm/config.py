@@ -75,6 +75,8 @@ class BackendConfig:
     cache_ram_bytes: int = 0
     cache_disk_bytes: int = 0
     cache_dir: Path | None = None
+    # Where model servers' Unix sockets live (made mode 0700); None: a private temporary directory.
+    socket_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,7 @@ def build_config(
             cache_ram_bytes=cache_ram_bytes,
             cache_disk_bytes=int(v["cache_disk"] * GIB) if cache_ram_bytes else 0,
             cache_dir=Path(v["state_dir"]).expanduser() / "kv",
+            socket_dir=Path(v["state_dir"]).expanduser() / "run",
             n_parallel=v["parallel"],
             max_queue=v["max_queue"],
             max_body_bytes=int(v["max_body_mb"] * MIB),

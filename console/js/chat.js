@@ -272,6 +272,7 @@ export class Chat {
         }
         tLast = now;
         chunks += 1;
+        answer.dataset.chunks = String(chunks); // content events so far: tests read it, not timing
         answerText.appendData(delta);
         this.scroll();
       }

@@ -180,7 +180,7 @@ function catalog(statusModels, peers) {
   return [...byName.values()].sort((a, b) => a.name.localeCompare(b.name));
 }
 
-/** One local model server's slots: busy, queued, speed and what each slot has cached. */
+/** One local model server's slots: busy, queued, speed, what each slot has cached and which prefill. */
 function engineView(m) {
   const sl = m.slots;
   return {
@@ -190,8 +190,16 @@ function engineView(m) {
     queued: num(sl.queued) ?? 0,
     tokensPerS: num(sl.tokens_per_s) ?? 0,
     cached: arr(sl.slots).filter(isObj).map((x) => num(x.cached_tokens) ?? 0),
+    prefill: arr(sl.slots).filter(isObj).map(prefillView).filter((p) => p !== null),
     speculative: specView(sl.speculative),
   };
+}
+
+/** A slot prefilling its prompt: its id, prompt tokens done and the prompt's length; else null. */
+function prefillView(slot) {
+  const p = slot.prefill;
+  if (!isObj(p) || num(p.done) === null || num(p.total) === null) return null;
+  return { slot: num(slot.id) ?? 0, done: p.done, total: p.total };
 }
 
 /** The drafter of a model server and how well it does, or null without speculative decoding. */

@@ -183,11 +183,22 @@ function slotsTile(view) {
         `${e.name}: ${e.busy}/${e.total} busy · ${e.queued} queued · ${e.tokensPerS.toFixed(1)} tok/s · cached ${e.cached.join("/")}`,
       ),
     ),
+    ...view.engines.flatMap((e) =>
+      e.prefill.map((p) =>
+        h(
+          "div",
+          { class: "small", "data-prefill": `${e.name}/${p.slot}` },
+          `${e.name} slot ${p.slot}: prefill ${count(p.done)} / ${count(p.total)}`,
+        ),
+      ),
+    ),
     ...view.engines
       .filter((e) => e.speculative)
       .map((e) => h("div", { class: "small", "data-draft": e.name }, draftLine(e))),
   );
 }
+
+const count = (n) => n.toLocaleString("en-US");
 
 function draftLine(e) {
   const sp = e.speculative;

@@ -1,5 +1,5 @@
-"""Sending a request to a model's host: over TCP to a server on this machine, over the mesh to
-another node's, on to the next host while none has answered yet, and giving up on it when the
+"""Sending a request to a model's host: over its Unix socket to a server on this machine, over
+the mesh to another node's, on to the next host while none has answered yet, and giving up on it when the
 client leaves or the node stops."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ SHUTTING_DOWN = (
 @dataclass(frozen=True)
 class Upstream:
     """Where one host's model server answers: a base URL, and the transport that reaches it
-    (None: plain TCP to a server on this machine; else, say, a `MeshHttpTransport`)."""
+    (a local model server's Unix-socket transport, a `MeshHttpTransport`; None: plain TCP)."""
 
     base_url: str
     transport: httpx.AsyncBaseTransport | None = None

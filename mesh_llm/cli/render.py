@@ -95,6 +95,17 @@ def status_view(status: dict[str, Any]) -> Group:
             m.get("message") or "",
         )
     parts: list[Any] = [head, models]
+    engines = [(m["name"], m["slots"]) for m in status.get("models", []) if _engine_slots(m)]
+    if engines:
+        table = Table(title="engine", title_justify="left")
+        for col in ("model", "slots busy", "queued", "tok/s", "prefill"):
+            table.add_column(col, overflow="fold")
+        for name, sl in engines:
+            table.add_row(
+                name, f"{sl.get('slots_busy', 0)}/{sl.get('slots_total', 0)}", str(sl.get("queued", 0)),
+                f"{sl.get('tokens_per_s', 0):.1f}", prefill_text(sl),
+            )  # fmt: skip
+        parts.append(table)
     caches: list[tuple[str, dict[str, Any]]] = []
     for m in status.get("models", []):
         cache = (m.get("slots") or {}).get("prefix_cache")
@@ -102,14 +113,14 @@ def status_view(status: dict[str, Any]) -> Group:
             caches.append((m["name"], cache))
     if caches:
         table = Table(title="prefix cache", title_justify="left")
-        for col in ("model", "hits", "misses", "slot hits", "RAM", "disk", "restore (last)"):
+        for col in ("model", "hits", "misses", "slot hits", "RAM", "disk", "restore (last)", "save (last)"):
             table.add_column(col)
         for name, c in caches:
             table.add_row(
                 name, str(c.get("hits", 0)), str(c.get("misses", 0)), str(c.get("slot_hits", 0)),
                 f"{human_bytes(c.get('ram_bytes'))} of {human_bytes(c.get('ram_budget_bytes'))}",
                 f"{human_bytes(c.get('disk_bytes'))} of {human_bytes(c.get('disk_budget_bytes'))}",
-                f"{c.get('restore_seconds_last', 0) * 1000:.0f} ms",
+                f"{c.get('restore_seconds_last', 0) * 1000:.0f} ms", f"{c.get('save_seconds_last', 0) * 1000:.0f} ms",
             )  # fmt: skip
         parts.append(table)
     peers = status.get("peers") or []
@@ -132,6 +143,22 @@ def status_view(status: dict[str, Any]) -> Group:
             )
         parts.append(table)
     return Group(*parts)
+
+
+def _engine_slots(model: dict[str, Any]) -> bool:
+    return (
+        bool(model.get("local")) and isinstance(model.get("slots"), dict) and "slots_total" in model["slots"]
+    )
+
+
+def prefill_text(slots: dict[str, Any]) -> str:
+    """The slots prefilling a prompt and how far each is, e.g. "slot 1: 3,072 / 7,600"; "-" for none."""
+    found = [
+        f"slot {s.get('id')}: {p['done']:,} / {p['total']:,}"
+        for s in slots.get("slots") or []
+        if isinstance(s, dict) and isinstance(p := s.get("prefill"), dict)
+    ]
+    return "; ".join(found) or "-"
 
 
 def path_text(peer: dict[str, Any]) -> str:

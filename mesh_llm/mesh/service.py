@@ -85,7 +85,7 @@ class MeshService:
         self_record: NodeRecord,
         *,
         tokens: Iterable[InviteToken] = (),
-        http_target: Callable[[str], int | None] = lambda model: None,
+        http_target: Callable[[str], Path | None] = lambda model: None,
         rpc_target: Callable[[str, str, object], int | None] = lambda peer, model, epoch: None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
@@ -301,7 +301,7 @@ class MeshService:
         model = header.get("model")
         return self._rpc_target(peer_id, model, header.get("epoch")) if isinstance(model, str) else None
 
-    def _resolve_http(self, peer_id: str, header: dict[str, Any]) -> int | None:
+    def _resolve_http(self, peer_id: str, header: dict[str, Any]) -> Path | None:
         model = header.get("model")
         return self._http_target(model) if isinstance(model, str) else None
 
@@ -321,7 +321,9 @@ class MeshService:
     async def _dial(self, node_id: str, addresses: tuple[str, ...]) -> None:
         try:  # directly, else punched or relayed through members (see mesh/nat)
             if not await self.nat.reach(node_id, addresses):
-                log.debug("could not reach %s", node_id[:8])
+                # Learned peers are dialled once, and a punch or relay can fail for a while: retry.
+                log.debug("could not reach %s; retrying it with the lost peers", node_id[:8])
+                self._lost.setdefault(node_id, (addresses, self._now()))
         finally:
             self._dialing.discard(node_id)
 

@@ -1,15 +1,16 @@
-"""Bridges between local TCP sockets and mesh streams.
+"""Bridges between local sockets and mesh streams.
 
 Two halves, one on each node:
 
 * `open_tcp_tunnel(link, kind, header)` listens on 127.0.0.1 (a free port); every TCP
   connection accepted there becomes a stream of `kind` to the peer, carrying `header`.
 * `serve_tcp_streams(transport, kind, resolver)` handles incoming streams of `kind` by
-  connecting to 127.0.0.1:`resolver(peer_id, header)`; a resolver answering None refuses the
-  stream (it is reset).
+  connecting to what `resolver(peer_id, header)` names: a port on 127.0.0.1 (llama.cpp's RPC
+  workers speak only TCP) or the path of a Unix socket (a model server); a resolver answering
+  None refuses the stream (it is reset).
 
 Bytes are spliced both ways until both directions have ended; EOF is passed on as a
-half-close, so request/response protocols that shut down their sending side work. Each TCP
+half-close, so request/response protocols that shut down their sending side work. Each local
 socket is an asyncio protocol joined to its mesh stream: bytes read from the socket go into the
 stream in the callback that read them, and the stream pushes what arrives straight into the
 socket (`MeshStreamReader.forward`), so a tunneled request costs no task wake-ups, and bytes
@@ -27,6 +28,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 from mesh_llm.errors import TransportError
@@ -39,22 +41,23 @@ log = logging.getLogger(__name__)
 _LOCAL_HOST = "127.0.0.1"
 _CONNECT_TIMEOUT = 5.0
 
-TargetResolver = Callable[[str, dict[str, Any]], int | None]
+# A stream's local target: a TCP port on 127.0.0.1, or a Unix socket's path; None refuses it.
+TargetResolver = Callable[[str, dict[str, Any]], int | Path | None]
 
 
 @dataclass
 class TunnelCounters:
     """Traffic through one tunnel or stream service, seen from this node."""
 
-    bytes_to_peer: int = 0  # read from the local TCP socket, sent into the mesh stream
-    bytes_from_peer: int = 0  # received from the mesh stream, written to the local TCP socket
+    bytes_to_peer: int = 0  # read from the local socket, sent into the mesh stream
+    bytes_from_peer: int = 0  # received from the mesh stream, written to the local socket
     connections: int = 0  # accepted (tunnel) or served (service), ever
     active: int = 0  # currently open
     failures: int = 0  # ended by an error or a refusal rather than clean EOFs
 
 
 class _Splice(asyncio.Protocol):
-    """One local TCP connection of a tunnel, joined to one mesh stream (see the module docstring)."""
+    """One local connection (TCP or Unix) of a tunnel, joined to one mesh stream (see the module docstring)."""
 
     def __init__(
         self, counters: TunnelCounters, on_connected: Callable[[_Splice], None] | None = None
@@ -277,10 +280,11 @@ async def open_tcp_tunnel(link: PeerLink, kind: str, header: Mapping[str, Any] |
 
 
 def serve_tcp_streams(transport: MeshTransport, kind: str, resolver: TargetResolver) -> TunnelCounters:
-    """Serve incoming streams of `kind` by connecting to 127.0.0.1:`resolver(peer_id, header)`.
+    """Serve incoming streams of `kind` by connecting to `resolver(peer_id, header)`: a port on
+    127.0.0.1, or a Unix socket's path.
 
-    A resolver returning None refuses the stream (reset with REFUSED), as does a local port that
-    does not accept the connection. Returns the counters for all streams served.
+    A resolver returning None refuses the stream (reset with REFUSED), as does a local target
+    that does not accept the connection. Returns the counters for all streams served.
     """
     counters = TunnelCounters()
 
@@ -288,23 +292,31 @@ def serve_tcp_streams(transport: MeshTransport, kind: str, resolver: TargetResol
         peer_id: str, header: dict[str, Any], mesh_reader: MeshStreamReader, mesh_writer: MeshStreamWriter
     ) -> None:
         counters.connections += 1
-        port = resolver(peer_id, header)
-        if port is None:
+        target = resolver(peer_id, header)
+        if target is None:
             counters.failures += 1
             log.info("refused %r stream from %s: no local target", kind, peer_id[:8])
             mesh_writer.abort(StreamCode.REFUSED)
             return
         loop = asyncio.get_running_loop()
+        if isinstance(target, Path):
+            connect = loop.create_unix_connection(lambda: _Splice(counters), str(target))
+        else:
+            connect = loop.create_connection(lambda: _Splice(counters), _LOCAL_HOST, target)
         try:
-            _, splice = await asyncio.wait_for(
-                loop.create_connection(lambda: _Splice(counters), _LOCAL_HOST, port), _CONNECT_TIMEOUT
-            )
+            _, splice = await asyncio.wait_for(connect, _CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             counters.failures += 1
-            log.warning("%r stream from %s: cannot reach local port %d: %s", kind, peer_id[:8], port, exc)
+            log.warning(
+                "%r stream from %s: cannot reach local %s: %s", kind, peer_id[:8], _named(target), exc
+            )
             mesh_writer.abort(StreamCode.REFUSED)
             return
         await splice.splice(mesh_reader, mesh_writer)
 
     transport.on_stream(kind, handle)
     return counters
+
+
+def _named(target: int | Path) -> str:
+    return f"socket {target}" if isinstance(target, Path) else f"port {target}"

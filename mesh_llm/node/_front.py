@@ -53,7 +53,7 @@ class Front:
             server = self._placement.serving.servers.get(endpoint.model)
             if server is None or not server.ready:
                 raise BackendUnavailable(f"the model server of {endpoint.model} is not ready")
-            return Upstream(server.base_url)
+            return Upstream(server.base_url, server.transport)  # its Unix socket
         mesh = self._membership.mesh
         if mesh is None:
             raise BackendUnavailable("this node is not in a mesh")

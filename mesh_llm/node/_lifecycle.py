@@ -80,6 +80,7 @@ class Node:
         self._http = HttpServers()
         self._stop = asyncio.Event()
         self._poke = asyncio.Event()  # set when the mesh changed; wakes the advertise loop early
+        self._engines_shown: object = None  # what the page last got of the local engines' slots
         self._grace_s = config.timing.stop_grace_s
         # The process's watchdog (the CLI's); without one, a stuck stop is only logged by step.
         self._stop_watch = stop_watch or StopWatch(None)
@@ -326,6 +327,10 @@ class Node:
                 await asyncio.wait_for(self._poke.wait(), timing.advertise_interval_s)
                 await asyncio.sleep(timing.react_delay_s)
             self._poke.clear()
+            engines = self._engine_marks()
+            if engines != self._engines_shown:  # e.g. a prefill's progress: push it to the page
+                self._engines_shown = engines
+                self.feed.bump()
             if self.mesh is None:
                 continue
             now = time.monotonic()
@@ -340,6 +345,12 @@ class Node:
             if self.role == "standby" and not self.stopping and now - last_eval >= timing.standby_eval_s:
                 last_eval = now
                 await self.placement.pick_up_work(self.table)
+
+    def _engine_marks(self) -> object:
+        """What the console shows of each local engine's slots (polled from the model servers)."""
+        keys = ("slots_busy", "queued", "tokens_per_s", "slots")
+        servers = sorted(self.serving.servers.items())
+        return [(name, [s.slots.get(k) for k in keys]) for name, s in servers if s.slots is not None]
 
     async def _shutdown(self) -> None:
         """Stop accepting, let in-flight requests finish briefly, leave the mesh, stop children."""

@@ -86,10 +86,10 @@ class LocalServing:
         folder = self._config.state_dir / "models"
         return {p.stem: p for p in sorted(folder.glob("*.gguf"))} if folder.is_dir() else {}
 
-    def local_model_port(self, model: str) -> int | None:
-        """Where a peer's HTTP tunnel for `model` lands: our ready model server, else refuse."""
+    def local_model_socket(self, model: str) -> Path | None:
+        """Where a peer's HTTP tunnel for `model` lands: our ready model server's socket, else refuse."""
         server = self.servers.get(model)
-        return server.port if server is not None and server.ready else None
+        return server.socket_path if server is not None and server.ready else None
 
     def asked_not_started(self, listed: set[str]) -> list[Endpoint]:
         """The --model models with no model server yet: not ready (a 503), never unknown (a 404).

@@ -85,7 +85,7 @@ class Membership:
             settings,
             record_for(self._identity.node_id, __version__, **self._record()),
             tokens=tokens,
-            http_target=self._placement.serving.local_model_port,
+            http_target=self._placement.serving.local_model_socket,
             rpc_target=self._placement.split.rpc_port,
             on_change=self._mesh_changed,
         )

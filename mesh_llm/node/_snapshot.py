@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 # The prefix cache's figures from /mesh/slots that /metrics shows.
 PREFIX_CACHE_FIGURES = (
     "hits", "misses", "slot_hits", "ram_bytes", "disk_bytes", "ram_entries", "disk_entries",
-    "restore_seconds_total", "restore_seconds_last", "disk_rejected",
+    "restore_seconds_total", "restore_seconds_last", "save_seconds_total", "save_seconds_last",
+    "disk_rejected",
 )  # fmt: skip
 
 

@@ -140,7 +140,8 @@ def _model_rows(snap: StatusSnapshot) -> list[dict[str, Any]]:
                 "state": st.state.value,
                 "ready": st.state.value == "ready",
                 "message": st.message,
-                "port": st.port,
+                "port": None,  # kept for old readers: a model server has no TCP port, only `socket`
+                "socket": st.socket,
                 "pid": st.pid,
                 "restarts": st.restarts,
                 "since": st.since,

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from mesh_llm.models.draft import choose_draft
 from mesh_llm.models.kv import context_warning, training_context
 from mesh_llm.models.resolve import ResolvedModel
 from mesh_llm.planning.offload import solo_offload
+from mesh_llm.serving.local_socket import PrivateSocket, socket_stem
 from mesh_llm.serving.process import Exited, SupervisedChild, TimedOut
 from mesh_llm.serving.rpc.cache import gguf_header
 from mesh_llm.settings import model_server_args
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SLOTS_POLL_S = 0.5
 STABLE_AFTER_S = 60.0  # a server up this long before crashing restarts with the shortest backoff
+BASE_URL = "http://localhost"  # over the Unix socket; `localhost` passes the child's Host check
 
 
 EXIT_BAD_DRAFT = 5  # the model server's exit code for a draft that cannot draft for the model
@@ -49,23 +50,11 @@ class BackendStatus:
 
     model: str
     state: BackendState
-    port: int
+    socket: str  # the Unix socket the model server listens on
     pid: int | None
     restarts: int
     since: float
     message: str = ""
-
-
-def _listening_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted sockets inherit TCP_NODELAY; without it a response's header and body writes
-    # meet delayed ACKs and each request waits about 40 ms on loopback.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
 
 
 def gpu_server_values(
@@ -92,9 +81,12 @@ def gpu_server_args(config: BackendConfig, gpus: Sequence[tuple[str, int]], *, s
 
 
 class ModelServer:
-    """One model served by a llama-cpp-python subprocess on a fixed loopback port.
+    """One model served by a llama-cpp-python subprocess on a Unix socket only this user can open.
 
-    The node owns the listening socket, so the port survives restarts. The child runs in its
+    The node owns the listening socket (see serving/local_socket.py: `config.socket_dir`, made
+    mode 0700, or a private temporary directory), so its path survives restarts; no TCP port is
+    open, and every client (the proxy, the mesh tunnel, health checks) connects to the socket
+    with `Host: localhost`. `stop` removes the socket file. The child runs in its
     own process group (Ctrl-C in the terminal does not reach it directly; the node stops it in
     order) and asks the kernel to end it if the node dies.
     """
@@ -140,8 +132,13 @@ class ModelServer:
             on_change=on_change,
             logger=log,
         )
-        self._sock = _listening_socket()
-        self.port: int = self._sock.getsockname()[1]
+        self._listener = PrivateSocket(config.socket_dir, socket_stem(model.name))
+        self.socket_path: Path = self._listener.path
+        # The proxy's connections to this server (a pool of its own; closed by `stop`).
+        self.transport = httpx.AsyncHTTPTransport(
+            uds=str(self.socket_path),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        )
         self._task: asyncio.Task[None] | None = None
         self.restarts = 0
         self._stopping = False
@@ -162,7 +159,14 @@ class ModelServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """The URL to send with `transport` (or `client`): the host part is only the Host header."""
+        return BASE_URL
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """A new HTTP client to this model server (over its socket); the caller closes it."""
+        return httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=str(self.socket_path)), base_url=BASE_URL, **kwargs
+        )
 
     @property
     def ready(self) -> bool:
@@ -174,7 +178,9 @@ class ModelServer:
 
     def status(self) -> BackendStatus:
         c = self._child
-        return BackendStatus(self.name, c.state, self.port, c.pid, self.restarts, c.since, c.message)
+        return BackendStatus(
+            self.name, c.state, str(self.socket_path), c.pid, self.restarts, c.since, c.message
+        )
 
     async def start(self) -> None:
         """Launch the supervisor; returns at once (watch `ready` or the on_change callback)."""
@@ -199,8 +205,8 @@ class ModelServer:
         if not self.rpc_endpoints or not self.ready:
             return None
         try:
-            async with httpx.AsyncClient() as client:
-                r = await client.get(f"{self.base_url}/mesh/placement", timeout=timeout)
+            async with self.client() as client:
+                r = await client.get("/mesh/placement", timeout=timeout)
             return dict(r.json()) if r.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
             return None
@@ -214,7 +220,8 @@ class ModelServer:
                 await self._task
             self._task = None
         await self._kill_child()
-        self._sock.close()
+        await self.transport.aclose()
+        self._listener.close()
         self._child.set_state(BackendState.STOPPED, "stopped")
 
     def _context_warning(self) -> str | None:
@@ -227,7 +234,7 @@ class ModelServer:
     def _command(self) -> list[str]:
         config = self._config
         values: dict[str, Any] = {
-            "fd": self._sock.fileno(),
+            "fd": self._listener.fileno(),
             "model": str(self.model.path),
             "alias": self.name,
             "n_ctx": config.n_ctx,
@@ -255,7 +262,7 @@ class ModelServer:
     async def _healthy(self, client: httpx.AsyncClient) -> bool:
         """One health check; it also refreshes the slot figures shown in status and gossip."""
         try:
-            r = await client.get(f"{self.base_url}/mesh/slots", timeout=self._config.health_timeout_s)
+            r = await client.get("/mesh/slots", timeout=self._config.health_timeout_s)
             if r.status_code != 200:
                 return False
             body = r.json()
@@ -273,12 +280,12 @@ class ModelServer:
 
     async def _supervise(self) -> None:
         failures = 0
-        async with httpx.AsyncClient() as client:
+        async with self.client() as client:
             while not self._stopping:
                 self._child.set_state(BackendState.STARTING, "loading model")
                 self._ready_at = None
                 self._spawned_at = time.monotonic()
-                await self._child.spawn(self._command(), pass_fds=(self._sock.fileno(),))
+                await self._child.spawn(self._command(), pass_fds=(self._listener.fileno(),))
                 reason = await self._run_once(client)
                 await self._kill_child()
                 if self._stopping:

@@ -1,8 +1,9 @@
-"""Entry point of a model-server subprocess: mesh-llm's own engine on a loopback socket.
+"""Entry point of a model-server subprocess: mesh-llm's own engine on an inherited socket.
 
 Run as `python -m mesh_llm.serving.model_server_main --fd N --model PATH --alias NAME ...`. The
-parent node opens the listening socket and passes its descriptor, so the port is known before
-the child starts, stays the same across restarts, and no other process can race for it. The
+parent node opens the listening socket and passes its descriptor: a Unix socket that only the
+node's user can open (see serving/local_socket.py), whose path is known before the child starts,
+stays the same across restarts, and no other process can race for. The
 child loads the model with llama-cpp-python's low-level API, starts the continuous-batching
 engine (`--parallel` slots of `--n-ctx` tokens each) and serves OpenAI's /v1 routes, plus
 /mesh/health, /mesh/slots and, on split hosts, /mesh/placement.
@@ -75,8 +76,9 @@ def _for_this_machine(host: str) -> bool:
 def this_machine_only(app: Any) -> Any:
     """Wrap the model server's ASGI app so that a request naming another host gets 421.
 
-    The node's proxy and the mesh tunnel address it as 127.0.0.1 or localhost; a DNS-rebinding
-    page that finds its port names its own domain, and is refused here as on the node's API.
+    The node's proxy and the mesh tunnel address it as localhost; a DNS-rebinding page that
+    reached its socket would name its own domain, and is refused here as on the node's API
+    (a second fence: the socket itself is not reachable from a browser).
     """
 
     async def guard(scope: Any, receive: Any, send: Any) -> None:
@@ -294,14 +296,17 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=args.cache_dir,
     )
     info = ServerInfo(args.alias, max_body=args.max_body, extra=extra)  # type: ignore[arg-type]
-    app = this_machine_only(build_app(model, engine_config, info, draft))
+    inner = build_app(model, engine_config, info, draft)
+    app = this_machine_only(inner)
 
-    sock = socket.socket(fileno=args.fd)
+    sock = socket.socket(fileno=args.fd)  # its family (Unix or TCP) is read from the descriptor
     config = uvicorn.Config(
         app, log_level="warning", lifespan="off", timeout_keep_alive=30, limit_concurrency=1000
     )
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
+    # After a stop signal: finish the engine's queued work, such as prefix-cache writes to disk.
+    inner.state.engine.stop()
     return 0
 
 

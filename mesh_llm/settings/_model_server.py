@@ -29,7 +29,7 @@ def _carried(name: str) -> Setting:
 
 
 MODEL_SERVER: tuple[Setting, ...] = (
-    Setting("fd", int, required=True, help="inherited listening socket"),
+    Setting("fd", int, required=True, help="inherited listening socket (the node's Unix socket)"),
     Setting("model", required=True, help="path to the GGUF file"),
     Setting("alias", required=True, help="model name clients use"),
     Setting("n_ctx", int, DEFAULT_CTX_SLOT, help="context window per slot, in tokens"),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
-import time
 from pathlib import Path
 
+import httpx
 from playwright.sync_api import Page, expect
 
 from tests.harness import ARTIFACTS, NodeProcess, stop_all
@@ -42,19 +43,30 @@ def test_two_node_mesh_live_view_chat_and_a_node_leaving(tmp_path: Path, page: P
         page.fill("#max-tokens", "200")
         page.fill("#prompt", "Write a short poem about the sea.")
         page.click("#send")
-        answer = page.locator(".msg.assistant .msg-text").last
-        expect(page.locator(".msg.assistant").last).to_have_attribute(
-            "data-state", "streaming", timeout=20_000
-        )
-        first = len(answer.inner_text())
-        time.sleep(0.4)
-        assert len(answer.inner_text()) > first, "the answer should grow while it streams"
-        expect(page.locator(".msg.assistant").last).to_have_attribute("data-state", "done", timeout=60_000)
+        answer = page.locator(".msg.assistant").last
+        expect(answer).to_have_attribute("data-state", "done", timeout=60_000)
+        # Streamed: the answer arrived as many content events, each appended as it came (on a
+        # loaded machine the browser may read them all at once, so count events, not time).
+        assert int(answer.get_attribute("data-chunks") or 0) > 10
+        assert answer.locator(".msg-text").inner_text().strip()
         expect(slots).to_contain_text("cached ", timeout=10_000)
         meta = page.locator(".msg.assistant .msg-meta").last
         expect(meta).to_contain_text("tok/s")
         expect(meta).to_contain_text("TTFT")
         shot(page, "chat")
+
+        # A long prompt's prefill shows on its slot while it runs (the client leaves part way).
+        words = " ".join(f"item{n} weighs {n * 7 % 97} grams;" for n in range(380))
+        body = {
+            "model": "SmolLM2-135M", "messages": [{"role": "user", "content": words}],
+            "max_tokens": 1, "stream": True,
+        }  # fmt: skip
+        with httpx.stream("POST", f"{a.api}/v1/chat/completions", json=body, timeout=300) as r:
+            assert r.status_code == 200
+            progress = slots.locator("[data-prefill]")
+            expect(progress).to_contain_text(re.compile(r"prefill [\d,]+ / [\d,]{5}"), timeout=60_000)
+            shot(page, "prefill")
+        expect(progress).to_have_count(0, timeout=30_000)
 
         # B leaves: the page drops it without a reload.
         b.stop()

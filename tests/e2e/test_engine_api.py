@@ -635,8 +635,8 @@ def test_a_full_queue_answers_503_with_retry_after_and_a_failure_mid_stream_ends
 
 def test_the_model_server_answers_unknown_routes_and_wrong_methods_in_json(node: NodeProcess) -> None:
     (m,) = node.status()["models"]
-    child = f"http://127.0.0.1:{m['port']}"
-    r = httpx.get(f"{child}/v1/nothing-here")
-    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
-    r = httpx.get(f"{child}/v1/chat/completions")
-    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    with httpx.Client(transport=httpx.HTTPTransport(uds=m["socket"]), base_url="http://localhost") as child:
+        r = child.get("/v1/nothing-here")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+        r = child.get("/v1/chat/completions")
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"

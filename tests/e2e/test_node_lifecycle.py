@@ -119,6 +119,7 @@ def test_shutdown_stops_exactly_the_children_it_started(tmp_path: pytest.TempPat
         assert children, "the node should run a model server child"
         assert node.stop(sig) == 0
         assert wait_gone(children) == []
+        assert list((node.state_dir / "run").iterdir()) == [], "the model server's socket was left behind"
         assert bystander.poll() is None, "an unrelated process was killed"
     finally:
         bystander.kill()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from tests.harness import NodeProcess, smollm2_path
@@ -162,12 +166,31 @@ def test_console_serves_a_page(solo_node: NodeProcess) -> None:
     assert r.status_code == 200 and "mesh-llm" in r.text
 
 
-def test_the_model_servers_own_port_answers_only_for_this_machine(solo_node: NodeProcess) -> None:
-    # The attack: a DNS-rebinding page (or anything that sends another Host) finds the model
-    # server's loopback port and asks it directly, past the node's own checks.
+def test_the_model_servers_own_socket_answers_only_for_this_machine(solo_node: NodeProcess) -> None:
+    # Anything that sends another Host (a DNS-rebinding page, were it to reach the socket) is
+    # refused by the model server itself, past the node's own checks.
     (m,) = solo_node.status()["models"]
-    url = f"http://127.0.0.1:{m['port']}/mesh/health"
-    refused = httpx.get(url, headers={"host": f"rebind.attacker.example:{m['port']}"}, timeout=10)
-    assert refused.status_code == 421 and refused.json()["error"]["code"] == "misdirected_request"
-    assert httpx.get(url, timeout=10).status_code == 200
-    assert httpx.get(url, headers={"host": "localhost"}, timeout=10).status_code == 200
+    with httpx.Client(transport=httpx.HTTPTransport(uds=m["socket"]), timeout=10) as child:
+        refused = child.get("http://rebind.attacker.example/mesh/health")
+        assert refused.status_code == 421 and refused.json()["error"]["code"] == "misdirected_request"
+        assert child.get("http://localhost/mesh/health").status_code == 200
+        assert child.get("http://127.0.0.1/mesh/health").status_code == 200
+
+
+def test_no_other_local_user_can_reach_the_model_server(solo_node: NodeProcess) -> None:
+    # The attack: any local process connected to the model server's loopback TCP port and got
+    # the model whatever --api-key said. Now it listens only on a Unix socket in a directory
+    # only the node's user may enter, and no TCP port is open for it at all.
+    (m,) = solo_node.status()["models"]
+    assert m["port"] is None
+    sock = Path(m["socket"])
+    assert sock.parent == solo_node.state_dir / "run"
+    assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.stat().st_mode) == 0o600
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+    assert sock.stat().st_uid == sock.parent.stat().st_uid == os.getuid()
+    child = psutil.Process(m["pid"])
+    assert [c for c in child.net_connections("inet") if c.status == psutil.CONN_LISTEN] == []
+    assert solo_node.proc is not None
+    node = psutil.Process(solo_node.proc.pid)
+    listening = {c.laddr for c in node.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    assert {a.port for a in listening} == {solo_node.api_port, solo_node.console_port}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -257,3 +258,60 @@ def test_a_node_beyond_the_rtt_cap_is_left_out_of_splits_but_still_serves_the_ap
         stop_all(nodes)
         if relay is not None:
             relay.stop()
+
+
+def _padded_prompts(n: int) -> list[str]:
+    """``n`` prompts of their own, each 257 tokens long: one more than the engine's 256-token
+    prefill chunk, so a cold prefill decodes the last token alone, as a restore does; the two
+    then take the same kernels and must give the same greedy answer."""
+    from mesh_llm.serving.engine import Model
+
+    model = Model(smollm2_path())
+    prompts = []
+    try:
+        for i in range(n):
+            facts = " ".join(f"Project {i} rule {k}: value {k * (i + 3)}." for k in range(18))
+            text = f"System for project {i}. {facts} Question: the first rule"
+            while len(model.tokenize(text, add_special=True, parse_special=False)) < 257:
+                text += " again"
+            assert len(model.tokenize(text, add_special=True, parse_special=False)) == 257
+            prompts.append(text)
+    finally:
+        model.close()
+    return prompts
+
+
+def test_a_split_host_restores_an_evicted_prompt_with_its_workers_layers(tmp_path: Path) -> None:
+    prompts = _padded_prompts(2)
+    # One slot: the second prompt evicts the first, whose KV (half of it on B's RPC worker) is saved.
+    one_slot = ["--parallel", "1", "--cache-ram", "0.2", "--cache-disk", "0"]
+    a = NodeProcess(["--split", "--model", "SmolLM2-135M", *one_slot], tmp_path / "a").start()
+    nodes = [a]
+    try:
+        token = a.wait_serving()["invite_token"]
+        nodes.append(NodeProcess(["--join", token], tmp_path / "b").start())
+        a.wait_for(is_split_and_ready(2), 60, "a two-node split")
+
+        def ask(prompt: str) -> tuple[str, dict[str, Any], float]:
+            body = {"model": "SmolLM2-135M", "prompt": prompt, "max_tokens": 12, "temperature": 0}
+            t0 = time.monotonic()
+            r = httpx.post(f"{a.api}/v1/completions", json=body, timeout=300)
+            assert r.status_code == 200, r.text
+            return str(r.json()["choices"][0]["text"]), r.json()["usage"], time.monotonic() - t0
+
+        cold, usage, cold_s = ask(prompts[0])
+        assert usage["prompt_tokens_details"]["cached_tokens"] == 0
+        ask(prompts[1])
+        warm, again, warm_s = ask(prompts[0])
+        assert again["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1
+        assert warm == cold  # the worker's layers came back too: its cells held the other prompt
+        cache = split_row(a)["slots"]["prefix_cache"]
+        assert cache["hits"] >= 1 and cache["ram_bytes"] > 0
+        print(
+            f"split host: {usage['prompt_tokens']} tokens cold {cold_s:.2f} s, restored {warm_s:.2f} s "
+            f"(restore {cache['restore_seconds_last'] * 1000:.0f} ms, save "
+            f"{cache['save_seconds_last'] * 1000:.0f} ms, {cache['ram_entries']} states "
+            f"in {cache['ram_bytes'] / 1e6:.1f} MB)"
+        )
+    finally:
+        stop_all(nodes)

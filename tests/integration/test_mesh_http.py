@@ -1,7 +1,7 @@
 """HTTP to a peer's model server straight over mesh streams (`MeshHttpTransport`).
 
-Two real transports on loopback: node B serves a real FastAPI app under uvicorn behind
-`serve_tcp_streams`, node A's httpx client reaches it through `MeshHttpTransport`, as the proxy
+Two real transports on loopback: node B serves a real FastAPI app under uvicorn on a Unix socket
+behind `serve_tcp_streams`, node A's httpx client reaches it through `MeshHttpTransport`, as the proxy
 does for a model served by another node. Streaming is checked event by event (the server sends
 the next event only once the client has the last), concurrency by a server that answers only
 once every request has arrived, so nothing here depends on timing.
@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -27,6 +27,7 @@ from mesh_llm.mesh.http_transport import BASE_URL, MeshHttpTransport
 from mesh_llm.mesh.tunnel import TunnelCounters, serve_tcp_streams
 from mesh_llm.peer.identity import NodeIdentity
 from mesh_llm.peer.token import new_mesh
+from mesh_llm.serving.local_socket import PrivateSocket
 from mesh_llm.transport import MeshTransport, PeerLink, TransportConfig
 from tests.serving_view import OneHost
 
@@ -105,23 +106,24 @@ class Pair:
 
 
 @pytest.fixture
-async def pair() -> AsyncIterator[Pair]:
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
     state = ModelServer()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    # On a Unix socket, as a node's model server listens (serving/local_socket.py).
+    listener = PrivateSocket(tmp_path / "run", "m.sock")
     server = uvicorn.Server(uvicorn.Config(_app(state), log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    task = asyncio.create_task(server.serve(sockets=[listener.sock]))
     while not server.started:
         assert not task.done(), "the server stopped during startup"
         await asyncio.sleep(0.01)
-    port = sock.getsockname()[1]
     mesh = new_mesh()
     config = TransportConfig(idle_timeout=2.0, keepalive_interval=0.25, close_timeout=0.3)
     a = MeshTransport(NodeIdentity.generate(), mesh, host="127.0.0.1", config=config)
     b = MeshTransport(NodeIdentity.generate(), mesh, host="127.0.0.1", config=config)
     await a.start()
     await b.start()
-    served = serve_tcp_streams(b, "http", lambda peer, header: port if header.get("model") == "m" else None)
+    served = serve_tcp_streams(
+        b, "http", lambda peer, header: listener.path if header.get("model") == "m" else None
+    )
     link = await a.dial([f"127.0.0.1:{b.port}"], b.node_id)
     try:
         yield Pair(link, b, served, state)
@@ -131,6 +133,7 @@ async def pair() -> AsyncIterator[Pair]:
         await b.close()
         server.should_exit = True
         await task
+        listener.close()
 
 
 def _client(transport: httpx.AsyncBaseTransport, read: float = 10.0) -> httpx.AsyncClient:

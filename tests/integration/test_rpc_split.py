@@ -180,10 +180,10 @@ def _read(path: Path) -> str:
 
 async def complete(server: ModelServer, prompts: Sequence[str] = PROMPTS) -> list[str]:
     out = []
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with server.client(timeout=60) as client:
         for prompt in prompts:
             r = await client.post(
-                f"{server.base_url}/v1/completions",
+                "/v1/completions",
                 json={"prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0, "seed": 0},
             )
             r.raise_for_status()
@@ -333,8 +333,8 @@ async def test_killed_worker_fails_the_host_fast_and_stop_leaves_no_process(
             await eventually(lambda: "not reachable" in server.status().message, 10)
             assert "not reachable" in server.status().message, server.status()
             with pytest.raises(httpx.HTTPError):
-                async with httpx.AsyncClient(timeout=5) as client:
-                    await client.get(f"{server.base_url}/mesh/health")
+                async with server.client(timeout=5) as client:
+                    await client.get("/mesh/health")
     assert wait_gone([p for p in pids + children if p is not None]) == []
 
 

@@ -213,3 +213,23 @@ async def test_the_model_server_answers_only_requests_naming_this_machine(host: 
     transport = httpx.ASGITransport(app=this_machine_only(app))
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
         assert (await c.get("/mesh/health", headers={"host": host})).status_code == status
+
+
+def test_a_slot_reports_prefill_progress_until_its_first_token() -> None:
+    from mesh_llm.serving.engine._jobs import EngineStats, Job, Slot, SlotStats
+    from mesh_llm.serving.engine._llama import SamplerSpec
+
+    job = Job(prompt=list(range(7600)), max_tokens=8, sampling=SamplerSpec(temperature=0), emit=print)
+    slot = Slot(seq=1, cached=list(range(3072)), job=job)
+    job.n_done = 3072
+    assert SlotStats.of(slot) == SlotStats(1, True, 3072, (3072, 7600))
+    job.n_done = 7600  # the last chunk is being decoded: still no token
+    assert SlotStats.of(slot).prefill == (7600, 7600)
+    job.next_token, job.generated = 42, 1
+    assert SlotStats.of(slot).prefill is None
+    idle = Slot(seq=0, cached=[1, 2, 3])
+    report = EngineStats((SlotStats.of(idle), SlotStats(1, True, 3072, (3072, 7600))), 0, 0.0, 0, 0, 0)
+    assert report.as_dict()["slots"] == [
+        {"id": 0, "busy": False, "cached_tokens": 3, "prefill": None},
+        {"id": 1, "busy": True, "cached_tokens": 3072, "prefill": {"done": 3072, "total": 7600}},
+    ]

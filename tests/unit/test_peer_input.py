@@ -53,7 +53,7 @@ def _service() -> MeshService:
         _SERVICE.append(
             MeshService(
                 me, new_mesh(), settings, record_for(me.node_id, "0.1.0"),
-                http_target={"m": 8080}.get,
+                http_target={"m": Path("/run/m.sock")}.get,
                 rpc_target=lambda peer, model, epoch: rpc_port(None, peer, epoch),
             )
         )  # fmt: skip
@@ -64,7 +64,8 @@ def _service() -> MeshService:
 @given(st.dictionaries(st.sampled_from(["model", "epoch", "kind", "x"]), JSON))
 def test_any_stream_open_header_is_routed_or_refused(header: dict[str, Any]) -> None:
     service = _service()
-    for resolve in (service._resolve_http, service._resolve_rpc):
-        port = resolve("a" * 64, header)
-        assert port is None or isinstance(port, int)
-    assert service._resolve_http("a" * 64, {**header, "model": "m"}) == 8080
+    socket_path = service._resolve_http("a" * 64, header)
+    assert socket_path is None or isinstance(socket_path, Path)
+    port = service._resolve_rpc("a" * 64, header)
+    assert port is None or isinstance(port, int)
+    assert service._resolve_http("a" * 64, {**header, "model": "m"}) == Path("/run/m.sock")

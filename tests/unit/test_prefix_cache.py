@@ -151,7 +151,7 @@ def test_the_cache_budget_reaches_the_model_server_and_comes_out_of_the_offered_
     try:
         args = model_server_parser().parse_args(server._command()[3:])
     finally:
-        server._sock.close()
+        server._listener.close()
     assert (args.cache_ram, args.cache_disk, args.cache_dir) == (3 << 30, 5 << 30, str(tmp_path / "kv"))
     whole = capacity_from_devices([], None, ram_total=64 << 30, ram_available=32 << 30)
     less = capacity_from_devices([], None, ram_total=64 << 30, ram_available=32 << 30, reserved_ram=3 << 30)

@@ -79,9 +79,11 @@ def test_build_config_takes_the_parsed_flags_as_they_are() -> None:
     backend = build_config().backend
     assert 0 < backend.cache_ram_bytes <= 8 * 1024**3 and backend.cache_disk_bytes == 8 * 1024**3
     assert backend.cache_dir == Path("~/.mesh-llm/kv").expanduser()
+    # Model servers' sockets: in the state dir's run/ (a bare BackendConfig: a temporary dir).
+    assert backend.socket_dir == Path("~/.mesh-llm/run").expanduser() and BackendConfig().socket_dir is None
     assert backend == dataclasses.replace(
         BackendConfig(), n_ctx_auto=True, cache_ram_bytes=backend.cache_ram_bytes,
-        cache_disk_bytes=backend.cache_disk_bytes, cache_dir=backend.cache_dir,
+        cache_disk_bytes=backend.cache_disk_bytes, cache_dir=backend.cache_dir, socket_dir=backend.socket_dir,
     )  # fmt: skip
     assert build_config(cache_ram=0).backend.cache_disk_bytes == 0
 
@@ -183,7 +185,7 @@ def test_a_model_servers_command_carries_its_config(tmp_path: Path) -> None:
     try:
         command = server._command()
     finally:
-        server._sock.close()
+        server._listener.close()
     assert command[1:3] == ["-m", "mesh_llm.serving.model_server_main"]
     args = model_server_parser().parse_args(command[3:])
     assert (args.alias, args.model, args.n_ctx, args.parallel, args.max_queue) == (

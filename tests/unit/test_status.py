@@ -57,7 +57,7 @@ def test_an_idle_node_without_a_mesh_has_the_full_shape_and_nothing_in_it() -> N
 
 
 def test_local_servers_waiting_splits_and_pending_models_each_get_a_row() -> None:
-    ready = BackendStatus("M", BackendState.READY, 41000, 4242, 1, 1010.0)
+    ready = BackendStatus("M", BackendState.READY, "/s/run/m.sock", 4242, 1, 1010.0)
     split = SplitHost(ResolvedModel("Big", Path("/m/big.gguf"), 9 << 30), ModelFacts("Big", 9 << 30, 32))
     split.set_state(WaitingForWorkers(("bbbbbbbb",)))
     s = build_status(
@@ -80,6 +80,7 @@ def test_local_servers_waiting_splits_and_pending_models_each_get_a_row() -> Non
     ]
     local = s["models"][0]
     assert local["ready"] and local["pid"] == 4242 and local["restarts"] == 1 and local["host"] == ME
+    assert (local["socket"], local["port"]) == ("/s/run/m.sock", None)  # no TCP port any more
     assert (
         local["mode"] == "solo"
         and local["load_s"] == 3.14
@@ -201,3 +202,28 @@ def test_status_and_log_lines_stay_whole_when_not_written_to_a_terminal() -> Non
         root.handlers[:], root.level = handlers, level
     (line,) = out.splitlines()
     assert line.endswith(message) and " INFO " in line
+
+
+def test_status_shows_each_prefilling_slots_progress() -> None:
+    import io
+
+    from rich.console import Console
+
+    from mesh_llm.cli.render import status_view
+
+    slots = {
+        "slots_total": 2, "slots_busy": 2, "queued": 0, "tokens_per_s": 3.5,
+        "slots": [
+            {"id": 0, "busy": True, "cached_tokens": 40, "prefill": None},
+            {"id": 1, "busy": True, "cached_tokens": 3072, "prefill": {"done": 3072, "total": 7600}},
+        ],
+    }  # fmt: skip
+    body = {
+        "short_id": "abcd1234", "capacity": {},
+        "models": [{"name": "M", "state": "ready", "mode": "solo", "local": True, "slots": slots}],
+    }  # fmt: skip
+    console = Console(file=io.StringIO(), width=200)
+    console.print(status_view(body))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "slot 1: 3,072 / 7,600" in text and "slot 0:" not in text
+    assert "2/2" in text

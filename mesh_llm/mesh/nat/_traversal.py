@@ -131,6 +131,7 @@ class Traversal:
         until = self._expecting.pop(link.node_id, 0.0)
         if not link.initiated_locally and link.path == "direct" and self._now() < until:
             link.path = "punched"  # it came through the hole our probes opened
+            log.info("link with %s came through this node's NAT: punched", link.short_id)
         if not link.relayed:
             # A probe to a peer's dialer socket (it dialed us from one) is dropped there; one to
             # a listening socket (we dialed it, or it punched through to us) is answered.

@@ -62,4 +62,6 @@ def build_app(
         else None
     )
     engine.start()
-    return ModelApp(engine, model, template, info).app
+    app = ModelApp(engine, model, template, info).app
+    app.state.engine = engine  # the model server stops it at exit: queued cache writes are flushed
+    return app

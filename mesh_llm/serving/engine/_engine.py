@@ -132,7 +132,7 @@ class Engine:
                 self._generated_times.popleft()
             rate = len(self._generated_times) / _RATE_WINDOW_S
             return EngineStats(
-                tuple(SlotStats(i, s.job is not None, len(s.cached)) for i, s in enumerate(self._slots)),
+                tuple(SlotStats.of(s) for s in self._slots),
                 len(self._queue),
                 rate,
                 self._generated_total,

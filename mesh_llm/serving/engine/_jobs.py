@@ -133,6 +133,22 @@ class SlotStats:
     id: int
     busy: bool
     cached_tokens: int
+    # While the slot's request has no first token yet: its prompt tokens in the KV cache (reused,
+    # restored or prefilled, the chunk being decoded included) and the prompt's length.
+    prefill: tuple[int, int] | None = None
+
+    @classmethod
+    def of(cls, slot: Slot) -> SlotStats:
+        """What status shows of ``slot`` now."""
+        job = slot.job
+        prefill = None
+        if job is not None and job.generated == 0 and job.next_token is None:
+            prefill = (job.n_done, len(job.prompt))
+        return cls(slot.seq, job is not None, len(slot.cached), prefill)
+
+    def as_dict(self) -> dict[str, Any]:
+        prefill = {"done": self.prefill[0], "total": self.prefill[1]} if self.prefill else None
+        return {"id": self.id, "busy": self.busy, "cached_tokens": self.cached_tokens, "prefill": prefill}
 
 
 @dataclass(frozen=True)
@@ -159,7 +175,7 @@ class EngineStats:
             "generated_total": self.generated_total,
             "prompt_total": self.prompt_total,
             "prefilled_total": self.prefilled_total,
-            "slots": [{"id": s.id, "busy": s.busy, "cached_tokens": s.cached_tokens} for s in self.slots],
+            "slots": [s.as_dict() for s in self.slots],
             "prefix_cache": self.prefix_cache,
             "prefix_digests": list(self.prefix_digests),
         }

@@ -69,6 +69,8 @@ class CacheFigures:
     disk_rejected: int = 0  # files skipped and removed: foreign, truncated or corrupt
     restore_s_total: float = 0.0
     restore_s_last: float = 0.0
+    save_s_total: float = 0.0  # reading states out of the KV cache (on a split host, over RPC too)
+    save_s_last: float = 0.0
 
 
 class KvStore:
@@ -157,6 +159,8 @@ class KvStore:
                 "disk_rejected": f.disk_rejected,
                 "restore_seconds_total": round(f.restore_s_total, 4),
                 "restore_seconds_last": round(f.restore_s_last, 4),
+                "save_seconds_total": round(f.save_s_total, 4),
+                "save_seconds_last": round(f.save_s_last, 4),
             }
 
     def close(self, timeout: float = 10.0) -> None:

@@ -9,7 +9,9 @@ shared tokens, and only the rest of the prompt is prefilled. The states live in 
 
 Split hosts: llama.cpp writes a sequence's state through ggml's backend API, which reads and
 writes tensors on RPC devices too, so the layers on the workers are saved and restored as well,
-at the cost of moving their KV over the mesh.
+at the cost of moving their KV over the mesh. With flash attention off, V is stored transposed and
+a save reads it one row at a time, one RPC round trip per row and worker layer (measured in
+docs/models.md); restores write without waiting.
 """
 
 from __future__ import annotations
@@ -61,7 +63,12 @@ class PrefixCache:
         tokens = slot.cached
         if len(tokens) < MIN_SAVE_TOKENS or self.store.holds(tokens):
             return
-        self.store.put(list(tokens), self._ctx.save_seq(slot.seq))
+        started = time.perf_counter()
+        data = self._ctx.save_seq(slot.seq)
+        elapsed = time.perf_counter() - started
+        self.store.figures.save_s_total += elapsed
+        self.store.figures.save_s_last = elapsed
+        self.store.put(list(tokens), data)
 
     def prepare(self, slot: Slot, prompt: list[int], reuse: int) -> tuple[int, bool]:
         """Before ``slot`` takes ``prompt`` (sharing ``reuse`` tokens with it): save what the slot
