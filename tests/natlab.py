@@ -20,11 +20,14 @@ For tests of NAT traversal (hole punching, relaying). Six namespaces, IPv4 only:
   dropped silently (no ICMP) and counted in a named counter, `Lab.unsolicited(router)`, which
   lets a test observe a drop as an event without conntrack-tools.
 * B and C route everything via their router.
+* "none" makes a router a plain one (for comparisons without NAT): it forwards both ways, and
+  A and the other router get a route to its LAN, so B's and C's own addresses are reachable.
 
 `nat_lab(c_nat=..., b_nat=...)` yields a `Lab`: namespace names and addresses, `prefix(ns)` to
 start a process inside one, `run`/`python` to run one to completion, `cut`/`heal` to take a host
 off the network and back, `unsolicited(router)`, and `capture(ns, path)`, a pcap recording of a
-namespace's links (read back with `udp_frames`, e.g. for a plaintext check).
+namespace's links (read back with `udp_frames`, e.g. for a plaintext check). `NamespaceThread`
+runs functions of this process inside a namespace (e.g. httpx calls to a node's API there).
 
 Namespace names carry the pid and a random tag, so runs (and labs) never collide; interface
 names live inside the namespaces. Needs root, iproute2 and nftables (bundle/install-nat.sh).
@@ -35,6 +38,7 @@ the namespaces are killed, and the namespaces (with their links and nft rules) d
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -43,13 +47,19 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-NatKind = Literal["eim", "symmetric"]
-_MASQUERADE: dict[NatKind, str] = {"eim": "masquerade", "symmetric": "masquerade random,fully-random"}
+NatKind = Literal["eim", "symmetric", "none"]
+_MASQUERADE: dict[NatKind, str] = {
+    "eim": "masquerade",
+    "symmetric": "masquerade random,fully-random",
+    "none": "",  # a plain router: no NAT, no filter
+}
+T = TypeVar("T")
 
 IP_A, PUBLIC_R1, PUBLIC_R2 = "203.0.113.10", "203.0.113.11", "203.0.113.12"  # TEST-NET-3
 LAN_B, GATEWAY_B, IP_B = "10.71.1.0/24", "10.71.1.1", "10.71.1.2"
@@ -61,6 +71,8 @@ def router_ruleset(kind: NatKind, lan: str) -> str:
     """The nft ruleset of a router whose inside link `in` holds `lan` and outside link is `out`."""
     if kind not in _MASQUERADE:
         raise ValueError(f"unknown NAT kind {kind!r}: pick one of {sorted(_MASQUERADE)}")
+    if kind == "none":
+        return "table ip natlab {\n    counter unsolicited { }\n}\n"  # forwards all; drops nothing
     return f"""
 table ip natlab {{
     counter unsolicited {{ }}
@@ -237,6 +249,13 @@ def _build(lab: Lab) -> None:
         _run([*_in_ns(router), "nft", "-f", "-"], stdin=router_ruleset(kind, lan))
     _ip(lab.b, "route", "add", "default", "via", GATEWAY_B)
     _ip(lab.c, "route", "add", "default", "via", GATEWAY_C)
+    for kind, lan, via, other_router in (
+        (lab.b_nat, LAN_B, PUBLIC_R1, lab.r2),
+        (lab.c_nat, LAN_C, PUBLIC_R2, lab.r1),
+    ):
+        if kind == "none":  # the LAN behind a plain router is routed to, from A and the other router
+            _ip(lab.a, "route", "add", lan, "via", via)
+            _ip(other_router, "route", "add", lan, "via", via)
 
 
 def _remove(lab: Lab) -> None:
@@ -255,6 +274,40 @@ def _remove(lab: Lab) -> None:
             subprocess.run(
                 ["ip", "netns", "del", ns], capture_output=True, timeout=max(1.0, deadline - time.monotonic())
             )
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _enter_namespace(ns: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(f"/run/netns/{ns}") as f:
+        if libc.setns(f.fileno(), _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {ns}: {os.strerror(err)}")
+
+
+class NamespaceThread:
+    """One thread of this process moved into namespace `ns`: what `call` runs there opens its
+    sockets in the namespace (a socket belongs to the namespace it was created in), so a test can
+    use httpx against a node's API inside the lab without starting a process per request.
+
+    setns(CLONE_NEWNET) moves only the calling thread; the rest of the process stays where it is.
+    Close it before the lab goes: a thread inside keeps the namespace alive.
+    """
+
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+        self._pool = ThreadPoolExecutor(
+            1, thread_name_prefix=f"in-{ns}", initializer=_enter_namespace, initargs=(ns,)
+        )
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` run on the thread inside the namespace; its result or exception."""
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,37 @@ async def test_a_relayed_link_is_authenticated_end_to_end_and_carries_streams(ma
     assert await asyncio.wait_for(c.messages.get(), 3) == (b.id, {"t": "over-the-relay"})
 
 
+async def test_a_relay_carries_only_ciphertext(
+    make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mesh_llm.transport import _relay
+
+    seen: list[bytes] = []
+    copy = _relay.copy_relayed
+
+    async def recording(reader: Any, writer: Any, budget: Any, count: Any) -> None:
+        class Tap:  # what the relay reads: everything it could ever learn of the stream
+            async def read(self, n: int) -> bytes:
+                chunk = await reader.read(n)
+                seen.append(chunk)
+                return chunk
+
+        await copy(Tap(), writer, budget, count)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_relay, "copy_relayed", recording)
+    a, b, c = await _relayed_pair(make_node)
+    c.transport.on_stream("echo", echo_handler)
+    link = await b.transport.dial_via(a.id, c.id)
+    marker = b"PLAINTEXT-MARKER-" + os.urandom(8).hex().encode()
+    reader, writer = await link.open_stream("echo")
+    writer.write(marker * 50)
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 10) == marker * 50
+    relayed = b"".join(seen)
+    assert len(relayed) > 50 * len(marker)  # the relay did carry the stream, both ways
+    assert marker not in relayed and b"echo" not in relayed
+
+
 async def test_a_relay_refuses_what_its_policy_refuses_and_unknown_targets(make_node: NodeFactory) -> None:
     a, b, c = await _relayed_pair(make_node)
     stranger = await make_node()
