@@ -33,13 +33,14 @@ from typing import Any
 
 from mesh_llm.errors import MalformedFrame, MeshError, TransportError
 from mesh_llm.mesh.gossip import NodeRecord
-from mesh_llm.mesh.nat._messages import NatMessage, encode, ip_address_text, parse
+from mesh_llm.mesh.nat._messages import MAX_ADDRESSES, NatMessage, encode, ip_address_text, parse
 from mesh_llm.mesh.nat._observed import NAT_NONE, NatView, Observations
 from mesh_llm.mesh.nat._probes import AddressProbes
 from mesh_llm.transport import MeshTransport, PeerLink
 
 log = logging.getLogger("mesh_llm.mesh.nat")
 
+_DIAL_LIMIT = 24  # addresses one punched dial tries: a coordinator's 6 and a record's (at most 16)
 PUNCH_PAYLOAD = b"punch"  # what a target's probes carry: not a nonce, so never answered
 
 
@@ -292,7 +293,9 @@ class Traversal:
                     refused.add(coordinator)
                 continue
             relays.append(coordinator)
-            targets = _unique(answer.addresses, addresses)
+            # What the coordinator sees first, then every address the target's record lists (a
+            # member on our own LAN answers at its LAN address, whatever NAT both sit behind).
+            targets = _unique(answer.addresses, addresses, limit=_DIAL_LIMIT)
             try:
                 link = await transport.dial(
                     list(targets), expected_node_id=node_id, timeout=self.timings.punch_timeout_s, punch=True
@@ -354,12 +357,14 @@ class Traversal:
             self._reaching.discard(node_id)
 
 
-def _unique(first: list[str | None] | tuple[str, ...], then: tuple[str, ...]) -> tuple[str, ...]:
-    """Valid literal addresses from both, in order, without repeats, at most 6."""
+def _unique(
+    first: list[str | None] | tuple[str, ...], then: tuple[str, ...], limit: int = MAX_ADDRESSES
+) -> tuple[str, ...]:
+    """Valid literal addresses from both, in order, without repeats, at most `limit`."""
     out: dict[str, None] = {}
     for address in (*first, *then):
         if address is None:
             continue
         with contextlib.suppress(MalformedFrame):
             out[ip_address_text(address, "address")] = None
-    return tuple(out)[:6]
+    return tuple(out)[:limit]
