@@ -5,10 +5,12 @@ there, which have no content yet, to the other host. Every request gets its answ
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -107,3 +109,43 @@ def test_a_slow_prefill_streams_keepalives_before_its_first_token(mesh: dict[str
     first_data = next(i for i, line in enumerate(lines) if line.startswith("data:"))
     assert lines.index(": keep-alive") < first_data  # keep-alives come before any of the answer
     assert lines[-1] == "data: [DONE]"
+
+
+def test_a_stream_whose_host_freezes_after_its_first_content_ends_with_an_explicit_error(
+    mesh: dict[str, NodeProcess],
+) -> None:
+    # Content already reached the client, so the request cannot move: it must end with the
+    # error event a dead host gives, not hang and not stop silently short.
+    a, b, c = mesh["a"], mesh["b"], mesh["c"]
+    body = {"model": MODEL, "prompt": "1, 2, 3,", "max_tokens": 3000, "min_tokens": 3000, "stream": True}
+    events: list[str] = []
+    frozen: NodeProcess | None = None
+    try:
+        with httpx.stream("POST", f"{c.api}/v1/completions", json=body, timeout=120) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                events.append(line[5:].strip())
+                if len(events) == 3:
+                    # Freeze whichever host is answering it (status reads its slots about
+                    # once a second: wait for one to show the request).
+                    deadline = time.monotonic() + 60
+                    while (frozen := next((n for n in (a, b) if busy_slots(n) > 0), None)) is None:
+                        assert time.monotonic() < deadline, "neither host shows the request"
+                        time.sleep(0.2)
+                    assert frozen.proc is not None
+                    os.kill(frozen.proc.pid, signal.SIGSTOP)
+    finally:
+        if frozen is not None and frozen.proc is not None:
+            os.kill(frozen.proc.pid, signal.SIGCONT)
+    assert frozen is not None and len(events) > 3
+    assert events[-1] == "[DONE]" and events.count("[DONE]") == 1
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "backend_failed", error
+
+
+def busy_slots(host: NodeProcess) -> int:
+    """Slots of `host`'s own model servers decoding now (requests from any node)."""
+    rows = [m for m in host.status()["models"] if m.get("local") and isinstance(m.get("slots"), dict)]
+    return sum(int(m["slots"].get("slots_busy", 0)) for m in rows)
