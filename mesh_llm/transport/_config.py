@@ -39,6 +39,8 @@ class TransportConfig:
     max_opening_bytes: int = 2 << 20
     stream_open_timeout: float = 5.0
     max_remote_streams: int = 1024
+    # Bytes all of a connection's streams together may hold unread; beyond, the fullest is reset.
+    max_connection_unread: int = 64 << 20
     liveness_probe_timeout: float = 1.0  # ping answer wait before treating an old link as dead
     suspect_silence: float = 3.0  # a peer leaving pings unanswered this long is suspect for routing
     close_timeout: float = 2.0  # how long close() waits for CONNECTION_CLOSE to go out
@@ -75,6 +77,8 @@ class TransportConfig:
             raise ConfigError(f"stream_window must be between {MIN_WINDOW} and {MAX_WINDOW} bytes")
         if self.max_frame < 1024:
             raise ConfigError("max_frame must be at least 1024 bytes")
+        if self.max_connection_unread < self.stream_window:
+            raise ConfigError("max_connection_unread must hold at least one stream_window")
         if self.max_opening_bytes < self.max_frame:
             raise ConfigError("max_opening_bytes must hold at least one max_frame")
         if self.quic_engine not in ENGINES:

@@ -42,6 +42,9 @@ class StreamTableHost(StreamHost, Protocol):
         """The event loop's clock."""
 
 
+_SUM_UNREAD_EVERY = 256 << 10  # bytes arrived between sums of the connection's unread bytes
+
+
 class StreamTable:
     """The open data streams of one connection, by QUIC stream id."""
 
@@ -58,6 +61,7 @@ class StreamTable:
         self._timer: asyncio.TimerHandle | None = None  # at the earliest open-frame deadline
         self._fed: dict[int, Stream] = {}  # streams fed during this burst, delivered after it
         self._highest_remote_stream = -1
+        self._arrived_unchecked = 0  # bytes arrived since the unread total was last summed
 
     def get(self, stream_id: int) -> Stream | None:
         return self._streams.get(stream_id)
@@ -139,6 +143,9 @@ class StreamTable:
             if data:
                 stream.reader.feed_data(data, deliver=False)
                 self._fed[stream_id] = stream
+                self._arrived_unchecked += len(data)
+                if self._arrived_unchecked >= _SUM_UNREAD_EVERY:
+                    self._bound_unread()
             if end_stream:
                 stream.reader.feed_eof()
         elif stream_id in self._opening or (
@@ -146,6 +153,22 @@ class StreamTable:
         ):
             self._on_opening_data(stream_id, data, end_stream)
         # else: late data for a stream we already finished with or reset; drop it.
+
+    def _bound_unread(self) -> None:
+        """Keep what the peer's streams hold unread within the connection's bound: each stream
+        may hold a window, but not every stream at once (a peer could open 1024 and fill them).
+        Beyond the bound, the fullest streams are reset; the link goes on."""
+        self._arrived_unchecked = 0
+        streams = [s for s in self._streams.values() if s.reader.unread]
+        total = sum(s.reader.unread for s in streams)
+        for stream in sorted(streams, key=lambda s: s.reader.unread, reverse=True):
+            if total <= self._config.max_connection_unread:
+                return
+            total -= stream.reader.unread
+            log.info(
+                "reset stream %r from %s: its connection holds too much unread", stream.kind, self._host.who()
+            )
+            stream.abort(StreamCode.FLOW_CONTROL, "the connection's unread bytes passed their bound")
 
     def on_reset(self, stream_id: int, error_code: int) -> None:
         self._drop_opening(stream_id)

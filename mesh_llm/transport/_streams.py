@@ -66,7 +66,7 @@ class Stream:
         if not self.reader.finished:
             self.conn.stop_stream(self.id, code)
         exc = TransportError(reason)
-        self.reader.fail(exc)
+        self.reader.fail(exc, discard=True)
         self.writer.fail(exc)
 
 
@@ -116,6 +116,11 @@ class MeshStreamReader:
         """Bytes handed to the application so far."""
         return self._credit.consumed
 
+    @property
+    def unread(self) -> int:
+        """Bytes that arrived and wait for the application."""
+        return len(self._buffer)
+
     def at_eof(self) -> bool:
         """True if the peer finished sending and everything has been read."""
         return self._eof and not self._buffer
@@ -162,14 +167,11 @@ class MeshStreamReader:
         return chunk
 
     def forward(self, sink: StreamSink) -> None:
-        """Push the stream into `sink` as it arrives, instead of waiting in `read()`.
-
-        A tunnel saves an event-loop turn (a task wake-up) per chunk this way. Bytes count as
-        read once handed over, so the peer's credit keeps flowing; `pause()` holds them here
-        (and so, one window later, stops the peer) until `resume()`. The sink runs inside the
-        connection's datagram processing: it must not block, and if it raises, the stream is
-        reset. Whatever arrived before this call is handed over at once.
-        """
+        """Push the stream into `sink` as it arrives, instead of waiting in `read()`: a tunnel saves
+        a task wake-up per chunk. Bytes count as read once handed over, so credit keeps flowing;
+        `pause()` holds them here (one window later, the peer stops) until `resume()`. The sink
+        runs inside the connection's datagram processing: it must not block; if it raises, the
+        stream is reset. Whatever arrived before this call is handed over at once."""
         if self._sink is not None or self._waiter is not None:
             raise RuntimeError("a mesh stream has one consumer")
         self._sink = sink
@@ -245,9 +247,10 @@ class MeshStreamReader:
         self._stream.maybe_forget()
         self.deliver()
 
-    def fail(self, exc: TransportError) -> None:
-        """The stream broke: pending and later reads raise `exc`."""
-        if self.finished:
+    def fail(self, exc: TransportError, *, discard: bool = False) -> None:
+        """The stream broke: pending and later reads raise `exc`. A finished stream keeps what
+        it holds unless `discard` (it was aborted here: nobody will read the rest)."""
+        if self._error is not None or (self._eof and not discard):
             return
         self._error = exc
         self._buffer.clear()
@@ -351,13 +354,8 @@ class MeshStreamWriter:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """'stream_id', 'kind', 'peer_id' or 'peername' (the peer's address)."""
-        conn = self._stream.conn
-        info = {
-            "stream_id": self._stream.id,
-            "kind": self._stream.kind,
-            "peer_id": conn.peer_id,
-            "peername": conn.remote_address,
-        }
+        s, conn = self._stream, self._stream.conn
+        info = {"stream_id": s.id, "kind": s.kind, "peer_id": conn.peer_id, "peername": conn.remote_address}
         return info.get(name, default)
 
     def grant_credit(self, limit: int) -> None:
