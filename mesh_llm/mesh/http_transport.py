@@ -224,3 +224,36 @@ class MeshHttpTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._pool.aclose()
+
+
+class HttpTransports:
+    """The node's transports to remote model servers: one per (node, model), on its current link.
+
+    When a better path replaces a link (a relayed one upgraded to direct), the old link retires
+    while its streams finish; its transport is kept until then, so requests in flight on it end
+    normally, and handed back for closing once that link has closed.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self._kind = kind
+        self._live: dict[tuple[str, str], MeshHttpTransport] = {}  # (node id, model) -> transport
+        self._retiring: list[MeshHttpTransport] = []
+
+    def get(self, link: PeerLink, model: str) -> tuple[MeshHttpTransport, list[MeshHttpTransport]]:
+        """The transport to `model` over `link`, and the retired ones that are now safe to close."""
+        key = (link.node_id, model)
+        http = self._live.get(key)
+        if http is None or http.link is not link:  # first use, or a new link to the peer
+            if http is not None:
+                self._retiring.append(http)
+            http = self._live[key] = MeshHttpTransport(link, self._kind, {"model": model})
+        done = [h for h in self._retiring if not h.link.is_open]
+        self._retiring = [h for h in self._retiring if h.link.is_open]
+        return http, done
+
+    def drop(self, node_id: str | None = None) -> list[MeshHttpTransport]:
+        """The transports to `node_id` (None: all), to close now: it left, restarted or was lost."""
+        out = [self._live.pop(k) for k in [k for k in self._live if node_id in (None, k[0])]]
+        out += [h for h in self._retiring if node_id in (None, h.link.node_id)]
+        self._retiring = [h for h in self._retiring if node_id not in (None, h.link.node_id)]
+        return out

@@ -33,7 +33,7 @@ from mesh_llm.mesh.gossip import (
     PeerRestarted,
     PeerView,
 )
-from mesh_llm.mesh.http_transport import MeshHttpTransport
+from mesh_llm.mesh.http_transport import HttpTransports, MeshHttpTransport
 from mesh_llm.mesh.nat import MESSAGE_KINDS, NatTimings, NatView, Traversal, local_addresses
 from mesh_llm.mesh.state_dir import last_port, save_port
 from mesh_llm.mesh.tunnel import TunnelCounters, serve_tcp_streams
@@ -108,7 +108,7 @@ class MeshService:
         self.rpc_counters: TunnelCounters | None = None
         self._on_change = on_change
         self._rejects = RateLimitedLog(log)  # a flood of bad messages: one line per window
-        self._http: dict[tuple[str, str], MeshHttpTransport] = {}  # (node id, model) -> transport
+        self._http = HttpTransports(HTTP_STREAM)
         self._lost: dict[str, tuple[tuple[str, ...], float]] = {}  # node id -> (addresses, when lost)
         self._dialing: set[str] = set()
         self._learned = LearnedDials(self._timing.learned_dials)  # gossip's addresses, rate-limited
@@ -171,9 +171,8 @@ class MeshService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.nat.close()
-        for http in list(self._http.values()):
+        for http in self._http.drop():
             await http.aclose()
-        self._http.clear()
         await self.transport.close()
 
     @property
@@ -203,15 +202,12 @@ class MeshService:
 
     async def http_transport(self, node_id: str, model: str) -> MeshHttpTransport:
         """The httpx transport that reaches `model`'s server on `node_id` over mesh streams."""
-        key = (node_id, model)
-        http = self._http.get(key)
         link = self.transport.link(node_id)
         if link is None or not link.is_open:
             raise TransportError(f"no open link to {node_id[:8]}")
-        if http is None or http.link is not link:  # first use, or the peer was redialled
-            if http is not None:
-                self._spawn(http.aclose(), "http-close")
-            http = self._http[key] = MeshHttpTransport(link, HTTP_STREAM, {"model": model})
+        http, retired = self._http.get(link, model)
+        for old in retired:
+            self._spawn(old.aclose(), "http-close")
         return http
 
     # ---- transport events --------------------------------------------------------------
@@ -291,10 +287,8 @@ class MeshService:
             self._on_change()
 
     async def _close_http(self, node_id: str) -> None:
-        for key in [k for k in self._http if k[0] == node_id]:
-            http = self._http.pop(key, None)
-            if http is not None:
-                await http.aclose()
+        for http in self._http.drop(node_id):
+            await http.aclose()
 
     def _resolve_rpc(self, peer_id: str, header: dict[str, Any]) -> int | None:
         # Only the node that planned the split may reach our RPC worker, and only for that plan.
@@ -320,15 +314,15 @@ class MeshService:
 
     async def _dial(self, node_id: str, addresses: tuple[str, ...]) -> None:
         try:  # directly, else punched or relayed through members (see mesh/nat)
-            if not await self.nat.reach(node_id, addresses):
-                # Learned peers are dialled once, and a punch or relay can fail for a while: retry.
-                log.debug("could not reach %s; retrying it with the lost peers", node_id[:8])
-                self._lost.setdefault(node_id, (addresses, self._now()))
+            if not await self.nat.reach(node_id, addresses) and node_id in self.engine.peers():
+                # A punch or relay can fail for a while: it waits its turn in the dial budget again.
+                log.debug("could not reach %s; it will be dialled again", node_id[:8])
+                self._learned.offer(node_id, addresses)
         finally:
             self._dialing.discard(node_id)
 
     def _nat_view(self, view: NatView) -> None:
-        self.advertise(observed=view.observed, nat=view.nat)
+        self.advertise(observed=view.advertised, nat=view.nat)
 
     async def _dial_inviter(self, node_id: str, addresses: tuple[str, ...]) -> None:
         """Dial an invite token's node, telling the user what happens: a node that cannot reach

@@ -45,8 +45,9 @@ class TransportConfig:
     suspect_silence: float = 3.0  # a peer leaving pings unanswered this long is suspect for routing
     close_timeout: float = 2.0  # how long close() waits for CONNECTION_CLOSE to go out
     rtt_smoothing: float = 0.125  # EWMA weight of a new RTT sample (RFC 6298's alpha)
-    # A relayed link replaced by a direct one keeps its open streams this long at most.
-    retire_grace: float = 600.0
+    # A relayed link replaced by a direct one keeps its open streams this long at most (None:
+    # until they end; a split's RPC streams last as long as the split).
+    retire_grace: float | None = None
     relay_bytes_per_s: int = 0  # everything this node relays for others together; 0: no cap
 
     def __post_init__(self) -> None:

@@ -259,7 +259,7 @@ class Connection(QuicAdapter):
         """This connection's clock (the event loop's), which RTT samples are timed on."""
         return self._loop.time()
 
-    def retire(self, grace: float) -> None:
+    def retire(self, grace: float | None) -> None:
         """A better path replaced this link: let its open streams finish, then close (see _retire.py)."""
         if self._retiring is None:
             self._retiring = Retirement(

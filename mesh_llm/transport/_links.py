@@ -111,7 +111,11 @@ class LinkTable:
         """
         existing = self.links.get(node_id)
         if existing is not None and existing.is_open and existing.relayed != relayed:
-            return existing.relayed
+            if relayed:
+                return False
+            # It replaces a relayed link, unless both ends dialed past the relay at once: then
+            # the race below settles which connection both keep.
+            existing = None
         if existing is None:
             claim = self.claims.get(node_id)
             if claim is None or node_id < self._own_id:
@@ -124,7 +128,7 @@ class LinkTable:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(claim.future), self._probe_timeout)
             existing = self.links.get(node_id)
-            if existing is None:
+            if existing is None or (existing.relayed and not relayed):
                 return True
         if not existing.initiated_locally or node_id < self._own_id:
             return True

@@ -101,6 +101,7 @@ class Relaying:
 
     async def _carry(self, reader: MeshStreamReader, conn: Connection) -> None:
         why = await feed_connection(reader, FrameReader(), conn, RELAY_ADDRESS)
+        conn.error_received(PeerUnreachable(why))  # a dial still shaking hands fails now
         conn.close_with(CloseCode.GOODBYE, why)
 
     # --- as the relay -----------------------------------------------------------------------
@@ -130,6 +131,9 @@ class Relaying:
     def _refusal(self, peer_id: str, target: object) -> str | None:
         if not isinstance(target, str) or not is_node_id(target):
             return "the request names no node"
+        asker = self._owner.link(peer_id)
+        if asker is None or not asker.is_open or asker.relayed:
+            return "the asker is itself reached through a relay"  # relays never chain
         if target in (peer_id, self._owner.node_id):
             return "a relay to itself"
         link = self._owner.link(target)

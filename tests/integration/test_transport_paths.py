@@ -139,6 +139,18 @@ async def test_a_relay_refuses_what_its_policy_refuses_and_unknown_targets(make_
     assert c.transport.link(b.id) is None
 
 
+async def test_relays_never_chain_a_member_reached_through_a_relay_cannot_ask_for_one(
+    make_node: NodeFactory,
+) -> None:
+    a, b, c = await _relayed_pair(make_node)
+    relayed = await b.transport.dial_via(a.id, c.id)
+    # B asks C, which it reaches only through A, to carry its packets back to A.
+    reader, _ = relayed.open_internal_stream("_relay", {"to": a.id})
+    with pytest.raises(TransportError):
+        await asyncio.wait_for(reader.read(), 5)
+    assert c.transport.relays.relayed_bytes == 0
+
+
 async def test_a_direct_link_replaces_a_relayed_one_and_its_open_streams_finish(
     make_node: NodeFactory,
 ) -> None:

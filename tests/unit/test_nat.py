@@ -785,3 +785,33 @@ def test_any_json_in_observed_or_nat_reads_as_text_or_is_malformed(key: str, val
         return
     assert isinstance(record.nat, str) and all(isinstance(a, str) for a in record.observed)
     assert isinstance(record.signed, MappingProxyType)
+
+
+def test_the_record_carries_only_addresses_that_several_peers_agree_on() -> None:
+    from mesh_llm.mesh.nat._observed import classify
+
+    one = classify(("10.0.0.2:7000",), {"p1": "203.0.113.9:7000"})
+    assert one.observed == ("203.0.113.9:7000",) and one.advertised == ()  # one member's word
+    two = classify(
+        ("10.0.0.2:7000",), {"p1": "203.0.113.9:7000", "p2": "203.0.113.9:7000", "p3": "198.51.100.1:1"}
+    )
+    assert two.advertised == ("203.0.113.9:7000",)
+
+
+def test_a_retired_http_transport_stays_until_its_link_closes() -> None:
+    from mesh_llm.mesh.http_transport import HttpTransports
+
+    class Link:
+        def __init__(self) -> None:
+            self.node_id, self.is_open, self.short_id = "n" * 64, True, "nnnnnnnn"
+
+    transports = HttpTransports("http")
+    relayed, direct = Link(), Link()
+    first, done = transports.get(relayed, "M")  # type: ignore[arg-type]
+    assert done == []
+    second, done = transports.get(direct, "M")  # type: ignore[arg-type]
+    assert second is not first and done == []  # the relayed link still carries requests
+    assert transports.get(direct, "M")[0] is second  # type: ignore[arg-type]
+    relayed.is_open = False
+    assert transports.get(direct, "M") == (second, [first])  # type: ignore[arg-type]
+    assert transports.drop("n" * 64) == [second] and transports.drop() == []

@@ -37,6 +37,12 @@ class NatView:
         """Addresses peers see that are not our own, most agreed first (at most MAX_OBSERVED)."""
         return tuple(a for a, kind in self.addresses if kind != "local")[:MAX_OBSERVED]
 
+    @property
+    def advertised(self) -> tuple[str, ...]:
+        """What the node's signed record carries: only addresses two or more peers agree on, so
+        one member cannot put an address of its choosing into another node's record."""
+        return tuple(a for a, kind in self.addresses if kind == "advertised")[:MAX_OBSERVED]
+
     def to_dict(self) -> dict[str, object]:
         return {"type": self.nat, "addresses": [{"address": a, "kind": k} for a, k in self.addresses]}
 

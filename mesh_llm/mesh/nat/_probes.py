@@ -22,6 +22,8 @@ from mesh_llm.transport import MeshTransport, PeerLink
 
 _NONCE_BYTES = 16
 _ANNOUNCED_PER_PEER = 4  # a peer's nonces waiting for their probe
+_EARLY_KEPT = 256  # probes that came before their announcement
+_EARLY_TTL_S = 5.0
 
 
 def expire(table: dict[str, Any], ttl: float, limit: int = 1024) -> None:
@@ -79,10 +81,11 @@ class AddressProbes:
 
     def announced(self, peer: str, nonce: str) -> None:
         """`peer` will probe us with `nonce` (an addr_probe message)."""
+        expire(self._expect, 10.0)
         if sum(1 for p, _ in self._expect.values() if p == peer) >= _ANNOUNCED_PER_PEER:
             return
         early = self._early.pop(nonce, None)
-        if early is not None:
+        if early is not None and time.monotonic() - early[1] <= _EARLY_TTL_S:
             self._answer(peer, nonce, early[0])
         else:
             self._expect[nonce] = (peer, time.monotonic())
@@ -101,9 +104,10 @@ class AddressProbes:
             return  # a target's punch probe: it only opens a NAT
         nonce = payload.hex()
         expected = self._expect.pop(nonce, None)
-        if expected is None:
+        if expected is None:  # anyone can send these: keep the newest 256, aged when looked up
             self._early[nonce] = (address, time.monotonic())
-            expire(self._early, 5.0, limit=256)
+            if len(self._early) > _EARLY_KEPT:
+                del self._early[next(iter(self._early))]
             return
         self._answer(expected[0], nonce, address)
 

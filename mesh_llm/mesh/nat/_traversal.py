@@ -34,7 +34,7 @@ from typing import Any
 from mesh_llm.errors import MalformedFrame, MeshError, TransportError
 from mesh_llm.mesh.gossip import NodeRecord
 from mesh_llm.mesh.nat._messages import MAX_ADDRESSES, NatMessage, encode, ip_address_text, parse
-from mesh_llm.mesh.nat._observed import NAT_NONE, NatView, Observations
+from mesh_llm.mesh.nat._observed import NAT_EIM, NAT_NONE, NAT_SYMMETRIC, NAT_UNKNOWN, NatView, Observations
 from mesh_llm.mesh.nat._probes import AddressProbes
 from mesh_llm.transport import MeshTransport, PeerLink
 
@@ -228,6 +228,7 @@ class Traversal:
         now = self._now()
         if not (self._rate.allow(f"punch:{coordinator}", now) and self._rate.allow(f"for:{punch.peer}", now)):
             return
+        self._expecting = {p: until for p, until in self._expecting.items() if until > now}
         self._expecting[punch.peer] = now + self.timings.punch_timeout_s + 1.0
         self._spawn(self._send_punch(punch.peer, punch.addresses), f"open-{punch.peer[:8]}")
 
@@ -257,7 +258,8 @@ class Traversal:
     async def _reach(self, node_id: str, addresses: tuple[str, ...]) -> bool:
         transport = self._transport()
         record = self._records(node_id)
-        behind_nat = record is not None and bool(record.observed)  # peers see it at another address
+        # Peers see it at another address than its own (one report, or several agreeing).
+        behind_nat = record is not None and record.nat in (NAT_EIM, NAT_SYMMETRIC, NAT_UNKNOWN)
         if not behind_nat:
             try:
                 await transport.dial(
@@ -284,13 +286,10 @@ class Traversal:
         that have a direct link to `node_id` (the relays to try)."""
         transport = self._transport()
         relays: list[str] = []
-        refused: set[str] = set()  # said it has no direct link to node_id: it cannot relay either
         own = _unique(self.view.observed, tuple(a for a, kind in self.view.addresses if kind == "local"))
         for coordinator in self._coordinators(node_id)[: self.timings.coordinators]:
             answer = await self._ask(coordinator, node_id, own)
             if answer is None or answer.kind != "punch_go":
-                if answer is not None:
-                    refused.add(coordinator)
                 continue
             relays.append(coordinator)
             # What the coordinator sees first, then every address the target's record lists (a
@@ -305,7 +304,7 @@ class Traversal:
                 break  # the next coordinator sees the same NATs: relay instead
             if not link.relayed:
                 return None
-        return relays + [c for c in self._coordinators(node_id) if c not in relays and c not in refused]
+        return relays  # only a member with a direct link to node_id can relay to it
 
     def _coordinators(self, node_id: str) -> list[str]:
         """Members we hold a direct link to, those with a public address first."""
