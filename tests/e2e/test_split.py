@@ -305,8 +305,13 @@ def test_a_split_host_restores_an_evicted_prompt_with_its_workers_layers(tmp_pat
         warm, again, warm_s = ask(prompts[0])
         assert again["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1
         assert warm == cold  # the worker's layers came back too: its cells held the other prompt
-        cache = split_row(a)["slots"]["prefix_cache"]
-        assert cache["hits"] >= 1 and cache["ram_bytes"] > 0
+
+        # Status reads the engine's figures every half second: wait for the hit to show there.
+        def counted(s: dict) -> bool:  # type: ignore[type-arg]
+            cache = (split_row_of(s).get("slots") or {}).get("prefix_cache") or {}
+            return bool(cache.get("hits", 0) >= 1 and cache.get("ram_bytes", 0) > 0)
+
+        cache = split_row_of(a.wait_for(counted, 30, "the hit in the host's status"))["slots"]["prefix_cache"]
         print(
             f"split host: {usage['prompt_tokens']} tokens cold {cold_s:.2f} s, restored {warm_s:.2f} s "
             f"(restore {cache['restore_seconds_last'] * 1000:.0f} ms, save "
