@@ -15,16 +15,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mesh_llm.serving.engine._text import common_prefix
 from mesh_llm.serving.prefix_digest import prefix_digest
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens ``a`` and ``b`` share."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def entry_key(tokens: Sequence[int]) -> str:
