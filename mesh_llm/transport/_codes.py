@@ -15,6 +15,7 @@ class CloseCode(enum.IntEnum):
     DUPLICATE = 0x4D04
     PROTOCOL_ERROR = 0x4D05
     SHUTDOWN = 0x4D06
+    STALLED = 0x4D07  # the peer left our control messages unread beyond the bound
 
 
 class StreamCode(enum.IntEnum):

@@ -21,6 +21,8 @@ and has a test in tests/unit/test_quic_compat.py that fails if the library chang
   `GoodbyeNotAlarming` drops that line for our normal close codes (goodbye, shutdown, a
   duplicate connection); the transport says those at INFO in its own words ("lost <peer>: peer
   closed the connection (shutdown)").
+- aioquic has no public count of a stream's unsent bytes (`_streams[id].sender._buffer`); qh3 has
+  one (`get_send_buffer_size`).
 """
 
 from __future__ import annotations
@@ -120,6 +122,10 @@ class QuicEngine:
 
     def acknowledge_now(self, quic: Any, now: float) -> None:
         """Let the packets about to carry stream data also carry the pending ACK, if any."""
+
+    def send_backlog(self, quic: Any, stream_id: int) -> int:
+        """Bytes of `stream_id` that the peer has not taken yet (not sent, or not acknowledged)."""
+        return int(quic.get_send_buffer_size(stream_id))
 
 
 NORMAL_CLOSES = frozenset({CloseCode.GOODBYE, CloseCode.SHUTDOWN, CloseCode.DUPLICATE})
@@ -230,6 +236,13 @@ class AioquicEngine(QuicEngine):
         space = spaces.get(self._one_rtt) if isinstance(spaces, dict) else None
         if space is not None and isinstance(getattr(space, "ack_at", None), float) and space.ack_at > now:
             space.ack_at = now
+
+    def send_backlog(self, quic: Any, stream_id: int) -> int:
+        # aioquic's sender keeps each byte from its write until the peer acknowledges it.
+        streams = getattr(quic, "_streams", None)
+        stream = streams.get(stream_id) if isinstance(streams, dict) else None
+        buffer = getattr(getattr(stream, "sender", None), "_buffer", None)
+        return len(buffer) if isinstance(buffer, bytearray) else 0
 
 
 _ENGINE_CLASSES: dict[str, type[QuicEngine]] = {"qh3": Qh3Engine, "aioquic": AioquicEngine}

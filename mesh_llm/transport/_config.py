@@ -41,6 +41,9 @@ class TransportConfig:
     max_remote_streams: int = 1024
     # Bytes all of a connection's streams together may hold unread; beyond, the fullest is reset.
     max_connection_unread: int = 64 << 20
+    # Control messages a peer may leave untaken (flow control withheld, or frozen) before the
+    # link is closed: gossip would otherwise queue without bound.
+    max_control_backlog: int = 16 << 20
     liveness_probe_timeout: float = 1.0  # ping answer wait before treating an old link as dead
     suspect_silence: float = 3.0  # a peer leaving pings unanswered this long is suspect for routing
     close_timeout: float = 2.0  # how long close() waits for CONNECTION_CLOSE to go out
@@ -80,6 +83,8 @@ class TransportConfig:
             raise ConfigError("max_frame must be at least 1024 bytes")
         if self.max_connection_unread < self.stream_window:
             raise ConfigError("max_connection_unread must hold at least one stream_window")
+        if self.max_control_backlog < 4 * self.max_frame:
+            raise ConfigError("max_control_backlog must hold at least four max_frame")
         if self.max_opening_bytes < self.max_frame:
             raise ConfigError("max_opening_bytes must hold at least one max_frame")
         if self.quic_engine not in ENGINES:

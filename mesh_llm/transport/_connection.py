@@ -1,12 +1,11 @@
 """One QUIC connection as the mesh sees it, over the asyncio adapter of _adapter.py.
 
 On top of the adapter: the authentication inbox, the control stream, typed data streams (see
-_demux.py) and their credit, and a keepalive that samples the RTT.
-
-A connection becomes a `PeerLink` only after mutual authentication on its control stream (the
-dialer's first bidirectional stream, id 0); before that, nothing else is accepted from the peer.
-Its state (see _state.py) changes only through `_set_state`, which logs every transition.
-QUIC's idle timeout closes a connection whose peer stopped answering (see _liveness.py).
+_demux.py) and their credit, and a keepalive that samples the RTT. It becomes a `PeerLink` only
+after mutual authentication on its control stream (the dialer's first bidirectional stream, id
+0); before that, nothing else is accepted from the peer. Its state (see _state.py) changes only
+through `_set_state`, which logs every transition. QUIC's idle timeout closes a connection whose
+peer stopped answering (see _liveness.py); `send_control` one whose peer stopped taking messages.
 """
 
 from __future__ import annotations
@@ -181,9 +180,11 @@ class Connection(QuicAdapter):
     # --- sending ----------------------------------------------------------------------------
 
     def send_control(self, msg: Mapping[str, Any]) -> None:
-        if self.state is State.CLOSED:
-            raise TransportError(f"connection to {self._who()} is closed")
+        """Queue one control message; a peer that leaves too many untaken loses the link."""
         self.send_stream_data(self._control_id, encode_frame(msg, max_frame=self._config.max_frame))
+        backlog = self._engine.send_backlog(self._quic, self._control_id)
+        if backlog > self._config.max_control_backlog:
+            self.close_with(CloseCode.STALLED, f"peer left {backlog} bytes of control messages untaken")
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         if self.state is State.CLOSED:

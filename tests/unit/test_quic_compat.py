@@ -130,3 +130,18 @@ def test_qh3_warns_of_a_peer_close_only_when_it_is_not_a_normal_one(
     assert server._close_event.error_code == code  # private: what the server took from the close
     warned = [r for r in caplog.records if r.name == QH3_LOGGER and "peer close" in r.getMessage()]
     assert len(warned) == (0 if code in NORMAL_CLOSES else 1)
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_a_streams_untaken_bytes_are_counted_until_the_peer_has_them(name: str) -> None:
+    # aioquic's count is private (its sender's buffer); qh3's is public.
+    engine = load_engine(name)
+    client, server, _, _ = _handshake(engine, engine)
+    stream_id = client.get_next_available_stream_id()
+    client.send_stream_data(stream_id, b"x" * 1000)
+    assert engine.send_backlog(client, stream_id) == 1000
+    for data, _ in _poll(engine, client, 10.0):
+        server.receive_datagram(data, A, now=10.0)
+    for data, _ in _poll(engine, server, 10.1):
+        client.receive_datagram(data, B, now=10.1)
+    assert engine.send_backlog(client, stream_id) == 0
