@@ -237,8 +237,7 @@ class Connection(QuicAdapter):
         if self._retiring is not None:
             self._retiring.streams_left(len(self._streams))
 
-    # StreamTableHost: what the stream table asks of its connection.
-    def who(self) -> str:
+    def who(self) -> str:  # StreamTableHost: what the stream table asks of its connection
         return self._who()
 
     def next_stream_id(self) -> int:
