@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,26 @@ def test_the_cache_budget_reaches_the_model_server_and_comes_out_of_the_offered_
     whole = capacity_from_devices([], None, ram_total=64 << 30, ram_available=32 << 30)
     less = capacity_from_devices([], None, ram_total=64 << 30, ram_available=32 << 30, reserved_ram=3 << 30)
     assert whole.offered_bytes - less.offered_bytes == 3 << 30
+
+
+def test_a_state_on_disk_is_fetched_into_ram_by_the_reader_thread(tmp_path: Path) -> None:
+    path = _saved(tmp_path, list(range(100)), b"state" * 100)
+    store = _store(tmp_path)
+    entry, _ = store.best(list(range(100)))
+    assert entry is not None
+    called: list[str] = []
+    done = threading.Event()
+
+    def ready() -> None:
+        called.append(threading.current_thread().name)
+        if len(called) == 2:
+            done.set()
+
+    assert not store.fetch(entry, ready)  # on disk only: read elsewhere, the caller not held up
+    assert not store.fetch(entry, ready)  # a second asker waits for the same read
+    assert done.wait(10)
+    store.close()
+    assert called == ["kv-reader", "kv-reader"]
+    path.unlink()  # from now on only RAM can answer
+    assert store.fetch(entry, ready)
+    assert store.load(entry) == bytearray(b"state" * 100)

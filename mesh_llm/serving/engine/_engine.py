@@ -21,6 +21,7 @@ next turn of the same conversation prefills only its new tokens.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import random
 import threading
@@ -155,7 +156,7 @@ class Engine:
         try:
             while True:
                 with self._cond:
-                    while not self._stopping and not self._queue and not any(s.job for s in self._slots):
+                    while not self._stopping and not self._has_work():
                         if self._unsaved:
                             break
                         self._cond.wait()
@@ -199,15 +200,31 @@ class Engine:
             if s.job is not None and s.job.cancelled:
                 self._finish(s, FinishReason.CANCELLED)
 
+    def _has_work(self) -> bool:
+        """A running job, or a queued one not waiting for its saved prefix to be read."""
+        return any(s.job for s in self._slots) or any(j.disk != "reading" or j.cancelled for j in self._queue)
+
     def _admit(self) -> None:
-        while self._queue:
+        for job in [j for j in self._queue if j.disk != "reading"]:
             free = [s for s in self._slots if s.job is None]
             if not free:
                 return
-            job = self._queue.popleft()
+            if self._cache is not None and job.disk == "unasked":
+                # A saved prefix only on disk is read into RAM first, off this thread; the job
+                # waits for it in the queue while the others run.
+                job.disk = "asked"
+                if not self._cache.fetch(job.prompt, functools.partial(self._read_done, job)):
+                    job.disk = "reading"
+                    continue
+            self._queue.remove(job)
             # Longest shared prefix first; among equals the least recently used slot.
             slot = max(free, key=lambda s: (common_prefix(s.cached, job.prompt), -s.last_used))
             self._assign(slot, job)
+
+    def _read_done(self, job: Job) -> None:
+        with self._cond:
+            job.disk = "asked"
+            self._cond.notify_all()
 
     def _assign(self, slot: Slot, job: Job) -> None:
         reuse = common_prefix(slot.cached, job.prompt)

@@ -111,6 +111,7 @@ class Job:
     generated: int = 0
     text: TextStream | None = None
     queued_at: float = field(default_factory=time.monotonic)
+    disk: str = "unasked"  # its saved prefix on disk: "unasked", "reading" (it waits), "asked"
 
     def cancel(self) -> None:
         """Ask the engine to drop this job; it frees its slot within one decode step."""

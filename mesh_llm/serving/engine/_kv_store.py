@@ -6,7 +6,8 @@ model server starts warm. A file names what it was saved under (`compat`: the mo
 identity, the llama.cpp build, the context length per sequence and the KV cache types) and
 carries a checksum; a file that does not match, is truncated or is corrupt is skipped, removed
 and logged. Files are written to a temporary name and renamed, so a process killed mid-write
-leaves nothing that would be read as an entry.
+leaves nothing that would be read as an entry. Files are read on a thread of their own too, so
+that a restore from disk never holds up the engine's other slots (see `fetch`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import queue
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,11 +88,14 @@ class KvStore:
         self._lock = threading.Lock()
         self._writes: queue.Queue[tuple[Entry, bytearray] | None] = queue.Queue(_WRITE_BACKLOG)
         self._writer: threading.Thread | None = None
+        self._reads: queue.Queue[Entry | None] = queue.Queue()
+        self._reading: dict[str, list[Callable[[], None]]] = {}  # key -> who waits for it
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._scan()
             self._writer = threading.Thread(target=self._write_loop, name="kv-writer", daemon=True)
             self._writer.start()
+            threading.Thread(target=self._read_loop, name="kv-reader", daemon=True).start()
 
     # ---- lookups and stores (the engine thread) --------------------------------------------
 
@@ -119,6 +123,20 @@ class KvStore:
         if data is not None:
             self.put(entry.tokens, data, write=False)
         return data
+
+    def fetch(self, entry: Entry, ready: Callable[[], None]) -> bool:
+        """True if ``entry``'s state is in RAM; else its file is read into RAM on the reader
+        thread (not the caller's: a big state takes a while to read and check), ``ready`` is
+        called when that is done or failed, and False is returned."""
+        with self._lock:
+            if entry.key in self._data or entry.key not in self.disk or self.folder is None:
+                return True
+            waiting = self._reading.setdefault(entry.key, [])
+            waiting.append(ready)
+            if len(waiting) > 1:
+                return False
+        self._reads.put(entry)
+        return False
 
     def put(self, tokens: Sequence[int], data: bytearray, *, write: bool = True) -> None:
         """Keep a state in RAM (dropping what it replaces or outlasts) and queue it for the disk."""
@@ -164,7 +182,8 @@ class KvStore:
             }
 
     def close(self, timeout: float = 10.0) -> None:
-        """Finish the writes queued so far."""
+        """Finish the writes queued so far (and stop the reader)."""
+        self._reads.put(None)
         if self._writer is not None:
             self._writes.put(None)
             self._writer.join(timeout)
@@ -244,6 +263,20 @@ class KvStore:
         with self._lock:
             self.disk.remove(entry.key)
         return None
+
+    def _read_loop(self) -> None:
+        while (entry := self._reads.get()) is not None:
+            try:
+                data = self._read(entry)
+                if data is not None:
+                    self.put(entry.tokens, data, write=False)
+            except OSError as exc:
+                log.warning("prefix cache: could not read %s: %s", entry.key, exc)
+            finally:
+                with self._lock:
+                    waiting = self._reading.pop(entry.key, [])
+                for ready in waiting:
+                    ready()
 
     def _write_loop(self) -> None:
         while (item := self._writes.get()) is not None:

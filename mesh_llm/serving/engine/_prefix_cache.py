@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,14 @@ class PrefixCache:
         self.store.figures.save_s_total += elapsed
         self.store.figures.save_s_last = elapsed
         self.store.put(list(tokens), data)
+
+    def fetch(self, prompt: list[int], ready: Callable[[], None]) -> bool:
+        """True if the saved state `prepare` would restore for ``prompt`` is in RAM (or there is
+        none); else its file is being read off the engine thread and ``ready`` is called after."""
+        entry, shared = self.store.best(prompt)
+        if entry is None or min(shared, len(prompt) - 1) < MIN_SAVE_TOKENS:
+            return True
+        return self.store.fetch(entry, ready)
 
     def prepare(self, slot: Slot, prompt: list[int], reuse: int) -> tuple[int, bool]:
         """Before ``slot`` takes ``prompt`` (sharing ``reuse`` tokens with it): save what the slot
