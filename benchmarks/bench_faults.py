@@ -4,14 +4,18 @@ streamed, half not, K at a time) through the client, in three runs side by side:
 same point (held until the run ends). A fresh mesh for each run.
 
 Every request is sorted into one of:
-- ok: its answer equals the no-fault answer to the same prompt (greedy, so hosts agree);
+- ok: a complete answer (a finish reason, and `[DONE]` for a stream) equal to the no-fault run's
+  first answer to the same prompt;
+- differs: a complete answer that is not: greedy decoding on CPU depends on how requests were
+  batched together (llama.cpp's sums run in another order), so this happens without faults too;
 - error: an explicit failure the client can see (an HTTP error status, or a stream's error event);
-- wrong: a 200 whose answer differs, or a stream that ends without `[DONE]` or an error event;
+- wrong: an answer without a finish reason, or a stream that ends without `[DONE]` or an error;
 - hung: no answer within the client's timeout.
-Latency (request sent -> answer complete) is given for the ok ones: median and p99, and p99 as a
-ratio to the no-fault run's.
+Latency (request sent -> answer complete) is given for the complete answers: median and p99, and
+p99 as a ratio to the no-fault run's, and the three slowest requests with when they were sent.
 
     .venv/bin/python -m benchmarks.bench_faults [--requests 200] [--concurrency 4] [--tokens 16]
+        [--keep DIR]
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class Outcome:
     kind: str  # "answer", "error", "truncated" or "hung"
     text: str
     seconds: float
+    started: float = 0.0  # perf_counter at the request's start
 
 
 def ask(api: str, i: int, tokens: int) -> Outcome:
@@ -57,15 +62,19 @@ def ask(api: str, i: int, tokens: int) -> Outcome:
     started = time.perf_counter()
 
     def outcome(kind: str, text: str = "") -> Outcome:
-        return Outcome(prompt, streamed, kind, text, time.perf_counter() - started)
+        return Outcome(prompt, streamed, kind, text, time.perf_counter() - started, started)
 
     try:
         if not streamed:
             r = httpx.post(f"{api}/v1/chat/completions", json=body, timeout=CLIENT_TIMEOUT)
             if r.status_code != 200:
                 return outcome("error", r.text[:200])
-            return outcome("answer", r.json()["choices"][0]["message"]["content"] or "")
+            choice = r.json()["choices"][0]
+            if choice.get("finish_reason") not in ("stop", "length"):
+                return outcome("truncated", choice["message"]["content"] or "")
+            return outcome("answer", choice["message"]["content"] or "")
         parts: list[str] = []
+        finished = False
         with httpx.stream("POST", f"{api}/v1/chat/completions", json=body, timeout=CLIENT_TIMEOUT) as r:
             if r.status_code != 200:
                 return outcome("error", r.read().decode()[:200])
@@ -74,12 +83,13 @@ def ask(api: str, i: int, tokens: int) -> Outcome:
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
-                    return outcome("answer", "".join(parts))
+                    return outcome("answer" if finished else "truncated", "".join(parts))
                 chunk = json.loads(data)
                 if "error" in chunk:
                     return outcome("error", json.dumps(chunk["error"])[:200])
                 for choice in chunk.get("choices", []):
                     parts.append(choice.get("delta", {}).get("content") or "")
+                    finished |= choice.get("finish_reason") in ("stop", "length")
         return outcome("truncated", "".join(parts))
     except httpx.TimeoutException:
         return outcome("hung")
@@ -104,28 +114,30 @@ def start_mesh(root: Path) -> dict[str, NodeProcess]:
     return nodes
 
 
-def run(fault: str, args: argparse.Namespace, root: Path) -> list[Outcome]:
+def run(fault: str, args: argparse.Namespace, root: Path) -> tuple[list[Outcome], float]:
     nodes = start_mesh(root / fault)
     victim = nodes["b"]
     assert victim.proc is not None
     done = 0
     lock = threading.Lock()
     stopped = False
+    fault_at = float("nan")
 
     def one(i: int) -> Outcome:
-        nonlocal done, stopped
+        nonlocal done, stopped, fault_at
         result = ask(nodes["c"].api, i, args.tokens)
         with lock:
             done += 1
             if fault != "none" and not stopped and done >= args.requests // 4:
                 stopped = True
+                fault_at = time.perf_counter()
                 assert victim.proc is not None
                 os.kill(victim.proc.pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
         return result
 
     try:
         with ThreadPoolExecutor(args.concurrency) as pool:
-            return list(pool.map(one, range(args.requests)))
+            return list(pool.map(one, range(args.requests))), fault_at
     finally:
         if fault == "stop" and victim.proc.poll() is None:
             os.kill(victim.proc.pid, signal.SIGCONT)
@@ -142,29 +154,34 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--keep", type=Path, help="keep the nodes' state and logs under this folder")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
-        results = {fault: run(fault, args, Path(tmp)) for fault in ("none", "kill", "stop")}
+        root = args.keep or Path(tmp)
+        results = {fault: run(fault, args, root) for fault in ("none", "kill", "stop")}
     reference: dict[int, str] = {}
-    for o in results["none"]:
+    for o in results["none"][0]:
         if o.kind == "answer":
             reference.setdefault(o.prompt, o.text)
-    base_p99 = percentile([o.seconds for o in results["none"] if o.kind == "answer"], 0.99)
+    base_p99 = percentile([o.seconds for o in results["none"][0] if o.kind == "answer"], 0.99)
     print(f"{args.requests} requests, {args.concurrency} at a time, {args.tokens} tokens, half streamed")
-    print(
-        f"{'fault':>6} {'ok':>4} {'error':>6} {'wrong':>6} {'hung':>5} {'median s':>9} {'p99 s':>7} {'p99 ratio':>10}"
-    )
-    for fault, outcomes in results.items():
+    print(f"{'fault':>6} {'ok':>4} {'differs':>8} {'error':>6} {'wrong':>6} {'hung':>5} "
+          f"{'median s':>9} {'p99 s':>7} {'p99 ratio':>10}")  # fmt: skip
+    for fault, (outcomes, fault_at) in results.items():
         counts: Counter[str] = Counter()
         for o in outcomes:
             if o.kind == "answer":
-                counts["ok" if reference.get(o.prompt) == o.text else "wrong"] += 1
+                counts["ok" if reference.get(o.prompt) == o.text else "differs"] += 1
             else:
                 counts["wrong" if o.kind == "truncated" else o.kind] += 1
-        ok = [o.seconds for o in outcomes if o.kind == "answer" and reference.get(o.prompt) == o.text]
-        p99 = percentile(ok, 0.99)
-        print(f"{fault:>6} {counts['ok']:>4} {counts['error']:>6} {counts['wrong']:>6} {counts['hung']:>5} "
-              f"{percentile(ok, 0.5):>9.2f} {p99:>7.2f} {p99 / base_p99:>10.2f}")  # fmt: skip
+        answered = [o.seconds for o in outcomes if o.kind == "answer"]
+        p99 = percentile(answered, 0.99)
+        print(f"{fault:>6} {counts['ok']:>4} {counts['differs']:>8} {counts['error']:>6} {counts['wrong']:>6} "
+              f"{counts['hung']:>5} {percentile(answered, 0.5):>9.2f} {p99:>7.2f} {p99 / base_p99:>10.2f}")  # fmt: skip
+        for o in sorted(outcomes, key=lambda o: -o.seconds)[:3]:
+            print(
+                f"       slowest: {o.seconds:.2f} s, sent {o.started - fault_at:+.2f} s from the fault, {o.kind}"
+            )
         for o in outcomes:
             if o.kind != "answer":
                 print(f"       {o.kind} ({'stream' if o.streamed else 'plain'}, {o.seconds:.1f} s): {o.text}")

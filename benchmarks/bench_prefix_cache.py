@@ -6,9 +6,11 @@ turn 2 of every one, ...), on one model server of the demo model with 4 slots: s
 conversations on four slots evict each other every round. The same session runs on a server
 with `--cache-ram 0` and on one with the cache (RAM and disk); then the cached server is
 restarted and each conversation's next turn is timed again: its prefix comes from disk.
-Time to first token is taken at the client, streamed; the ratios are cold / cached.
+Time to first token is taken at the client, streamed; the ratios are cold / cached. Last, one
+stream's decode tok/s (128 tokens) on a server with the cache and one without, alternating.
 
     .venv/bin/python -m benchmarks.bench_prefix_cache [--prefix-tokens 4000] [--turns 3]
+        [--decode-rounds 8]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.common import timed_stream
 from tests.harness import smollm2_path
 
 MODEL = "SmolLM2-135M"
@@ -117,6 +120,7 @@ def main() -> None:
         "--prefix-tokens", type=int, default=4000, help="about this many tokens per system prompt"
     )
     parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--decode-rounds", type=int, default=8, help="rounds of one stream's decode")
     args = parser.parse_args()
     path = smollm2_path()
     words = max(1, args.prefix_tokens // 23)  # one rule is about 23 tokens
@@ -138,6 +142,7 @@ def main() -> None:
             restarted = _session(url, systems, 1)
         finally:
             _stop(proc)
+        decode = _decode(path, log, cache_flags, n_ctx, args.decode_rounds)
 
     def med(run: dict[int, list[tuple[float, int]]], turns: range) -> float:
         return statistics.median(ttft for t in turns for ttft, _ in run[t])
@@ -156,6 +161,28 @@ def main() -> None:
         print(f"{label:34} {cold:>8.2f} {warm:>9.2f} {cold / warm:>6.1f}x")
     reused = [c for t in later for _, c in runs["cached"][t]]
     print(f"prompt tokens reused on later turns (cached run): median {statistics.median(reused):.0f}")
+    print(
+        f"one stream's decode: {decode['cold']:.1f} tok/s cold server, {decode['cached']:.1f} with the "
+        f"cache, {decode['cached'] / decode['cold']:.3f}x"
+    )
+
+
+def _decode(path: Path, log: Path, cache_flags: list[str], n_ctx: int, rounds: int) -> dict[str, float]:
+    """One stream's decode tok/s on a server without the cache and one with it, alternating."""
+    servers = {
+        name: _start(path, log, flags, n_ctx) for name, flags in (("cold", []), ("cached", cache_flags))
+    }
+    rates: dict[str, list[float]] = {name: [] for name in servers}
+    try:
+        with httpx.Client() as client:
+            for r in range(rounds):
+                for name, (_, url) in sorted(servers.items(), reverse=r % 2 == 1):
+                    timing = timed_stream(url, MODEL, f"Story {r}: a lighthouse keeper", 128, client)
+                    rates[name].append(timing.decode_tok_s)
+    finally:
+        for proc, _ in servers.values():
+            _stop(proc)
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 if __name__ == "__main__":
