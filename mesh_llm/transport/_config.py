@@ -42,8 +42,9 @@ class TransportConfig:
     # Bytes all of a connection's streams together may hold unread; beyond, the fullest is reset.
     max_connection_unread: int = 64 << 20
     # Control messages a peer may leave untaken (flow control withheld, or frozen) before the
-    # link is closed: gossip would otherwise queue without bound.
-    max_control_backlog: int = 16 << 20
+    # link is closed: gossip would otherwise queue without bound. Several whole peer tables
+    # (512 records of at most 16 KiB: 8 MiB) fit, for a slow link that is sent two at once.
+    max_control_backlog: int = 64 << 20
     liveness_probe_timeout: float = 1.0  # ping answer wait before treating an old link as dead
     suspect_silence: float = 3.0  # a peer leaving pings unanswered this long is suspect for routing
     close_timeout: float = 2.0  # how long close() waits for CONNECTION_CLOSE to go out

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from mesh_llm.serving.engine._kv_index import KvIndex, entry_key
 from mesh_llm.serving.engine._kv_store import MAGIC, KvStore
+from mesh_llm.serving.engine._prefix_cache import PrefixCache
 from mesh_llm.serving.prefix_digest import DIGEST_LENGTHS, prefix_digest
 
 # A request sequence: token sequences drawn from a few short "conversations" so prefixes repeat.
@@ -180,3 +181,26 @@ def test_a_state_on_disk_is_fetched_into_ram_by_the_reader_thread(tmp_path: Path
     path.unlink()  # from now on only RAM can answer
     assert store.fetch(entry, ready)
     assert store.load(entry) == bytearray(b"state" * 100)
+
+
+def test_the_reader_outlives_a_failing_callback_and_a_slot_that_holds_as_much_asks_for_no_read(
+    tmp_path: Path,
+) -> None:
+    _saved(tmp_path, list(range(100)), b"state" * 100)
+    store = _store(tmp_path)
+    cache = PrefixCache(store, None)  # type: ignore[arg-type]  # fetch never touches the context
+    prompt = [*range(100), 7, 7]
+    # The slot already holds 95 of the prompt's tokens: the 100 on disk do not beat that by enough.
+    assert cache.fetch(prompt, 95, lambda: None)
+    done = threading.Event()
+
+    def fails() -> None:
+        done.set()
+        raise RuntimeError("a broken waiter")
+
+    assert not cache.fetch(prompt, 10, fails)
+    assert done.wait(10)
+    # The state is in RAM now, and the reader lives on for the next one.
+    assert cache.fetch(prompt, 10, lambda: None)
+    assert store._reader.is_alive()
+    store.close()

@@ -209,16 +209,16 @@ class Engine:
             free = [s for s in self._slots if s.job is None]
             if not free:
                 return
+            # Longest shared prefix first; among equals the least recently used slot.
+            slot = max(free, key=lambda s: (common_prefix(s.cached, job.prompt), -s.last_used))
             if self._cache is not None and job.disk == "unasked":
-                # A saved prefix only on disk is read into RAM first, off this thread; the job
-                # waits for it in the queue while the others run.
+                # A saved prefix only on disk that beats the slot's is read off this thread first.
                 job.disk = "asked"
-                if not self._cache.fetch(job.prompt, functools.partial(self._read_done, job)):
+                reuse = min(common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)
+                if not self._cache.fetch(job.prompt, reuse, functools.partial(self._read_done, job)):
                     job.disk = "reading"
                     continue
             self._queue.remove(job)
-            # Longest shared prefix first; among equals the least recently used slot.
-            slot = max(free, key=lambda s: (common_prefix(s.cached, job.prompt), -s.last_used))
             self._assign(slot, job)
 
     def _read_done(self, job: Job) -> None:

@@ -90,12 +90,13 @@ class KvStore:
         self._writer: threading.Thread | None = None
         self._reads: queue.Queue[Entry | None] = queue.Queue()
         self._reading: dict[str, list[Callable[[], None]]] = {}  # key -> who waits for it
+        self._reader = threading.Thread(target=self._read_loop, name="kv-reader", daemon=True)
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._scan()
             self._writer = threading.Thread(target=self._write_loop, name="kv-writer", daemon=True)
             self._writer.start()
-            threading.Thread(target=self._read_loop, name="kv-reader", daemon=True).start()
+            self._reader.start()
 
     # ---- lookups and stores (the engine thread) --------------------------------------------
 
@@ -129,7 +130,7 @@ class KvStore:
         thread (not the caller's: a big state takes a while to read and check), ``ready`` is
         called when that is done or failed, and False is returned."""
         with self._lock:
-            if entry.key in self._data or entry.key not in self.disk or self.folder is None:
+            if entry.key in self._data or entry.key not in self.disk or not self._reader.is_alive():
                 return True
             waiting = self._reading.setdefault(entry.key, [])
             waiting.append(ready)
@@ -270,13 +271,16 @@ class KvStore:
                 data = self._read(entry)
                 if data is not None:
                     self.put(entry.tokens, data, write=False)
-            except OSError as exc:
+            except Exception as exc:  # the state is lost to the cache, never the thread
                 log.warning("prefix cache: could not read %s: %s", entry.key, exc)
             finally:
                 with self._lock:
                     waiting = self._reading.pop(entry.key, [])
                 for ready in waiting:
-                    ready()
+                    try:
+                        ready()
+                    except Exception:
+                        log.exception("prefix cache: a reader's callback failed")
 
     def _write_loop(self) -> None:
         while (item := self._writes.get()) is not None:

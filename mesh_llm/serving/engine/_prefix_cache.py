@@ -71,11 +71,12 @@ class PrefixCache:
         self.store.figures.save_s_last = elapsed
         self.store.put(list(tokens), data)
 
-    def fetch(self, prompt: list[int], ready: Callable[[], None]) -> bool:
-        """True if the saved state `prepare` would restore for ``prompt`` is in RAM (or there is
-        none); else its file is being read off the engine thread and ``ready`` is called after."""
+    def fetch(self, prompt: list[int], reuse: int, ready: Callable[[], None]) -> bool:
+        """True if the saved state `prepare` would restore for ``prompt`` (its slot sharing
+        ``reuse`` tokens with it) is in RAM, or if it would restore none; else its file is being
+        read off the engine thread and ``ready`` is called after."""
         entry, shared = self.store.best(prompt)
-        if entry is None or min(shared, len(prompt) - 1) < MIN_SAVE_TOKENS:
+        if entry is None or min(shared, len(prompt) - 1) < max(MIN_SAVE_TOKENS, reuse + MIN_GAIN):
             return True
         return self.store.fetch(entry, ready)
 
