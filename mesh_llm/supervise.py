@@ -72,3 +72,16 @@ async def all_logged(what: str, works: Sequence[Awaitable[object]], logger: logg
     for result in await asyncio.gather(*works, return_exceptions=True):
         if isinstance(result, Exception):
             logger.warning("stopping: %s: %s", what, result, exc_info=result)
+
+
+async def cancel_and_wait(
+    task: asyncio.Task[Any], logger: logging.Logger = log, again_s: float = 0.5
+) -> None:
+    """Cancel `task` and wait until it has ended, cancelling it again every `again_s`: an
+    `asyncio.wait_for` whose work finishes just as the cancel arrives returns instead of raising
+    (Python 3.11), and the task would run on. Its failure, if it failed, is logged."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=again_s)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.warning("stopping: %s: %s", task.get_name(), exc, exc_info=exc)

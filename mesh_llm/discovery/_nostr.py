@@ -181,7 +181,8 @@ def _relay_of(report: RelayReport) -> str:
 async def _deadline(awaitable: Awaitable[T], timeout_s: float, what: str) -> T:
     """Await with a deadline; nostr-sdk's own errors and the timeout become DiscoveryError."""
     try:
-        return await asyncio.wait_for(awaitable, timeout_s)
+        async with asyncio.timeout(timeout_s):  # not wait_for: a cancel never goes unnoticed
+            return await awaitable
     except TimeoutError as exc:
         raise DiscoveryError(f"Nostr {what} did not finish within {timeout_s:.0f} s") from exc
     except DiscoveryError:

@@ -38,7 +38,7 @@ from mesh_llm.node.routing import RoutingInputs, RoutingTable, derive_table
 from mesh_llm.runtime import RuntimeFile
 from mesh_llm.serving.model_server import BackendState
 from mesh_llm.split.claims import intents_record
-from mesh_llm.supervise import all_logged, spawn_supervised
+from mesh_llm.supervise import all_logged, cancel_and_wait, spawn_supervised
 
 log = logging.getLogger(__name__)
 
@@ -283,8 +283,7 @@ class Node:
         finally:
             self._stop_watch.start()  # also when the node stops by itself
             if discovering is not None:
-                discovering.cancel()
-                await self._step("discovery's last round", all_logged("discovery", [discovering], log))
+                await self._step("discovery's last round", cancel_and_wait(discovering, log))
             discovery = self.membership.discovery
             if discovery is not None:  # take the listing down before leaving the mesh
                 await self._step("delisting the mesh", discovery.stop(), extra_s=discovery.stop_s)

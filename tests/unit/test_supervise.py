@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from mesh_llm.supervise import supervised
+from mesh_llm.supervise import cancel_and_wait, supervised
 
 
 async def test_a_crashing_loop_body_is_logged_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
@@ -59,3 +59,38 @@ async def test_a_one_shot_task_that_fails_is_logged_when_it_ends(caplog: pytest.
     assert ok.result() == 3
     assert [r.getMessage() for r in caplog.records] == ["background task boom failed"]
     assert caplog.records[0].exc_info is not None
+
+
+async def test_a_task_that_swallows_a_cancel_is_cancelled_again_until_it_ends() -> None:
+    swallowed = 0
+
+    async def loop() -> None:  # what a wait_for finishing as the cancel arrives does to its caller
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed > 2:
+                    raise
+
+    task = asyncio.create_task(loop(), name="discovery")
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait(task, again_s=0.01), 5)
+    assert task.cancelled() and swallowed == 3
+
+
+async def test_a_task_that_fails_as_it_is_cancelled_has_its_failure_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def fails() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise OSError("relay gone") from None
+
+    task = asyncio.create_task(fails(), name="discovery")
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING, logger="mesh_llm.supervise"):
+        await asyncio.wait_for(cancel_and_wait(task), 5)
+    assert any("discovery: relay gone" in r.getMessage() for r in caplog.records)
